@@ -1,0 +1,247 @@
+"""Supervised warm-up: fit the occupancy field to SH-shaded renders of the face model.
+
+This produces the interim embedded default and will initialise GAN training. Each step draws
+random faces (all 3DMM slices ~ N(0, 1) in sigma units, free latents ~ N(0, 1)) and poses,
+rasterizes the mesh (target colour = SH-lit albedo, black background, a dark mouth cavity where
+``close_mouth`` fills the lip gap) and trains on a random subset of rays with:
+
+* photometric MSE of the integrated colour (face and background rays),
+* L1 between integrated depth and mesh depth on face rays,
+* the reference distance density regulariser ``dist_depr`` (facts §5.5) with its band shrinking
+  from 0.24 to 0.0012 world units, so rendering weight concentrates at the mesh,
+* transparency of background rays and a solid interior just behind the surface (so the
+  reference path's coarse pass finds the surface and density gradients give outward normals).
+
+Samples per face ray: the near-mesh band the renderers use (jittered) plus stratified samples over
+[ray_start, ray_end]; background rays: stratified samples. Integration is the renderer's own
+``integrate`` with last_back, so what is trained is what the renderers draw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..camera import CameraConfig, OrbitCamera, angles_from_degrees
+from ..model.field import FieldConfig, OccupancyField
+from ..model.latent import LatentLayout
+from ..model.morphable import MorphableModel
+from ..render.holes import close_mouth
+from ..render.integration import band_depths, integrate, stratified_depths
+from ..render.rasterizer import MeshRasterizer
+from .ema import EMA
+from .losses import band_thickness, dist_depr
+
+MOUTH_COLOUR = (0.12, 0.04, 0.04)
+
+
+@dataclass
+class WarmupConfig:
+    """Recipe of the warm-up. Defaults train the embedded default (64 wide) on a 2-core CPU."""
+
+    width: int = 64
+    film_layers: int = 8
+    mapping_hidden: int = 256
+    free_latent: int = 80  # bg_geo and bg_tex sizes (reference: 80 each)
+    steps: int = 3000
+    faces_per_step: int = 4
+    rays_per_face: int = 384
+    face_ray_fraction: float = 0.75
+    img_size: int = 64
+    band_samples: int = 8
+    free_samples: int = 16
+    shrink_steps: int = 300  # band tolerance 0.24 -> 0.0012 (reference: 200 GAN steps)
+    lr: float = 4e-4
+    lr_final: float = 4e-5
+    density_lr_mult: float = 10.0  # final_layer learns faster: densities must reach O(100)
+    inside_density: float = 100.0  # target density just behind the surface
+    inside_depth: float = 0.004  # world units behind the surface treated as solid
+    lambda_rgb: float = 1.0
+    lambda_depth: float = 10.0
+    lambda_dist: float = 1.0
+    lambda_bg: float = 1.0
+    lambda_inside: float = 0.1
+    yaw_range_deg: float = 50.0
+    pitch_range_deg: float = 30.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 50
+
+    def field_config(self, layout: LatentLayout) -> FieldConfig:
+        return FieldConfig(z_dim=layout.dim, width=self.width, film_layers=self.film_layers,
+                           mapping_hidden=self.mapping_hidden)
+
+
+@dataclass
+class Batch:
+    """One step's supervision: (B, R) rays with targets and their mesh data."""
+
+    z: torch.Tensor  # (B, D)
+    origins: torch.Tensor  # (B, 3)
+    dirs: torch.Tensor  # (B, R, 3)
+    target: torch.Tensor  # (B, R, 3) in [0, 1]
+    mesh_depth: torch.Tensor  # (B, R), 0 on background
+    face: torch.Tensor  # (B, R) bool
+
+
+class WarmupTrainer:
+    """Composes the engine's face model, camera, rasterizer and field; owns optimiser and EMA."""
+
+    def __init__(self, facemodel: MorphableModel, config: WarmupConfig | None = None, device="cpu",
+                 camera: OrbitCamera | None = None):
+        self.cfg = config or WarmupConfig()
+        self.device = torch.device(device)
+        self.facemodel = facemodel.to(self.device)
+        self.layout = LatentLayout.for_sizes(facemodel.sizes, self.cfg.free_latent, self.cfg.free_latent)
+        self.camera = camera or OrbitCamera(CameraConfig())
+        self.rasterizer = MeshRasterizer(self.camera, device=self.device)
+        torch.manual_seed(self.cfg.seed)  # parameter init only; data uses the private generator
+        self.field = OccupancyField(self.cfg.field_config(self.layout)).to(self.device)
+        density = list(self.field.final_layer.parameters())
+        others = [p for n, p in self.field.named_parameters() if not n.startswith("final_layer.")]
+        self.opt = torch.optim.Adam(
+            [{"params": others, "lr": self.cfg.lr},
+             {"params": density, "lr": self.cfg.lr * self.cfg.density_lr_mult}],
+            betas=(0.9, 0.99),
+        )
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.ema = EMA(self.field, self.cfg.ema_decay)
+        self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self.step = 0
+        self.history: list[dict] = []
+
+    # ---- data --------------------------------------------------------------------------------
+    def _poses(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.cfg
+        u = torch.rand(b, 2, generator=self.gen) * 2 - 1
+        g = torch.randn(b, 2, generator=self.gen) * torch.tensor([17.0, 9.0])  # ~ reference stddevs, degrees
+        pick = torch.rand(b, 1, generator=self.gen) < 0.5
+        deg = torch.where(pick, u * torch.tensor([c.yaw_range_deg, c.pitch_range_deg]), g)
+        return angles_from_degrees(deg[:, 0], deg[:, 1], device=self.device)
+
+    @torch.no_grad()
+    def make_batch(self) -> Batch:
+        c, fm, b = self.cfg, self.facemodel, self.cfg.faces_per_step
+        z = torch.randn(b, self.layout.dim, generator=self.gen).to(self.device)
+        parts = self.layout.split(z)
+        verts = fm.vertices(parts["id"], parts["exp"])
+        colours = fm.shade(verts, parts["tex"], parts["gamma"])
+        theta, phi = self._poses(b)
+        c2w = self.camera.cam2world(theta, phi)
+        frags = self.rasterizer.rasterize(verts, fm.triangles, c2w, c.img_size)
+        image = self.rasterizer.interpolate(frags, colours, fm.triangles)  # (B, H, W, 3)
+        mask, depth = close_mouth(frags.mask, frags.depth)
+        cavity = mask & ~frags.mask
+        image = torch.where(cavity[..., None], torch.tensor(MOUTH_COLOUR, device=self.device), image)
+        rays = self.camera.rays(theta, phi, c.img_size)
+        n = c.img_size * c.img_size
+        n_face = int(round(c.rays_per_face * c.face_ray_fraction))
+        flat_mask = mask.reshape(b, n)
+        idx = []
+        for i in range(b):
+            face_idx = flat_mask[i].nonzero().squeeze(-1).cpu()
+            bg_idx = (~flat_mask[i]).nonzero().squeeze(-1).cpu()
+            pick_f = face_idx[torch.randint(len(face_idx), (n_face,), generator=self.gen)] if len(face_idx) else bg_idx[:0]
+            n_bg = c.rays_per_face - len(pick_f)
+            pick_b = bg_idx[torch.randint(len(bg_idx), (n_bg,), generator=self.gen)]
+            idx.append(torch.cat([pick_f, pick_b]))
+        idx = torch.stack(idx).to(self.device)  # (B, R)
+        dirs = rays.directions.gather(1, idx[..., None].expand(-1, -1, 3))
+        target = image.reshape(b, n, 3).gather(1, idx[..., None].expand(-1, -1, 3))
+        mesh_depth = depth.reshape(b, n).gather(1, idx)
+        face = flat_mask.gather(1, idx)
+        return Batch(z, rays.origins, dirs, target, mesh_depth, face)
+
+    # ---- one step ----------------------------------------------------------------------------
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        c, cam = self.cfg, self.camera.config
+        b, r = batch.face.shape
+        narrow = min(self.step / max(c.shrink_steps, 1), 1.0)
+        thick = band_thickness(narrow, cam.ray_start, cam.ray_end, 0.005)
+        # Band samples spread over the current tolerance so the shell is learned at every scale.
+        band_width = max(thick, (cam.ray_end - cam.ray_start) * 0.005)
+        like = batch.dirs
+        free = stratified_depths((b, r), c.free_samples, cam.ray_start, cam.ray_end, like, True, None)
+        centre = torch.where(batch.face, batch.mesh_depth, torch.full_like(batch.mesh_depth, cam.ray_end))
+        band = band_depths(centre, c.band_samples, band_width)
+        band = band + (torch.rand(band.shape, device=like.device) - 0.5) * band_width / max(c.band_samples - 1, 1)
+        band = band.clamp(cam.ray_start, cam.ray_end)
+        z = torch.cat([free, band], dim=-1).sort(-1).values  # (B, R, S)
+        pts = batch.origins[:, None, None, :] + batch.dirs[:, :, None, :] * z[..., None]
+        s = z.shape[-1]
+        film = self.field.film(batch.z)
+        dirs = batch.dirs[:, :, None, :].expand(-1, -1, s, -1)
+        rgb, sigma = self.field(pts.reshape(b, r * s, 3), dirs.reshape(b, r * s, 3), film)
+        rgb = rgb.reshape(b, r, s, 3)
+        sigma = sigma.reshape(b, r, s)
+        noise = max(0.0, 1.0 - self.step / max(c.steps // 2, 1))
+        out = integrate(rgb, sigma, z, noise_std=noise, last_back=True)
+        face = batch.face
+        loss = {}
+        loss["rgb"] = ((out.rgb - batch.target) ** 2).mean()
+        loss["depth"] = (out.depth - batch.mesh_depth).abs()[face].mean() if bool(face.any()) else out.depth.sum() * 0
+        loss["dist"] = dist_depr(out.weights, z, batch.mesh_depth, face, thick)
+        loss["bg"] = out.acc[~face].mean() if bool((~face).any()) else out.acc.sum() * 0
+        behind = z - batch.mesh_depth[..., None]
+        inside = face[..., None] & (behind > band_width / 2) & (behind < band_width / 2 + c.inside_depth)
+        short = torch.relu(1 - sigma / c.inside_density)
+        loss["inside"] = short[inside].mean() if bool(inside.any()) else sigma.sum() * 0
+        loss["total"] = (c.lambda_rgb * loss["rgb"] + c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"]
+                         + c.lambda_bg * loss["bg"] + c.lambda_inside * loss["inside"])
+        return loss
+
+    def _set_lr(self) -> None:
+        c = self.cfg
+        t = min(self.step / max(c.steps, 1), 1.0)
+        factor = (c.lr_final / c.lr) + (1 - c.lr_final / c.lr) * 0.5 * (1 + math.cos(math.pi * t))
+        for g, base in zip(self.opt.param_groups, self.base_lrs):
+            g["lr"] = base * factor
+
+    def train_step(self) -> dict[str, float]:
+        self.field.train()
+        self._set_lr()
+        batch = self.make_batch()
+        loss = self.losses(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss["total"].backward()
+        torch.nn.utils.clip_grad_norm_(self.field.parameters(), 10.0)
+        self.opt.step()
+        self.ema.update(self.field)
+        self.step += 1
+        return {k: float(v.detach()) for k, v in loss.items()}
+
+    def train(self, steps: int | None = None, log=print, time_budget_s: float | None = None) -> dict:
+        steps = self.cfg.steps if steps is None else steps
+        start = time.perf_counter()
+        running: dict[str, float] = {}
+        while self.step < steps:
+            stats = self.train_step()
+            for k, v in stats.items():
+                running[k] = running.get(k, 0.0) + v
+            if self.step % self.cfg.log_every == 0 or self.step == steps:
+                n = self.cfg.log_every if self.step % self.cfg.log_every == 0 else (self.step % self.cfg.log_every)
+                avg = {k: v / n for k, v in running.items()}
+                avg.update(step=self.step, elapsed_s=round(time.perf_counter() - start, 1))
+                self.history.append(avg)
+                if log:
+                    log(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in avg.items()}))
+                running = {}
+            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+                break
+        return {"steps": self.step, "seconds": round(time.perf_counter() - start, 1)}
+
+    def ema_field(self) -> OccupancyField:
+        """A copy of the field carrying the EMA weights (what we ship)."""
+        f = OccupancyField(self.field.config).to(self.device)
+        f.load_state_dict(self.field.state_dict())
+        self.ema.copy_to(f)
+        f.eval()
+        return f
+
+    def recipe(self) -> dict:
+        return {"warmup_config": asdict(self.cfg), "layout": self.layout.to_dict()}
