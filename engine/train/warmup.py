@@ -245,3 +245,38 @@ class WarmupTrainer:
 
     def recipe(self) -> dict:
         return {"warmup_config": asdict(self.cfg), "layout": self.layout.to_dict()}
+
+
+def run_warmup(out_dir: str | Path, config: WarmupConfig | None = None, facemodel: MorphableModel | None = None,
+               device="cpu", time_budget_s: float | None = None, log=print, evaluate: bool = True) -> dict:
+    """Train, then write a checkpoint folder (weights + config) and ``warmup.json`` (recipe, time,
+    loss history, fidelity metrics) next to the weights. Returns the warmup.json content."""
+    from ..checkpoint import save_checkpoint
+    from ..model.io import load_facemodel
+    from ..render.volume import RenderConfig
+
+    fm = facemodel if facemodel is not None else load_facemodel(None)
+    trainer = WarmupTrainer(fm, config, device=device)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    t0 = time.perf_counter()
+    trainer.train(log=log, time_budget_s=time_budget_s)
+    seconds = time.perf_counter() - t0
+    out = Path(out_dir)
+    provenance = {
+        "kind": "supervised warm-up (engine.train.warmup)",
+        "steps": trainer.step,
+        "train_seconds": round(seconds, 1),
+        "device": str(trainer.device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "recipe": trainer.recipe(),
+    }
+    save_checkpoint(out, trainer.ema_field(), ema_state=None, layout=trainer.layout, facemodel=fm,
+                    camera_config=trainer.camera.config, render_config=RenderConfig(), provenance=provenance)
+    report = dict(provenance, final_losses=trainer.history[-1] if trainer.history else {},
+                  history=trainer.history)
+    if evaluate:
+        from ..eval import evaluate_checkpoint
+        report["metrics"] = evaluate_checkpoint(out, samples=16, device=device)
+    (out / "warmup.json").write_text(json.dumps(report, indent=2))
+    return report
