@@ -133,11 +133,11 @@ class EditorState:
         Keys missing from ``data`` take their value from ``defaults`` (pose/view) or FaceSpec's
         defaults (face)."""
         if not isinstance(data, Mapping):
-            raise CgofError(f"preset: expected a JSON object, got {_json_type(data)}")
+            raise CgofError(f"expected a JSON object (a preset), got {_json_type(data)}")
         known = set(SPEC_GROUPS) | {"seed", "psi"} | set(VIEW_KEYS) | set(OPTIONAL_KEYS)
         unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
-            raise CgofError(f"preset: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+            raise CgofError(f"unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
         base = defaults or cls()
         yaw = _number(data, "yaw", base.yaw, YAW_LIMIT, "degrees")
         pitch = _number(data, "pitch", base.pitch, PITCH_LIMIT, "degrees")
