@@ -114,6 +114,8 @@ class WarmupTrainer:
         self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         self.step = 0
         self.history: list[dict] = []
+        self._start = time.perf_counter()
+        self._budget: float | None = None
 
     # ---- data --------------------------------------------------------------------------------
     def _poses(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +181,7 @@ class WarmupTrainer:
         rgb, sigma = self.field(pts.reshape(b, r * s, 3), dirs.reshape(b, r * s, 3), film)
         rgb = rgb.reshape(b, r, s, 3)
         sigma = sigma.reshape(b, r, s)
-        noise = max(0.0, 1.0 - self.step / max(c.steps // 2, 1))
+        noise = max(0.0, 1.0 - 2 * self.progress())
         out = integrate(rgb, sigma, z, noise_std=noise, last_back=True)
         face = batch.face
         loss = {}
@@ -195,9 +197,16 @@ class WarmupTrainer:
                          + c.lambda_bg * loss["bg"] + c.lambda_inside * loss["inside"])
         return loss
 
+    def progress(self) -> float:
+        """Fraction of the run done: by steps, or by time when a time budget is the tighter bound."""
+        t = self.step / max(self.cfg.steps, 1)
+        if self._budget:
+            t = max(t, (time.perf_counter() - self._start) / self._budget)
+        return min(t, 1.0)
+
     def _set_lr(self) -> None:
         c = self.cfg
-        t = min(self.step / max(c.steps, 1), 1.0)
+        t = self.progress()
         factor = (c.lr_final / c.lr) + (1 - c.lr_final / c.lr) * 0.5 * (1 + math.cos(math.pi * t))
         for g, base in zip(self.opt.param_groups, self.base_lrs):
             g["lr"] = base * factor
@@ -217,7 +226,8 @@ class WarmupTrainer:
 
     def train(self, steps: int | None = None, log=print, time_budget_s: float | None = None) -> dict:
         steps = self.cfg.steps if steps is None else steps
-        start = time.perf_counter()
+        start = self._start = time.perf_counter()
+        self._budget = time_budget_s
         running: dict[str, float] = {}
         while self.step < steps:
             stats = self.train_step()

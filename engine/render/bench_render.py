@@ -1,0 +1,94 @@
+"""``cgof bench render``: ms per frame of the fast and reference paths, evaluations per pixel, and
+PSNR of fast vs reference on the same weights and pose. Figures for notes, never timed tests."""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+REFERENCE_EVALS_PER_PIXEL = 72  # facts §4.4: 3 passes x 24 samples evaluated (48 integrated)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images (peak 255)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _time(fn, repeats: int, sync) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def bench_synth(synth, sizes=(64, 128, 256), repeats: int = 10, reference_repeats: int = 3, yaw: float = 15.0,
+                pitch: float = 5.0, seed: int = 7, log=None) -> list[dict]:
+    """Per size: median/p90 ms of the fast path (image only and with normals), median ms of the
+    reference path, evaluations per pixel of each, PSNR(fast, reference)."""
+    from ..model.latent import FaceSpec
+
+    sync = torch.cuda.synchronize if synth.device.type == "cuda" else (lambda: None)
+    spec = FaceSpec.random(synth.layout, seed=seed, psi=0.7)
+    rows = []
+    for size in sizes:
+        synth.render(spec, yaw, pitch, size, "fast", normals=False)  # warm caches (mapping, kernels)
+        fast = _time(lambda: synth.render(spec, yaw, pitch, size, "fast", normals=False), repeats, sync)
+        fast_n = _time(lambda: synth.render(spec, yaw, pitch, size, "fast", normals=True), max(3, repeats // 3), sync)
+        f = synth.render(spec, yaw, pitch, size, "fast", normals=False)
+        ref = _time(lambda: synth.render(spec, yaw, pitch, size, "reference", normals=False), reference_repeats, sync)
+        r = synth.render(spec, yaw, pitch, size, "reference", normals=False)
+        m = f.mask
+        row = {
+            "size": size,
+            "fast_ms_median": round(statistics.median(fast), 2),
+            "fast_ms_p90": round(float(np.percentile(fast, 90)), 2),
+            "fast_with_normals_ms_median": round(statistics.median(fast_n), 2),
+            "fast_evals_per_pixel": round(f.evals_per_pixel, 3),
+            "reference_ms_median": round(statistics.median(ref), 2),
+            "reference_evals_per_pixel": round(r.evals_per_pixel, 3),
+            "psnr_fast_vs_reference_db": round(psnr(f.image, r.image), 2),
+            "psnr_face_pixels_db": round(psnr(f.image[m], r.image[m]), 2) if m.any() else None,
+            "depth_mad_face": round(float(np.median(np.abs(f.depth[m] - r.depth[m]))), 6) if m.any() else None,
+            "repeats": repeats,
+            "reference_repeats": reference_repeats,
+        }
+        rows.append(row)
+        if log:
+            log(row)
+    return rows
+
+
+def bench_render(sizes=(64, 128, 256), repeats: int = 10, reference_repeats: int = 3, device="auto",
+                 checkpoint=None, widths=(), log=None) -> dict:
+    """Benchmark the default (or given) checkpoint; ``widths`` adds random-weight fields of those
+    widths (e.g. 256, the reference) on the same face model for speed only (no PSNR meaning)."""
+    from ..model.field import FieldConfig, OccupancyField
+    from ..synthesizer import FaceSynthesizer
+
+    synth = FaceSynthesizer.load(checkpoint=checkpoint, device=device)
+    result = {
+        "device": str(synth.device),
+        "device_name": torch.cuda.get_device_name(synth.device) if synth.device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "checkpoint": str(synth.checkpoint),
+        "field_width": synth.field.config.width,
+        "reference_schedule_evals_per_pixel": REFERENCE_EVALS_PER_PIXEL,
+        "target_fast_evals_per_pixel": REFERENCE_EVALS_PER_PIXEL / 8,
+        "rows": bench_synth(synth, sizes, repeats, reference_repeats, log=log),
+    }
+    for w in widths:
+        torch.manual_seed(0)
+        fld = OccupancyField(FieldConfig(z_dim=synth.layout.dim, width=int(w)))
+        other = FaceSynthesizer(fld, synth.facemodel, synth.layout, synth.camera, synth.renderer.config, synth.device)
+        result[f"random_field_width_{w}"] = bench_synth(other, sizes, repeats, reference_repeats, log=log)
+    return result

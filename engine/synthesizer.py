@@ -1,0 +1,272 @@
+"""FaceSynthesizer: the engine's public entry point for the app, the CLI, exports and eval.
+
+It composes the morphable model, the camera, the mesh rasterizer, the occupancy field and the
+volume renderer. A :class:`~engine.model.latent.FaceSpec` says what to render; poses are degrees
+relative to the frontal view (+yaw turns the face to image right, +pitch puts the camera above).
+
+The mapping network's output (FiLM frequencies and phases) is cached per (latent, psi) in a small
+LRU, so a pose-only edit never re-runs it; ``mapping_calls`` counts how often it did run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .camera import CameraConfig, OrbitCamera, angles_from_degrees
+from .checkpoint import check_facemodel, default_checkpoint_path, load_field
+from .device import resolve_device
+from .errors import CgofError
+from .model.field import Film, OccupancyField
+from .model.latent import SPEC_GROUPS, FaceSpec, LatentLayout
+from .model.morphable import MorphableModel
+from .render.holes import close_mouth
+from .render.rasterizer import MeshRasterizer
+from .render.volume import RenderConfig, VolumeRenderer
+
+QUALITIES = ("fast", "reference")
+FILM_CACHE_SIZE = 64
+
+
+@dataclass
+class RenderResult:
+    """One rendered view (H = W = size).
+
+    image (H, W, 3) uint8; depth (H, W) float32 camera-axis depth of the field; mesh_depth (H, W)
+    float32 (0 on background); mask (H, W) bool mesh mask with the mouth closed; normals (H, W, 3)
+    float32 world unit normals of the field on the mask (0 elsewhere) or None; timings {stage: ms};
+    evals_per_pixel: field evaluations per pixel for the image (normals excluded).
+    """
+
+    image: np.ndarray
+    depth: np.ndarray
+    mesh_depth: np.ndarray
+    mask: np.ndarray
+    normals: np.ndarray | None
+    timings: dict = dc_field(default_factory=dict)
+    evals_per_pixel: float = 0.0
+    yaw_deg: float = 0.0
+    pitch_deg: float = 0.0
+
+    def normals_image(self) -> np.ndarray:
+        """(H, W, 3) uint8: (n + 1) / 2 with world x -> R, y -> G, z -> B; black off the mask."""
+        if self.normals is None:
+            raise CgofError("normals were not rendered (render with normals=True)")
+        img = ((self.normals + 1) * 0.5 * 255).clip(0, 255).astype(np.uint8)
+        img[~self.mask] = 0
+        return img
+
+    def depth_image(self, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 of the field depth on the mask (near = bright)."""
+        from .export.layout import depth_to_image
+
+        return depth_to_image(self.depth, self.mask, lo, hi)
+
+
+@dataclass
+class MeshData:
+    """The 3DMM mesh of a spec: vertices (N, 3) float32 world; triangles (F, 3) int64;
+    colors (N, 3) uint8 SH-shaded; landmarks (68, 3) float32."""
+
+    vertices: np.ndarray
+    triangles: np.ndarray
+    colors: np.ndarray
+    landmarks: np.ndarray
+
+
+class FaceSynthesizer:
+    """Render faces from a checkpoint and a face model. Build with :meth:`load`."""
+
+    def __init__(self, field: OccupancyField, facemodel: MorphableModel, layout: LatentLayout,
+                 camera: OrbitCamera | None = None, render_config: RenderConfig | None = None,
+                 device: str | torch.device = "cpu", checkpoint: Path | None = None, provenance: dict | None = None):
+        self.device = resolve_device(device)
+        self.field = field.to(self.device).eval().requires_grad_(False)
+        self.facemodel = facemodel.to(self.device)
+        self.layout = layout
+        self.camera = camera or OrbitCamera(CameraConfig())
+        self.renderer = VolumeRenderer(self.field, self.camera, render_config or RenderConfig())
+        self.rasterizer = MeshRasterizer(self.camera, device=self.device)
+        self.checkpoint = checkpoint
+        self.provenance = provenance or {}
+        self.mapping_calls = 0
+        self._films: OrderedDict[tuple, Film] = OrderedDict()
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def load(cls, checkpoint: str | Path | None = None, facemodel: str | Path | MorphableModel | None = None,
+             device: str | torch.device = "auto", render_config: RenderConfig | None = None) -> "FaceSynthesizer":
+        """``checkpoint`` None = the embedded default; ``facemodel`` None = the one the checkpoint
+        was trained for when that is the embedded synthetic model (otherwise it must be given)."""
+        from .model.io import load_facemodel
+
+        dev = resolve_device(device)
+        ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint_path()
+        if checkpoint is None and not (ckpt / "config.json").is_file():
+            raise CgofError(f"embedded default weights missing at {ckpt}; rebuild them with "
+                            f"`cgof train warmup --out {ckpt}` or pass --checkpoint DIR")
+        fld, info = load_field(ckpt, device=dev)
+        if isinstance(facemodel, MorphableModel):
+            fm = facemodel
+        elif facemodel is not None:
+            fm = load_facemodel(facemodel)
+        elif str(info.facemodel.get("source", "")).startswith("synthetic"):
+            fm = load_facemodel(None)
+        else:
+            raise CgofError(f"{ckpt}: checkpoint was trained for face model {info.facemodel.get('source')}; "
+                            "pass it with --facemodel PATH")
+        check_facemodel(info, fm)
+        rc = render_config or RenderConfig.from_dict(info.render)
+        return cls(fld, fm, info.layout, OrbitCamera(info.camera), rc, dev, ckpt, info.provenance)
+
+    # ---- conditioning --------------------------------------------------------------------------
+    def latent(self, spec: FaceSpec) -> torch.Tensor:
+        """(1, D) latent of a spec (validated)."""
+        return spec.latent(self.layout)
+
+    def film(self, spec: FaceSpec) -> Film:
+        """Truncated FiLM conditioning of a spec, cached per (latent, psi)."""
+        z = self.latent(spec)
+        key = (z.numpy().tobytes(), float(spec.psi))
+        hit = self._films.get(key)
+        if hit is not None:
+            self._films.move_to_end(key)
+            return hit
+        with torch.no_grad():
+            film = self.field.film(z.to(self.device), spec.psi)
+        self.mapping_calls += 1
+        self._films[key] = film
+        while len(self._films) > FILM_CACHE_SIZE:
+            self._films.popitem(last=False)
+        return film
+
+    def coefficients(self, spec: FaceSpec) -> dict[str, torch.Tensor]:
+        """Dense sigma-unit vectors {'id','exp','tex','gamma'} -> (1, K) on the device."""
+        spec.validate(self.layout)
+        return {kind: spec.dense(group, getattr(self.layout, kind))[None].to(self.device)
+                for group, kind in SPEC_GROUPS.items()}
+
+    # ---- rendering -----------------------------------------------------------------------------
+    def render(self, spec: FaceSpec, yaw_deg: float = 0.0, pitch_deg: float = 0.0, size: int = 128,
+               quality: str = "fast", normals: bool = True) -> RenderResult:
+        """Render one view; see :class:`RenderResult`."""
+        return self.render_many([spec], [yaw_deg], [pitch_deg], size, quality, normals)[0]
+
+    def render_many(self, specs: list[FaceSpec], yaws, pitches, size: int = 128, quality: str = "fast",
+                    normals: bool = True) -> list[RenderResult]:
+        """Render B views in one batch (B = len(specs); yaws/pitches in degrees, length B)."""
+        if quality not in QUALITIES:
+            raise CgofError(f"quality {quality!r}: expected one of {', '.join(QUALITIES)}")
+        if not isinstance(size, int) or not 8 <= size <= 1024:
+            raise CgofError(f"size {size!r}: expected an integer in [8, 1024]")
+        yaws, pitches = [float(y) for y in yaws], [float(p) for p in pitches]
+        if not (len(specs) == len(yaws) == len(pitches)) or not specs:
+            raise CgofError("render_many: specs, yaws and pitches must be non-empty and of equal length")
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t = {"start": time.perf_counter()}
+        films = Film.cat([self.film(s) for s in specs])
+        t["mapping"] = time.perf_counter()
+        coeffs = [self.coefficients(s) for s in specs]
+        id_z = torch.cat([c["id"] for c in coeffs])
+        exp_z = torch.cat([c["exp"] for c in coeffs])
+        verts = self.facemodel.vertices(id_z, exp_z)
+        theta, phi = angles_from_degrees(yaws, pitches, device=self.device)
+        c2w = self.camera.cam2world(theta, phi)
+        frags = self.rasterizer.rasterize(verts, self.facemodel.triangles, c2w, size)
+        mask, mesh_depth = close_mouth(frags.mask, frags.depth)
+        rays = self.camera.rays(theta, phi, size)
+        b, r = len(specs), size * size
+        mask_r, depth_r = mask.reshape(b, r), mesh_depth.reshape(b, r)
+        sync()
+        t["raster"] = time.perf_counter()
+        if quality == "fast":
+            out = self.renderer.fast(films, rays, depth_r, mask_r)
+            rgb, depth, evals = out.rgb, out.depth, out.evaluations
+        else:
+            rgbs, depths, evals = [], [], 0
+            for i, s in enumerate(specs):
+                g = torch.Generator().manual_seed(int(s.seed) % (2**63))
+                sub = _rays_index(rays, i)
+                o = self.renderer.reference(films.index(slice(i, i + 1)), sub, depth_r[i:i + 1], mask_r[i:i + 1], g)
+                rgbs.append(o.rgb)
+                depths.append(o.depth)
+                evals += o.evaluations
+            rgb, depth = torch.cat(rgbs), torch.cat(depths)
+        sync()
+        t["volume"] = time.perf_counter()
+        nrm = self.renderer.normals(films, rays, depth, mask_r) if normals else None
+        sync()
+        t["normals"] = time.perf_counter()
+        ms = {k: round((t[k] - t[p]) * 1000, 2) for p, k in zip(["start", "mapping", "raster", "volume"],
+                                                                 ["mapping", "raster", "volume", "normals"])}
+        ms["total"] = round((t["normals"] - t["start"]) * 1000, 2)
+        ms["per_frame"] = round(ms["total"] / b, 2)
+        img = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).reshape(b, size, size, 3).cpu().numpy()
+        depth_np = depth.reshape(b, size, size).float().cpu().numpy()
+        mesh_np = mesh_depth.reshape(b, size, size).float().cpu().numpy()
+        mask_np = mask.reshape(b, size, size).cpu().numpy()
+        nrm_np = None if nrm is None else nrm.reshape(b, size, size, 3).float().cpu().numpy()
+        return [RenderResult(img[i], depth_np[i], mesh_np[i], mask_np[i], None if nrm_np is None else nrm_np[i],
+                             dict(ms), evals / (b * r), yaws[i], pitches[i]) for i in range(b)]
+
+    # ---- geometry queries ----------------------------------------------------------------------
+    @torch.no_grad()
+    def mesh(self, spec: FaceSpec) -> MeshData:
+        """The 3DMM mesh of ``spec`` with SH-shaded vertex colours."""
+        c = self.coefficients(spec)
+        verts = self.facemodel.vertices(c["id"], c["exp"])
+        colors = self.facemodel.shade(verts, c["tex"], c["gamma"])
+        return MeshData(verts[0].float().cpu().numpy(), self.facemodel.triangles.cpu().numpy().astype(np.int64),
+                        (colors[0] * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy(),
+                        self.facemodel.landmarks3d(verts)[0].float().cpu().numpy())
+
+    def _points(self, points) -> torch.Tensor:
+        p = torch.as_tensor(np.asarray(points, dtype=np.float32) if not torch.is_tensor(points) else points,
+                            dtype=torch.float32, device=self.device)
+        if p.dim() != 2 or p.shape[1] != 3:
+            raise CgofError(f"points: expected shape (P, 3), got {tuple(p.shape)}")
+        return p
+
+    @torch.no_grad()
+    def density(self, spec: FaceSpec, points) -> np.ndarray:
+        """Raw density sigma at world points (P, 3) -> (P,) float32, chunked."""
+        film, p = self.film(spec), self._points(points)
+        chunk = self.renderer.config.chunk_points
+        out = [self.field.density(p[None, i:i + chunk], film)[0, :, 0] for i in range(0, p.shape[0], chunk)]
+        return torch.cat(out).float().cpu().numpy() if out else np.zeros(0, np.float32)
+
+    @torch.no_grad()
+    def color(self, spec: FaceSpec, points) -> np.ndarray:
+        """Field colour at world points (P, 3), viewed along -z (frontal) -> (P, 3) float32 in [0, 1]."""
+        film, p = self.film(spec), self._points(points)
+        chunk = self.renderer.config.chunk_points
+        out = []
+        for i in range(0, p.shape[0], chunk):
+            q = p[None, i:i + chunk]
+            d = torch.zeros_like(q)
+            d[..., 2] = -1.0
+            out.append(self.field(q, d, film)[0][0])
+        return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, 3), np.float32)
+
+    def info(self) -> dict:
+        """A JSON-able description: device, checkpoint, face model, field, render settings."""
+        return {
+            "device": str(self.device),
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "facemodel": self.facemodel.summary(),
+            "field": self.field.config.to_dict(),
+            "layout": self.layout.to_dict(),
+            "render": self.renderer.config.to_dict(),
+            "provenance": {k: v for k, v in self.provenance.items() if k != "recipe"},
+        }
+
+
+def _rays_index(rays, i: int):
+    from .camera import Rays
+
+    return Rays(rays.origins[i:i + 1], rays.directions[i:i + 1], rays.cam2world[i:i + 1], rays.height, rays.width)

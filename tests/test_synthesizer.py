@@ -1,0 +1,117 @@
+"""FaceSynthesizer: render contract, determinism, mapping cache, fast vs reference, CLI render."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from app.cli import main
+from engine.model.field import FieldConfig, OccupancyField
+from engine.model.io import load_facemodel
+from engine.model.latent import FaceSpec, LatentLayout
+from engine.render.bench_render import psnr
+from engine.synthesizer import FaceSynthesizer
+
+
+@pytest.fixture(scope="module")
+def random_synth():
+    """The real face model with a small random-weight field: contract checks that need no training."""
+    fm = load_facemodel(None)
+    layout = LatentLayout.for_sizes(fm.sizes, 8, 8)
+    torch.manual_seed(0)
+    field = OccupancyField(FieldConfig(z_dim=layout.dim, width=32, mapping_hidden=64))
+    return FaceSynthesizer(field, fm, layout, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def default_synth():
+    return FaceSynthesizer.load(device="cpu")
+
+
+@pytest.mark.parametrize("quality", ["fast", "reference"])
+def test_result_shapes_and_dtypes(random_synth, quality):
+    res = random_synth.render(FaceSpec(seed=3), 10.0, -5.0, size=24, quality=quality)
+    assert res.image.shape == (24, 24, 3) and res.image.dtype == np.uint8
+    assert res.depth.shape == (24, 24) and res.depth.dtype == np.float32
+    assert res.mesh_depth.dtype == np.float32 and res.mask.dtype == bool
+    assert res.normals.shape == (24, 24, 3)
+    m = res.mask
+    assert m.any() and (~m).any()
+    assert np.all(res.mesh_depth[~m] == 0) and np.all((res.mesh_depth[m] > 0.85) & (res.mesh_depth[m] < 1.15))
+    n = np.linalg.norm(res.normals[m], axis=-1)
+    assert np.allclose(n[n > 0], 1.0, atol=1e-3)
+    assert res.normals_image().shape == (24, 24, 3)
+
+
+def test_same_seed_same_image_and_seed_matters(random_synth):
+    a = random_synth.render(FaceSpec(seed=5), size=20, quality="reference", normals=False)
+    b = random_synth.render(FaceSpec(seed=5), size=20, quality="reference", normals=False)
+    c = random_synth.render(FaceSpec(seed=6), size=20, quality="reference", normals=False)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.depth, b.depth)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_mapping_reused_across_pose_changes(random_synth):
+    spec = FaceSpec(identity={0: 1.0}, seed=11)
+    before = random_synth.mapping_calls
+    for yaw in (0.0, 20.0, -30.0):
+        random_synth.render(spec, yaw, 5.0, size=16, normals=False)
+    assert random_synth.mapping_calls == before + 1
+    random_synth.render(FaceSpec(identity={0: 1.0}, expression={0: 1.0}, seed=11), size=16, normals=False)
+    assert random_synth.mapping_calls == before + 2
+
+
+def test_render_many_matches_single_renders(random_synth):
+    specs = [FaceSpec(seed=1), FaceSpec(seed=2, expression={0: 2.0})]
+    many = random_synth.render_many(specs, [0.0, 25.0], [0.0, -10.0], size=20, normals=False)
+    for spec, yaw, pitch, res in zip(specs, [0.0, 25.0], [0.0, -10.0], many):
+        one = random_synth.render(spec, yaw, pitch, size=20, normals=False)
+        assert np.array_equal(one.mask, res.mask)
+        assert np.abs(one.image.astype(int) - res.image.astype(int)).max() <= 1
+
+
+def test_fast_path_budget_and_agreement_on_default_weights(default_synth):
+    spec = FaceSpec.random(default_synth.layout, seed=4, psi=0.7)
+    fast = default_synth.render(spec, 15.0, 5.0, size=64, quality="fast", normals=False)
+    ref = default_synth.render(spec, 15.0, 5.0, size=64, quality="reference", normals=False)
+    assert ref.evals_per_pixel == pytest.approx(72.0)
+    assert fast.evals_per_pixel <= 72.0 / 8
+    assert psnr(fast.image, ref.image) >= 35.0
+    m = fast.mask
+    assert np.median(np.abs(fast.depth[m] - ref.depth[m])) < 1e-3
+
+
+def test_default_weights_follow_the_mesh_and_the_sliders(default_synth):
+    base = default_synth.render(FaceSpec(seed=1), size=48, normals=False)
+    m = base.mask
+    extent = base.mesh_depth[m].max() - base.mesh_depth[m].min()
+    assert np.median(np.abs(base.depth[m] - base.mesh_depth[m])) / extent < 0.05
+    jaw = default_synth.render(FaceSpec(seed=1, expression={0: 3.0}), size=48, normals=False)
+    changed = np.abs(jaw.mesh_depth - base.mesh_depth) > 1e-3
+    assert changed.sum() > 5
+    assert np.abs(jaw.image.astype(int) - base.image.astype(int))[changed].mean() > 5
+
+
+def test_cli_render_writes_the_interface_files(tmp_path, capsys):
+    rc = main(["render", "--size", "24", "--exp", "0=1.5", "--yaw", "20", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["evals_per_pixel"] > 0
+    depth = np.load(tmp_path / "depth.npy")
+    mesh = np.load(tmp_path / "mesh_depth.npy")
+    mask = np.load(tmp_path / "mask.npy")
+    assert depth.shape == mesh.shape == mask.shape == (24, 24)
+    assert depth.dtype == mesh.dtype == np.float32 and mask.dtype == bool
+    assert np.all(mesh[~mask] == 0)
+    for name in ("image.png", "normals.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_cli_render_bad_checkpoint_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    (bad / "config.json").write_text("[]")
+    rc = main(["render", "--checkpoint", str(bad), "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "config.json" in err
