@@ -1,0 +1,94 @@
+"""``cgof bench raster|render``: timing figures of the mesh rasteriser and of the renderer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 128,256") from None
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected image sizes >= 2")
+    return sizes
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="timing figures (rasteriser, renderer)")
+    what = p.add_subparsers(dest="bench_command", metavar="WHAT")
+    what.required = True
+
+    r = what.add_parser("raster", help="ms per mesh rasterisation, per image size")
+    r.add_argument("--sizes", type=_sizes, default=[128, 256], help="comma-separated sizes (default 128,256)")
+    r.add_argument("--repeats", type=int, default=20, help="timed runs per size (default 20)")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    r.add_argument("--backend", default="auto", choices=("auto", "torch", "nvdiffrast"),
+                   help="rasteriser backend (default: nvdiffrast on CUDA, torch otherwise)")
+    r.add_argument("--mesh", default="face", choices=("face", "sphere"),
+                   help="the face model's mean shape (default) or a procedural 10k-vertex sphere")
+    r.add_argument("--facemodel", metavar="PATH", default=None, help="face model file (default: embedded)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(handler=_raster)
+
+    q = what.add_parser("render", help="ms per frame of the fast and reference render paths")
+    q.add_argument("--sizes", type=_sizes, default=[64, 128, 256], help="comma-separated sizes (default 64,128,256)")
+    q.add_argument("--repeats", type=int, default=10, help="timed fast-path runs per size (default 10)")
+    q.add_argument("--reference-repeats", type=int, default=3, help="timed reference-path runs per size (default 3)")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    q.add_argument("--checkpoint", metavar="DIR", default=None, help="checkpoint folder (default: embedded)")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(handler=_render)
+
+
+def _raster(args) -> int:
+    from engine.errors import CgofError
+    from engine.render.bench_raster import bench_raster
+
+    if args.repeats < 1:
+        raise CgofError("--repeats must be >= 1")
+    out = bench_raster(sizes=args.sizes, repeats=args.repeats, device=args.device, facemodel=args.facemodel,
+                       mesh=args.mesh, backend=args.backend)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"mesh: {out['mesh']} ({out['source']}), {out['vertices']} vertices, {out['triangles']} triangles, "
+          f"yaw {out['yaw_deg']} pitch {out['pitch_deg']}")
+    print(f"backend {out['backend']} on {out['device']}, {out['threads']} threads, {out['repeats']} repeats")
+    print(f"{'size':>6} {'median ms':>10} {'p90 ms':>8} {'min ms':>8} {'covered':>8}")
+    for row in out["rows"]:
+        print(f"{row['size']:>6} {row['median_ms']:>10.2f} {row['p90_ms']:>8.2f} {row['min_ms']:>8.2f} "
+              f"{row['covered']:>8.1%}")
+    return 0
+
+
+def _render(args) -> int:
+    from engine.errors import CgofError
+    from engine.render.bench_render import bench_render  # written separately; import only when used
+
+    if args.repeats < 1 or args.reference_repeats < 1:
+        raise CgofError("--repeats and --reference-repeats must be >= 1")
+    log = None if args.json else (lambda row: print(_row_line(row), file=sys.stderr, flush=True))
+    out = bench_render(sizes=args.sizes, repeats=args.repeats, reference_repeats=args.reference_repeats,
+                       device=args.device, checkpoint=args.checkpoint, log=log)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for key, value in out.items():
+        if isinstance(value, list):
+            print(f"{key}:")
+            for row in value:
+                print("  " + _row_line(row))
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def _row_line(row) -> str:
+    if not isinstance(row, dict):
+        return str(row)
+    head = f"size {row['size']}: " if "size" in row else ""
+    return head + ", ".join(f"{k} {v}" for k, v in row.items() if k != "size")
