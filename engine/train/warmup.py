@@ -58,14 +58,16 @@ class WarmupConfig:
     shrink_steps: int = 300  # band tolerance 0.24 -> 0.0012 (reference: 200 GAN steps)
     lr: float = 4e-4
     lr_final: float = 4e-5
-    density_lr_mult: float = 10.0  # final_layer learns faster: densities must reach O(100)
-    inside_density: float = 100.0  # target density just behind the surface
-    inside_depth: float = 0.004  # world units behind the surface treated as solid
+    # The surface must be opaque within ~1 mm (densities of O(1000)); the density layer's init and
+    # learning rate are scaled by this factor, i.e. trained as if its output were multiplied by it.
+    density_scale: float = 100.0
+    inside_density: float = 2000.0  # target density just behind the surface
+    inside_depth: float = 0.02  # world units behind the surface treated as solid (inside the head)
     lambda_rgb: float = 1.0
     lambda_depth: float = 10.0
     lambda_dist: float = 1.0
-    lambda_bg: float = 1.0
-    lambda_inside: float = 0.1
+    lambda_occupancy: float = 1.0
+    occupancy_only: float = 0.2  # fraction of the run before the depth/dist terms ramp in (over as long again)
     yaw_range_deg: float = 50.0
     pitch_range_deg: float = 30.0
     ema_decay: float = 0.999
@@ -102,11 +104,14 @@ class WarmupTrainer:
         self.rasterizer = MeshRasterizer(self.camera, device=self.device)
         torch.manual_seed(self.cfg.seed)  # parameter init only; data uses the private generator
         self.field = OccupancyField(self.cfg.field_config(self.layout)).to(self.device)
+        with torch.no_grad():
+            for p in self.field.final_layer.parameters():
+                p.mul_(self.cfg.density_scale)
         density = list(self.field.final_layer.parameters())
         others = [p for n, p in self.field.named_parameters() if not n.startswith("final_layer.")]
         self.opt = torch.optim.Adam(
             [{"params": others, "lr": self.cfg.lr},
-             {"params": density, "lr": self.cfg.lr * self.cfg.density_lr_mult}],
+             {"params": density, "lr": self.cfg.lr * self.cfg.density_scale}],
             betas=(0.9, 0.99),
         )
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
@@ -148,9 +153,11 @@ class WarmupTrainer:
         for i in range(b):
             face_idx = flat_mask[i].nonzero().squeeze(-1).cpu()
             bg_idx = (~flat_mask[i]).nonzero().squeeze(-1).cpu()
-            pick_f = face_idx[torch.randint(len(face_idx), (n_face,), generator=self.gen)] if len(face_idx) else bg_idx[:0]
+            # A view may show no face (or no background): then all rays come from the other set.
+            n_f = n_face if len(bg_idx) else c.rays_per_face
+            pick_f = face_idx[torch.randint(len(face_idx), (n_f,), generator=self.gen)] if len(face_idx) else bg_idx[:0]
             n_bg = c.rays_per_face - len(pick_f)
-            pick_b = bg_idx[torch.randint(len(bg_idx), (n_bg,), generator=self.gen)]
+            pick_b = bg_idx[torch.randint(len(bg_idx), (n_bg,), generator=self.gen)] if n_bg else bg_idx[:0]
             idx.append(torch.cat([pick_f, pick_b]))
         idx = torch.stack(idx).to(self.device)  # (B, R)
         dirs = rays.directions.gather(1, idx[..., None].expand(-1, -1, 3))
@@ -188,13 +195,25 @@ class WarmupTrainer:
         loss["rgb"] = ((out.rgb - batch.target) ** 2).mean()
         loss["depth"] = (out.depth - batch.mesh_depth).abs()[face].mean() if bool(face.any()) else out.depth.sum() * 0
         loss["dist"] = dist_depr(out.weights, z, batch.mesh_depth, face, thick)
-        loss["bg"] = out.acc[~face].mean() if bool((~face).any()) else out.acc.sum() * 0
-        behind = z - batch.mesh_depth[..., None]
-        inside = face[..., None] & (behind > band_width / 2) & (behind < band_width / 2 + c.inside_depth)
-        short = torch.relu(1 - sigma / c.inside_density)
-        loss["inside"] = short[inside].mean() if bool(inside.any()) else sigma.sum() * 0
-        loss["total"] = (c.lambda_rgb * loss["rgb"] + c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"]
-                         + c.lambda_bg * loss["bg"] + c.lambda_inside * loss["inside"])
+        # Occupancy supervision straight from the mesh: every sample in front of the surface (or on
+        # a ray that misses the mesh) is empty, a slab just behind it is solid. Rendering losses
+        # alone give vanishing gradients while densities are small (alpha ~ delta * sigma).
+        offset = z - batch.mesh_depth[..., None]
+        margin = band_width / 2
+        outside = ~face[..., None] | (offset < -margin)
+        inside = face[..., None] & (offset > margin) & (offset < margin + c.inside_depth)
+        # Log-space so the gradient is ~1/sigma at every scale: a linear loss on sigma / 2000 is
+        # drowned by the photometric gradient while densities are O(10).
+        log_sigma = torch.log1p(torch.relu(sigma))
+        target = math.log1p(c.inside_density)
+        occ_out = log_sigma[outside].mean() if bool(outside.any()) else sigma.sum() * 0
+        occ_in = torch.relu(target - torch.log1p(torch.nn.functional.softplus(sigma)))[inside].mean() if bool(inside.any()) else sigma.sum() * 0
+        loss["occupancy"] = occ_out + occ_in
+        # Occupancy first: the rendered-depth terms fight it while densities are still small, so they
+        # ramp in once a solid shape exists.
+        ramp = min(max((self.progress() - c.occupancy_only) / max(c.occupancy_only, 1e-6), 0.0), 1.0)
+        loss["total"] = (c.lambda_rgb * loss["rgb"] + ramp * (c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"])
+                         + c.lambda_occupancy * loss["occupancy"])
         return loss
 
     def progress(self) -> float:
