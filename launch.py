@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="face model (.npz ours, .mat BFM_model_front); default: the embedded synthetic model")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="render device")
     p.add_argument("--preview-size", type=int, default=None, metavar="PX",
-                   help="size of the live preview while dragging (default: the app's measured choice)")
+                   help="size of the live preview while dragging (default: measured at start-up so that "
+                        "dragging shows >= 8 updates/s)")
     return p
 
 
@@ -50,30 +51,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         what = "checkpoint" if args.checkpoint else "face model" if args.facemodel else "model"
-        print(f"launch.py: error: cannot load the {what}: {type(exc).__name__}: {' '.join(str(exc).split())}",
-              file=sys.stderr)
+        print(f"launch.py: error: cannot load the {what}: {_one_line(exc)}", file=sys.stderr)
         return 2
 
-    from app.server import create_server, launch
+    import tempfile
+    from pathlib import Path
 
+    from app.server import claim_env, create_server, free_port, launch
+
+    # Gradio's folders must point into the server's own folder before gradio is first imported.
+    workdir = Path(tempfile.mkdtemp(prefix="cgof-studio-"))
+    claim_env(workdir)
     try:
-        server = create_server(synth, preview_size=args.preview_size)
-    except CgofError as exc:
-        print(f"launch.py: error: {exc}", file=sys.stderr)
+        server = create_server(synth, workdir, preview_size=args.preview_size or "auto", remove_workdir=True)
+    except Exception as exc:  # the first render failed: the model does not work, do not serve it
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"launch.py: error: the model loaded but cannot render: {_one_line(exc)}", file=sys.stderr)
         return 2
-    print(f"cGOF Studio: model on {synth.device}; starting the editor on http://{args.host}:{args.port or '<free port>'}",
-          flush=True)
+    port = args.port or free_port(args.host)
+    svc = server.service
+    measured = f", {svc.preview_ms:.0f} ms" if svc.preview_ms is not None else ""
+    print(f"cGOF Studio: model on {synth.device}; live preview {svc.preview_size} px{measured}; "
+          f"serving http://{args.host}:{port} (Ctrl+C to stop)", flush=True)
     try:
-        from app.server import free_port
-
-        launch(server, host=args.host, port=args.port or free_port(args.host), block=True)
+        launch(server, host=args.host, port=port, block=True)
     except OSError as exc:
-        print(f"launch.py: error: cannot serve on {args.host}:{args.port}: {' '.join(str(exc).split())}",
-              file=sys.stderr)
+        print(f"launch.py: error: cannot serve on {args.host}:{port}: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    from engine.errors import CgofError
+
+    return text if isinstance(exc, CgofError) else f"{type(exc).__name__}: {text}"
 
 
 def _load(args):

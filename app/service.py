@@ -9,7 +9,6 @@ run on the device at the same time (the Gradio queue limits concurrency as well)
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import threading
@@ -23,10 +22,14 @@ import numpy as np
 
 from engine.errors import CgofError
 
-from .state import GROUP_KIND, GROUPS, SLIDER_COUNTS, EditorState
+from .state import GROUP_KIND, SH_BANDS, SLIDER_COUNTS, EditorState, parse_json
 
-# Preview while dragging: small and fast (measured so dragging stays >= 8 updates/s on 2 CPU cores).
-PREVIEW_SIZE = 48
+# Preview while dragging. Its size is measured at start-up ("auto"): the largest candidate whose
+# render fits the budget, so that with the ~25 ms a round trip through Gradio costs, a drag shows
+# >= 8 updates/s on whatever device and model the server runs (on the 2-core dev CPU with the
+# 256-wide default field that is the smallest candidate; on a GPU the largest).
+PREVIEW_CANDIDATES = (24, 32, 40, 48, 64, 96)
+PREVIEW_BUDGET_MS = 100.0
 # Signed depth error map: +-ERROR_LIMIT world units span the colour scale (the face box is 0.24).
 ERROR_LIMIT = 0.01
 # What the 3D mesh preview sends to the browser at most.
@@ -36,7 +39,10 @@ GIF_KINDS = ("pose", "expression", "identity")
 GIF_VIEWS = ("rgb", "depth", "normals", "side-by-side")
 GIF_FRAMES = (4, 48)
 GIF_FPS = (1, 30)
+GIF_SIZES = (32, 48, 64, 96, 128, 256)
 MESH_KINDS = ("3dmm", "isosurface")
+# Files the service wrote are kept this long (downloads need them a while, the disk not forever).
+FILE_TTL_S = 3600.0
 
 
 @dataclass
@@ -86,12 +92,33 @@ class GifRequest:
 class RenderService:
     """Everything the UI and the API need, over one loaded synthesizer."""
 
-    def __init__(self, synth, workdir: str | os.PathLike, preview_size: int = PREVIEW_SIZE):
+    def __init__(self, synth, workdir: str | os.PathLike, preview_size: int | str = "auto"):
         self.synth = synth
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.preview_size = int(preview_size)
         self._lock = threading.RLock()
+        self._last_prune = 0.0
+        self.preview_ms: float | None = None  # what the calibration measured at the chosen size
+        self.preview_size = self.calibrate_preview() if preview_size == "auto" else int(preview_size)
+
+    def calibrate_preview(self, budget_ms: float = PREVIEW_BUDGET_MS) -> int:
+        """The largest PREVIEW_CANDIDATES size whose pose-only render (the mapping cached, as when
+        dragging) takes at most ``budget_ms`` (median of 3); the smallest if none does."""
+        spec = EditorState().spec
+        chosen = PREVIEW_CANDIDATES[0]
+        with self._lock:
+            self.synth.render(spec, size=chosen, quality="fast", normals=False)  # warm-up: mapping, allocations
+            for size in PREVIEW_CANDIDATES:
+                times = []
+                for yaw in (-4.0, 0.0, 4.0):
+                    t0 = time.perf_counter()
+                    self.synth.render(spec, yaw_deg=yaw, size=size, quality="fast", normals=False)
+                    times.append((time.perf_counter() - t0) * 1000.0)
+                ms = sorted(times)[1]
+                if ms > budget_ms and size != PREVIEW_CANDIDATES[0]:
+                    break
+                chosen, self.preview_ms = size, ms
+        return chosen
 
     # ---- model facts ------------------------------------------------------------------------
     @property
@@ -115,11 +142,25 @@ class RenderService:
         return dev
 
     def slider_count(self, group: str) -> int:
-        return min(SLIDER_COUNTS[group], int(getattr(self.layout, GROUP_KIND[group])))
+        n = int(getattr(self.layout, GROUP_KIND[group]))
+        if group == "lighting":
+            n = min(n // 3, SH_BANDS)
+        return min(SLIDER_COUNTS[group], n)
 
     def slider_names(self, group: str) -> list[str]:
+        """Slider labels: the face model's component names where it has them (for lighting the
+        band's name without its colour, since a slider moves all three colours)."""
         kind = GROUP_KIND[group]
-        return [self.facemodel.component_name(kind, i) for i in range(self.slider_count(group))]
+        out = []
+        for i in range(self.slider_count(group)):
+            name = self.facemodel.component_name(kind, i)
+            if name == f"{kind} {i}":  # the model has no name for it
+                out.append(f"{'SH band' if group == 'lighting' else 'PC'} {i}")
+            elif group == "lighting":
+                out.append(name.split(": ", 1)[-1])
+            else:
+                out.append(name)
+        return out
 
     # ---- rendering ----------------------------------------------------------------------------
     def render_preview(self, state: EditorState, size: int | None = None) -> Frame:
@@ -133,7 +174,7 @@ class RenderService:
 
     def render_full(self, state: EditorState) -> FullRender:
         """Full-size render at the state's size and quality, with depth / error / normal views."""
-        from engine.export.layout import depth_to_image, signed_error_image
+        from engine.export.layout import depth_to_image, normals_to_image, signed_error_image
 
         t0 = time.perf_counter()
         with self._lock:
@@ -144,7 +185,8 @@ class RenderService:
         mesh_depth = np.asarray(res.mesh_depth, dtype=np.float32)
         field_depth = np.asarray(res.depth, dtype=np.float32)
         lo, hi = self.depth_range(mesh_depth, mask)
-        err = field_depth - mesh_depth
+        # Positive = the field's surface lies behind the mesh; only defined where the mesh is.
+        err = np.where(mask, field_depth - mesh_depth, 0.0).astype(np.float32)
         inside = err[mask]
         summary = {
             "size": state.size,
@@ -166,8 +208,8 @@ class RenderService:
             image=np.asarray(res.image),
             mesh_depth=depth_to_image(mesh_depth, mask, lo, hi),
             field_depth=depth_to_image(field_depth, mask, lo, hi),
-            error=signed_error_image(field_depth, mesh_depth, mask, ERROR_LIMIT),
-            normals=np.asarray(res.normals_image()),
+            error=signed_error_image(err, ERROR_LIMIT, mask),
+            normals=normals_to_image(res.normals, mask),
             summary=summary,
             ms=ms,
         )
@@ -183,12 +225,10 @@ class RenderService:
         return float(cfg.ray_start), float(cfg.ray_end)
 
     def error_legend(self, width: int = 256, height: int = 12) -> np.ndarray:
-        """The error map's colour scale from -ERROR_LIMIT (left) to +ERROR_LIMIT (right), drawn by
-        the same function that draws the map."""
-        from engine.export.layout import signed_error_image
+        """The error map's colour scale, -ERROR_LIMIT at the left to +ERROR_LIMIT at the right."""
+        from engine.export.layout import error_legend
 
-        ramp = np.linspace(-ERROR_LIMIT, ERROR_LIMIT, width, dtype=np.float32)[None].repeat(height, 0)
-        return signed_error_image(ramp, np.zeros_like(ramp), np.ones_like(ramp, dtype=bool), ERROR_LIMIT)
+        return np.asarray(error_legend(ERROR_LIMIT, width, height))
 
     def preview_mesh(self, state: EditorState, max_faces: int = MESH_PREVIEW_FACES) -> PreviewMesh:
         """The current 3DMM mesh, decimated by vertex clustering to at most ~``max_faces`` faces."""
@@ -205,21 +245,43 @@ class RenderService:
     # ---- files --------------------------------------------------------------------------------
     def new_path(self, stem: str, suffix: str) -> Path:
         """A fresh file path inside the service's output folder."""
-        sub = self.workdir / "out"
-        sub.mkdir(parents=True, exist_ok=True)
-        return sub / f"{stem}-{uuid.uuid4().hex[:10]}{suffix}"
+        self._prune()
+        return self.workdir / f"{stem}-{uuid.uuid4().hex[:10]}{suffix}"
 
     def save_preset(self, state: EditorState) -> Path:
         """The state as a preset file, named by its content (saving the same face twice reuses it)."""
+        self._prune()
         text = state.to_json() + "\n"
         sub = self.workdir / "presets" / hashlib.sha1(text.encode()).hexdigest()[:12]
         sub.mkdir(parents=True, exist_ok=True)
         path = sub / "cgof-preset.json"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp")
+        if path.exists():
+            path.touch()  # still in use: keep it from being pruned
+        else:
+            tmp = sub / f".{uuid.uuid4().hex}.tmp"
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(path)
         return path
+
+    def _prune(self) -> None:
+        """Drop files this service wrote more than FILE_TTL_S ago (checked at most once a minute)."""
+        now = time.time()
+        if now - self._last_prune < 60.0:
+            return
+        self._last_prune = now
+        for root, dirs, files in os.walk(self.workdir, topdown=False):
+            for name in files:
+                p = Path(root) / name
+                try:
+                    if now - p.stat().st_mtime > FILE_TTL_S:
+                        p.unlink()
+                except OSError:
+                    pass  # another request removed or is using it; next round
+            if Path(root) != self.workdir:
+                try:
+                    Path(root).rmdir()  # only succeeds when empty
+                except OSError:
+                    pass
 
     def load_preset(self, path: str | os.PathLike | None, current: EditorState) -> EditorState:
         """Read a preset file; any problem is a one-line CgofError (the caller keeps ``current``)."""
@@ -271,30 +333,19 @@ class RenderService:
         return full.image, full.summary
 
     def parse_gif_request(self, text: Any) -> GifRequest:
-        if isinstance(text, (bytes, bytearray)):
-            text = bytes(text).decode("utf-8", "replace")
-        if not isinstance(text, str):
-            raise CgofError(f"request: expected a JSON string, got {type(text).__name__}")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CgofError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        """``/export_gif`` body: kind, frames, size (of a GIF frame), optional fps and views, plus
+        any face-state keys of a preset (the sweep starts from that face and pose)."""
+        data = parse_json(text)
         if not isinstance(data, dict):
-            raise CgofError("request: expected a JSON object with kind, frames, size and the face state")
-        gif_keys = {"kind", "frames", "gif_size", "fps", "views"}
-        opts = {k: data.pop(k) for k in list(data) if k in gif_keys}
-        # 'size' is the GIF frame size here; the face state has no use for the full-render size.
+            raise CgofError("request: expected a JSON object with kind, frames, size and the face state keys")
+        data = dict(data)
+        opts = {k: data.pop(k) for k in ("kind", "frames", "fps", "views") if k in data}
+        # Here 'size' is the GIF frame size; the state's own full-render size plays no part.
         size = data.pop("size", 64)
-        state = EditorState.from_preset(data, self.layout)
-        req = GifRequest(
-            kind=opts.get("kind", "pose"),
-            frames=opts.get("frames", 12),
-            size=size,
-            fps=opts.get("fps", 10),
-            views=opts.get("views", "rgb"),
-            state=state,
-        )
+        req = GifRequest(kind=opts.get("kind", "pose"), frames=opts.get("frames", 12), size=size,
+                         fps=opts.get("fps", 10), views=opts.get("views", "rgb"))
         _check_gif(req)
+        req.state = EditorState.from_preset(data, self.layout)
         return req
 
     def api_export_gif(self, text: Any) -> Path:
@@ -309,8 +360,8 @@ def _check_gif(req: GifRequest) -> None:
     for name, v, (lo, hi) in (("frames", req.frames, GIF_FRAMES), ("fps", req.fps, GIF_FPS)):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise CgofError(f"{name} = {v!r}: expected an integer in [{lo}, {hi}]")
-    if isinstance(req.size, bool) or not isinstance(req.size, int) or req.size not in (32, 48, 64, 96, 128, 256):
-        raise CgofError(f"size = {req.size!r}: expected one of 32, 48, 64, 96, 128, 256")
+    if isinstance(req.size, bool) or not isinstance(req.size, int) or req.size not in GIF_SIZES:
+        raise CgofError(f"size = {req.size!r}: expected one of {', '.join(map(str, GIF_SIZES))}")
 
 
 def _maybe_float(v) -> float | None:
@@ -341,10 +392,10 @@ def decimate(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, ma
         col = np.zeros((uniq.size, 3), np.float32)
         np.add.at(col, inv, colors.astype(np.float32))
         f = inv[triangles]
-        keep = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
-        f = f[keep]
-        f = np.unique(np.sort(f, axis=1), axis=0, return_index=True)[1]
-        f = inv[triangles][keep][np.sort(f)]
+        f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+        # Keep each merged face once, in its original winding (first occurrence wins).
+        _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
+        f = f[np.sort(first)]
         cand = (v / counts, f, (col / counts).round().clip(0, 255).astype(np.uint8))
         if f.shape[0] <= max_faces:
             best = cand

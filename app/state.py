@@ -26,6 +26,10 @@ GROUP_KIND: dict[str, str] = {"identity": "id", "expression": "exp", "texture": 
 # How many sliders each group shows (the first N components of the model).
 SLIDER_COUNTS: dict[str, int] = {"identity": 10, "expression": 8, "texture": 4, "lighting": 4}
 SLIDER_SIGMA = 3.0  # sliders span +-3 sigma (presets / API accept the model's +-5)
+# Lighting is 27 = 3 colours x 9 SH bands, colour-major (engine.model.sh). One lighting slider
+# moves one band in all three colours together: a white light from one direction, where a
+# per-coefficient slider would only tint the face red.
+SH_BANDS = 9
 
 YAW_LIMIT = 60.0  # degrees either side of frontal
 PITCH_LIMIT = 40.0
@@ -63,6 +67,13 @@ class EditorState:
             return self
         return replace(self, spec=replace(self.spec, **{group: values}))
 
+    def with_slider(self, group: str, index: int, value: float) -> "EditorState":
+        """Set what slider ``index`` of ``group`` drives (see :func:`slider_components`)."""
+        st = self
+        for c in slider_components(group, index):
+            st = st.with_component(group, c, value)
+        return st
+
     def with_pose(self, yaw: float | None = None, pitch: float | None = None) -> "EditorState":
         """Pose-only edit: the spec object is kept as is (the synthesizer's mapping cache hits)."""
         return replace(
@@ -93,15 +104,17 @@ class EditorState:
             return self
         return replace(self, spec=replace(self.spec, **{group: {}}))
 
-    def randomized(self, group: str, indices, rng: random.Random | None = None) -> "EditorState":
-        """Draw the components ``indices`` of ``group`` from N(0, 1), clipped to the slider range.
-        Components not in ``indices`` are kept."""
+    def randomized(self, group: str, sliders, rng: random.Random | None = None) -> "EditorState":
+        """Draw each of the ``sliders`` of ``group`` from N(0, 1), clipped to the slider range and
+        rounded to its step; what no listed slider drives is kept."""
         _check_group(group)
         rng = rng or random.Random()
         values = dict(getattr(self.spec, group))
-        for i in indices:
+        for i in sliders:
             v = max(-SLIDER_SIGMA, min(SLIDER_SIGMA, rng.gauss(0.0, 1.0)))
-            values[int(i)] = round(v, 2) or 0.01
+            v = round(v / 0.05) * 0.05 or 0.05  # an exact 0 would read as "not set"
+            for c in slider_components(group, i):
+                values[c] = round(v, 2)
         return replace(self, spec=replace(self.spec, **{group: values}))
 
     def reset_all(self) -> "EditorState":
@@ -110,12 +123,14 @@ class EditorState:
 
     # ---- reading ------------------------------------------------------------------------------
     def value(self, group: str, index: int) -> float:
+        """One component's value (0 when unset)."""
         return float(getattr(self.spec, group).get(int(index), 0.0))
 
-    def mesh_key(self) -> tuple:
-        """Everything the 3DMM mesh preview depends on (not the pose or the free latents)."""
-        s = self.spec
-        return tuple(tuple(sorted(getattr(s, g).items())) for g in GROUPS)
+    def slider_value(self, group: str, index: int) -> float:
+        """What slider ``index`` of ``group`` shows: the mean of the components it drives (they
+        differ only after a preset set them apart)."""
+        comps = slider_components(group, index)
+        return round(sum(self.value(group, c) for c in comps) / len(comps), 4)
 
     # ---- presets --------------------------------------------------------------------------------
     def to_preset(self) -> dict:
@@ -158,22 +173,39 @@ class EditorState:
     @classmethod
     def from_json(cls, text: Any, layout: LatentLayout, defaults: "EditorState | None" = None) -> "EditorState":
         """JSON text (str or bytes) -> validated state; invalid JSON is a one-line CgofError."""
-        if isinstance(text, (bytes, bytearray)):
-            try:
-                text = bytes(text).decode("utf-8")
-            except UnicodeDecodeError:
-                raise CgofError("preset: not a UTF-8 text file (expected a JSON preset)") from None
-        if not isinstance(text, str):
-            raise CgofError(f"request: expected a JSON string, got {type(text).__name__}")
-        if not text.strip():
-            raise CgofError("request: empty; expected a JSON object such as {\"yaw\": 10, \"identity\": {\"0\": 1.5}}")
+        return cls.from_preset(parse_json(text), layout, defaults)
+
+
+def parse_json(text: Any) -> Any:
+    """A request / preset body (str or UTF-8 bytes) -> the decoded JSON value, or a one-line
+    CgofError saying where the text stops being JSON."""
+    if isinstance(text, (bytes, bytearray)):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CgofError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-        except RecursionError:
-            raise CgofError("invalid JSON: nested too deeply") from None
-        return cls.from_preset(data, layout, defaults)
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CgofError("request: not UTF-8 text; expected a JSON object") from None
+    if not isinstance(text, str):
+        raise CgofError(f"request: expected a JSON string, got {type(text).__name__}")
+    if not text.strip():
+        raise CgofError('request: empty; expected a JSON object such as {"yaw": 10, "identity": {"0": 1.5}}')
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CgofError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise CgofError("invalid JSON: nested too deeply") from None
+
+
+def slider_components(group: str, index: int) -> tuple[int, ...]:
+    """The components slider ``index`` of ``group`` drives: the same band of the three colours for
+    lighting, the component itself otherwise."""
+    _check_group(group)
+    index = int(index)
+    if group == "lighting":
+        if not 0 <= index < SH_BANDS:
+            raise CgofError(f"lighting slider {index}: expected a band in 0..{SH_BANDS - 1}")
+        return tuple(index + SH_BANDS * c for c in range(3))
+    return (index,)
 
 
 def _check_group(group: str) -> None:

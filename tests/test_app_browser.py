@@ -1,11 +1,14 @@
 """The editor in a real browser (Playwright + Debian chromium): load the page, edit like a user,
-check the rendered image changes, export a GIF and count its frames, load a bad preset.
+check the rendered pixels change, export a GIF and count its frames, load a bad preset, and check
+that a second session starts from its own state.
 
-A screenshot is written to $CGOF_SCREENSHOT_DIR (default: the test's tmp folder).
+A screenshot goes to $CGOF_SCREENSHOT (a file path; default: the test's tmp folder) and to
+/tmp/cgof_screenshot.png.
 """
 
 import io
 import os
+import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -16,10 +19,15 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.browser,
+    # Gradio's own queue code trips pandas deprecation warnings; they are not ours to fix.
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
 ]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
+LEAD_SCREENSHOT = Path("/tmp/cgof_screenshot.png")
+WAIT_S = 120.0  # generous: the CPU is shared; nothing here measures speed
 
 
 @pytest.fixture(scope="module")
@@ -35,85 +43,127 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
-        pg = context.new_page()
-        pg.set_default_timeout(30_000)
-        pg.goto(server.url)
-        pg.wait_for_selector("#main-image img")
-        yield pg
-        context.close()
-        browser.close()
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
 
 
-def _image_pixels(page, selector="#main-image img"):
+def _open(browser, url):
+    context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_S * 1000)
+    page.goto(url)
+    page.wait_for_selector("#main-image img")
+    return context, page
+
+
+def _pixels(page, selector="#main-image img"):
     from PIL import Image
 
     src = page.locator(selector).get_attribute("src")
-    with urllib.request.urlopen(src, timeout=10) as r:
-        return src, np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+    if src.startswith("data:"):
+        import base64
+
+        raw = base64.b64decode(src.split(",", 1)[1])
+    else:
+        with urllib.request.urlopen(src, timeout=30) as r:
+            raw = r.read()
+    return src, np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
 
 
-def _wait_for_new_image(page, old_src, timeout=30.0):
+def _wait(page, what, check, timeout=WAIT_S):
     t0 = time.monotonic()
+    last = None
     while time.monotonic() - t0 < timeout:
+        ok, last = check()
+        if ok:
+            return last
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+def _status(page, prefix):
+    def check():
+        # the markdown itself, not the (hidden) progress tracker Gradio keeps next to it
+        text = page.locator("#status [data-testid='markdown']").inner_text().strip()
+        return text.startswith(prefix), text
+
+    return _wait(page, f"a status line starting with {prefix!r}", check)
+
+
+def _new_image(page, old_src):
+    def check():
         src = page.locator("#main-image img").get_attribute("src")
-        if src and src != old_src:
-            return
-        page.wait_for_timeout(100)
-    raise AssertionError("the rendered image did not change")
+        return bool(src) and src != old_src, src
+
+    _wait(page, "a new rendered image", check)
 
 
-def _wait_for_status(page, prefix, timeout=30.0):
-    t0 = time.monotonic()
-    text = ""
-    while time.monotonic() - t0 < timeout:
-        text = page.locator("#status").inner_text().strip()
-        if text.startswith(prefix):
-            return text
-        page.wait_for_timeout(100)
-    raise AssertionError(f"status line is {text!r}, expected it to start with {prefix!r}")
+def _type_into(page, slider_id, value):
+    box = page.locator(f"#{slider_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")  # leaving the box is the release: the full render follows
 
 
-def test_editor_in_a_browser(page, server, tmp_path):
+def _screenshot(page, tmp_path):
+    target = Path(os.environ.get("CGOF_SCREENSHOT") or tmp_path / "cgof-editor.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target), full_page=True)
+    if target != LEAD_SCREENSHOT:
+        shutil.copyfile(target, LEAD_SCREENSHOT)
+    return target
+
+
+def test_editor_in_a_browser(browser, server, tmp_path):
     from PIL import Image
 
-    # the page shows the embedded default, every view and the error legend
+    context, page = _open(browser, server.url)
+    # the page shows the embedded default, every view, the error legend and the mesh preview
     for sel in ("#view-mesh-depth img", "#view-field-depth img", "#view-error img", "#view-normals img",
                 "#error-legend img", "#mesh-plot .js-plotly-plot"):
         page.wait_for_selector(sel)
-    assert "device" in _wait_for_status(page, "✓")
+    assert "device" in _status(page, "✓")
 
-    # type a yaw into the slider's number box and leave it (release): a new full render appears
-    src0, before = _image_pixels(page)
-    box = page.locator("#slider-yaw input[type=number]")
-    box.fill("35")
-    box.press("Tab")
-    _wait_for_new_image(page, src0)
-    _wait_for_status(page, "✓")
-    src1, after = _image_pixels(page)
-    assert after.shape == before.shape
-    assert np.abs(after.astype(int) - before.astype(int)).mean() > 1.0
+    # a yaw typed into the slider's box: a new full render with other pixels
+    src0, before = _pixels(page)
+    _type_into(page, "slider-yaw", 35)
+    _new_image(page, src0)
+    _status(page, "✓")
+    src1, turned = _pixels(page)
+    assert turned.shape == before.shape and np.abs(turned.astype(int) - before.astype(int)).mean() > 1.0
 
-    # drag an identity slider like a user: previews while dragging, the full render on release
+    # drag an identity slider: previews arrive while the pointer is down, the full render on release
     rng = page.locator("#slider-identity-0 input[type=range]")
+    rng.scroll_into_view_if_needed()
     bb = rng.bounding_box()
     y = bb["y"] + bb["height"] / 2
     page.mouse.move(bb["x"] + bb["width"] / 2, y)
     page.mouse.down()
     for k in range(1, 9):
-        page.mouse.move(bb["x"] + bb["width"] * (0.5 + 0.05 * k), y)
-        page.wait_for_timeout(40)
+        page.mouse.move(bb["x"] + bb["width"] * (0.5 + 0.05 * k), y, steps=3)
+        page.wait_for_timeout(50)
+    preview_status = _status(page, "◌ preview")
+    assert "ms/frame" in preview_status
+    preview_px = _pixels(page)[1]
     page.mouse.up()
-    _wait_for_new_image(page, src1)
-    _wait_for_status(page, "✓")
+    _status(page, "✓")
     value = float(page.locator("#slider-identity-0 input[type=number]").input_value())
     assert value > 1.0
-    _, dragged = _image_pixels(page)
-    assert not np.array_equal(dragged, after)
+    _, dragged = _pixels(page)
+    assert dragged.shape == turned.shape and preview_px.shape[0] < dragged.shape[0]
+    assert not np.array_equal(dragged, turned)
+
+    # a second session starts from the default face: the same yaw there gives the pre-drag image
+    context2, page2 = _open(browser, server.url)
+    src2 = page2.locator("#main-image img").get_attribute("src")
+    _type_into(page2, "slider-yaw", 35)
+    _new_image(page2, src2)
+    _status(page2, "✓")
+    assert np.array_equal(_pixels(page2)[1], turned)
+    context2.close()
 
     # a bad preset file: a clear message, the face is kept
     bad = tmp_path / "broken.json"
@@ -121,9 +171,10 @@ def test_editor_in_a_browser(page, server, tmp_path):
     with page.expect_file_chooser() as chooser:
         page.locator("#btn-load-preset").click()
     chooser.value.set_files(str(bad))
-    msg = _wait_for_status(page, "⚠")
+    msg = _status(page, "⚠")
     assert "broken.json" in msg and "yaw" in msg
     assert float(page.locator("#slider-identity-0 input[type=number]").input_value()) == value
+    assert np.array_equal(_pixels(page)[1], dragged)
 
     # export a 6-frame pose GIF and download it
     frames = page.locator("#gif-frames input[type=number]")
@@ -131,7 +182,8 @@ def test_editor_in_a_browser(page, server, tmp_path):
     frames.press("Tab")
     page.locator("#btn-gif").click()
     link = page.locator("#gif-file a").first
-    link.wait_for(timeout=60_000)
+    link.wait_for()
+    _status(page, "✓ GIF ready")
     with page.expect_download() as dl:
         link.click()
     gif = tmp_path / "sweep.gif"
@@ -139,7 +191,6 @@ def test_editor_in_a_browser(page, server, tmp_path):
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 6
 
-    shots = Path(os.environ.get("CGOF_SCREENSHOT_DIR") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(shots / "cgof-editor.png"), full_page=True)
-    assert (shots / "cgof-editor.png").stat().st_size > 10_000
+    shot = _screenshot(page, tmp_path)
+    assert shot.stat().st_size > 10_000
+    context.close()

@@ -36,7 +36,10 @@ def test_random_reset_and_reset_all():
     st = EditorState(spec=FaceSpec(identity={40: 2.0}), yaw=10, size=256, quality="reference")
     r = st.randomized("identity", range(5), rng=random.Random(1))
     assert set(r.spec.identity) == {0, 1, 2, 3, 4, 40}
-    assert all(abs(v) <= SLIDER_SIGMA and v != 0 for v in r.spec.identity.values())
+    drawn = [r.spec.identity[i] for i in range(5)]
+    assert all(abs(v) <= SLIDER_SIGMA and v != 0 for v in drawn) and len(set(drawn)) > 1
+    assert all(abs(v / 0.05 - round(v / 0.05)) < 1e-6 for v in drawn)  # on the slider's step
+    assert r.randomized("identity", range(5), rng=random.Random(2)).spec.identity != r.spec.identity
     assert r.spec.identity[40] == 2.0  # components without a slider are kept
     assert r.reset_group("identity").spec.identity == {}  # Reset clears the hidden ones too
     z = r.reset_all()
@@ -96,8 +99,18 @@ def test_bad_requests_are_one_line_errors(text, words):
     assert words in msg and "\n" not in msg
 
 
-def test_mesh_key_ignores_pose_and_free_latents():
-    st = EditorState(spec=FaceSpec(identity={0: 1.0}))
-    assert st.with_pose(yaw=30).mesh_key() == st.mesh_key()
-    assert st.with_seed(9).with_psi(0.5).mesh_key() == st.mesh_key()
-    assert st.with_component("expression", 0, 1.0).mesh_key() != st.mesh_key()
+def test_a_lighting_slider_moves_one_band_in_all_three_colours():
+    st = EditorState().with_slider("lighting", 2, 1.5)
+    assert st.spec.lighting == {2: 1.5, 11: 1.5, 20: 1.5}
+    assert st.slider_value("lighting", 2) == 1.5 and st.slider_value("lighting", 0) == 0.0
+    assert st.with_slider("lighting", 2, 0.0).spec.lighting == {}
+    # a preset may set the colours apart: the slider shows their mean, moving it aligns them
+    tinted = EditorState(spec=FaceSpec(lighting={1: 0.3, 10: 0.6, 19: 0.9}))
+    assert tinted.slider_value("lighting", 1) == pytest.approx(0.6)
+    r = EditorState().randomized("lighting", range(4), rng=random.Random(0))
+    assert len(r.spec.lighting) == 12 and all(r.spec.lighting[b] == r.spec.lighting[b + 9] == r.spec.lighting[b + 18]
+                                              for b in range(4))
+    # other groups: one slider, one component
+    assert EditorState().with_slider("texture", 3, -1.0).spec.texture == {3: -1.0}
+    with pytest.raises(CgofError):
+        st.with_slider("lighting", 9, 1.0)

@@ -83,6 +83,6 @@ def error_legend_html(legend: np.ndarray, limit: float) -> str:
         '<div class="cgof-legend-ticks">'
         f"<span>&minus;{lim}</span><span>0</span><span>+{lim}</span>"
         "</div>"
-        '<div class="cgof-legend-note">&larr; field nearer &nbsp;&middot;&nbsp; world units &nbsp;&middot;&nbsp; field farther &rarr;</div>'
+        '<div class="cgof-legend-note">field &minus; mesh depth (world units)</div>'
         "</div>"
     )
