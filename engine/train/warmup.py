@@ -38,6 +38,7 @@ from .ema import EMA
 from .losses import band_thickness, dist_depr
 
 MOUTH_COLOUR = (0.12, 0.04, 0.04)
+NORMAL_GRAD_FLOOR = 1e3
 
 
 @dataclass
@@ -67,6 +68,10 @@ class WarmupConfig:
     lambda_depth: float = 10.0
     lambda_dist: float = 1.0
     lambda_occupancy: float = 1.0
+    # Density gradients are the field's normals: supervising them with the mesh normals at the surface
+    # keeps the shell smooth (an occupancy step alone leaves high-frequency ripples that show as noise).
+    lambda_normal: float = 0.5
+    normal_points: int = 96  # surface points per face for the normal term (second-order autograd)
     occupancy_only: float = 0.2  # fraction of the run before the depth/dist terms ramp in (over as long again)
     yaw_range_deg: float = 50.0
     pitch_range_deg: float = 30.0
@@ -89,6 +94,7 @@ class Batch:
     target: torch.Tensor  # (B, R, 3) in [0, 1]
     mesh_depth: torch.Tensor  # (B, R), 0 on background
     face: torch.Tensor  # (B, R) bool
+    normals: torch.Tensor  # (B, R, 3) unit mesh normals, world axes; 0 where no mesh (mouth cavity, background)
 
 
 class WarmupTrainer:
@@ -142,6 +148,8 @@ class WarmupTrainer:
         c2w = self.camera.cam2world(theta, phi)
         frags = self.rasterizer.rasterize(verts, fm.triangles, c2w, c.img_size)
         image = self.rasterizer.interpolate(frags, colours, fm.triangles)  # (B, H, W, 3)
+        normals = self.rasterizer.interpolate(frags, fm.vertex_normals(verts), fm.triangles)
+        normals = torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
         mask, depth = close_mouth(frags.mask, frags.depth)
         cavity = mask & ~frags.mask
         image = torch.where(cavity[..., None], torch.tensor(MOUTH_COLOUR, device=self.device), image)
@@ -164,7 +172,8 @@ class WarmupTrainer:
         target = image.reshape(b, n, 3).gather(1, idx[..., None].expand(-1, -1, 3))
         mesh_depth = depth.reshape(b, n).gather(1, idx)
         face = flat_mask.gather(1, idx)
-        return Batch(z, rays.origins, dirs, target, mesh_depth, face)
+        nrm = normals.reshape(b, n, 3).gather(1, idx[..., None].expand(-1, -1, 3))
+        return Batch(z, rays.origins, dirs, target, mesh_depth, face, nrm)
 
     # ---- one step ----------------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -204,17 +213,40 @@ class WarmupTrainer:
         inside = face[..., None] & (offset > margin) & (offset < margin + c.inside_depth)
         # Log-space so the gradient is ~1/sigma at every scale: a linear loss on sigma / 2000 is
         # drowned by the photometric gradient while densities are O(10).
-        log_sigma = torch.log1p(torch.relu(sigma))
+        # Signed log: a sample whose raw density went negative still gets a gradient towards solid
+        # (a softplus/relu there has none, and the empty-space term drives most samples negative).
+        slog = torch.sign(sigma) * torch.log1p(sigma.abs())
         target = math.log1p(c.inside_density)
-        occ_out = log_sigma[outside].mean() if bool(outside.any()) else sigma.sum() * 0
-        occ_in = torch.relu(target - torch.log1p(torch.nn.functional.softplus(sigma)))[inside].mean() if bool(inside.any()) else sigma.sum() * 0
+        occ_out = torch.relu(slog)[outside].mean() if bool(outside.any()) else sigma.sum() * 0
+        occ_in = torch.relu(target - slog)[inside].mean() if bool(inside.any()) else sigma.sum() * 0
         loss["occupancy"] = occ_out + occ_in
+        loss["normal"] = self._normal_loss(batch, film)
         # Occupancy first: the rendered-depth terms fight it while densities are still small, so they
         # ramp in once a solid shape exists.
         ramp = min(max((self.progress() - c.occupancy_only) / max(c.occupancy_only, 1e-6), 0.0), 1.0)
         loss["total"] = (c.lambda_rgb * loss["rgb"] + ramp * (c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"])
-                         + c.lambda_occupancy * loss["occupancy"])
+                         + c.lambda_occupancy * loss["occupancy"] + ramp * c.lambda_normal * loss["normal"])
         return loss
+
+    def _normal_loss(self, batch: Batch, film) -> torch.Tensor:
+        """Mean (1 - cos) between the field's normals and the mesh normals at mesh surface points
+        (up to ``normal_points`` face rays per view; the mouth cavity has no mesh normal)."""
+        has = batch.normals.norm(dim=-1) > 0.5  # (B, R)
+        k = min(self.cfg.normal_points, batch.face.shape[1])
+        if k == 0 or not bool(has.any()):
+            return batch.mesh_depth.sum() * 0
+        # The first rays of each view are face rays (make_batch puts them first).
+        sel = has[:, :k]
+        pts = batch.origins[:, None, :] + batch.dirs[:, :k] * batch.mesh_depth[:, :k, None]
+        with torch.enable_grad():  # also when the losses are only being measured
+            pts = pts.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.field.density(pts, film).sum(), pts, create_graph=torch.is_grad_enabled())
+        # A soft floor on |grad| (world units: a solid shell has |grad| ~ 1e5): while the field is
+        # still flat, normalising a tiny gradient would give this term huge, meaningless gradients
+        # that swamp the occupancy term under gradient clipping.
+        n = -g / (g.norm(dim=-1, keepdim=True) + NORMAL_GRAD_FLOOR)
+        cos = (n * batch.normals[:, :k]).sum(-1)
+        return (1 - cos)[sel].mean() if bool(sel.any()) else cos.sum() * 0
 
     def progress(self) -> float:
         """Fraction of the run done: by steps, or by time when a time budget is the tighter bound."""

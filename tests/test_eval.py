@@ -1,0 +1,72 @@
+"""Control-fidelity metrics (engine.eval) on synthesizers whose answers we know."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from engine.eval import GOALS, EvalConfig, evaluate
+from engine.model.field import FieldConfig, OccupancyField
+from engine.model.io import load_facemodel
+from engine.model.latent import LatentLayout
+from engine.synthesizer import FaceSynthesizer
+
+
+@pytest.fixture(scope="module")
+def synth():
+    fm = load_facemodel(None)
+    layout = LatentLayout.for_sizes(fm.sizes, 4, 4)
+    torch.manual_seed(0)
+    field = OccupancyField(FieldConfig(z_dim=layout.dim, width=16, film_layers=2, mapping_hidden=32))
+    return FaceSynthesizer(field, fm, layout, device="cpu")
+
+
+class _Oracle:
+    """Wraps a synthesizer and replaces the field's depth by the mesh depth (plus an optional
+    expression-dependent offset on every face pixel, i.e. a field that leaks expression edits)."""
+
+    def __init__(self, synth, leak: float = 0.0):
+        self._s, self._leak = synth, leak
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def render(self, spec, yaw, pitch, **kw):
+        res = self._s.render(spec, yaw, pitch, **kw)
+        offset = self._leak * sum(abs(v) for v in spec.expression.values())
+        depth = np.where(res.mask, res.mesh_depth + offset, 1.12).astype(np.float32)
+        return replace(res, depth=depth)
+
+
+CFG = EvalConfig(samples=3, size=32)
+
+
+def test_a_field_that_is_the_mesh_scores_perfectly(synth):
+    out = evaluate(_Oracle(synth), CFG)
+    assert out["depth_error_rel"] == 0.0
+    # Pixels whose mesh depth moved by less than the "changed" threshold (1e-4) count as steady.
+    assert out["expression_leak"] < 0.01
+    # Landmarks are read back from the (mesh) depth by bilinear interpolation: close, not exact.
+    assert out["landmarks_used"] > 20
+    assert out["landmark_error_rel"] < GOALS["landmark_error_rel"]
+    assert all(out["pass"].values())
+
+
+def test_a_leaking_field_fails_the_leak_goal(synth):
+    out = evaluate(_Oracle(synth, leak=2e-4), CFG)
+    assert out["depth_error_rel"] > 0
+    assert out["expression_leak"] > GOALS["expression_leak"]
+    assert out["pass"]["expression_leak"] is False
+
+
+def test_random_weights_report_every_metric(synth):
+    out = evaluate(synth, EvalConfig(samples=2, size=24, quality="fast"))
+    for key in ("depth_error_rel", "landmark_error_rel", "expression_leak", "expression_leak_all"):
+        assert isinstance(out[key], float) and not math.isinf(out[key])
+    assert set(out["pass"]) == set(GOALS)
+    # An untrained field does not follow the mesh.
+    assert out["depth_error_rel"] > GOALS["depth_error_rel"]
