@@ -49,7 +49,7 @@ class WarmupConfig:
     film_layers: int = 8
     mapping_hidden: int = 256
     free_latent: int = 80  # bg_geo and bg_tex sizes (reference: 80 each)
-    steps: int = 3000
+    steps: int = 8000
     faces_per_step: int = 4
     rays_per_face: int = 384
     face_ray_fraction: float = 0.75
@@ -64,7 +64,7 @@ class WarmupConfig:
     density_scale: float = 100.0
     inside_density: float = 2000.0  # target density just behind the surface
     inside_depth: float = 0.02  # world units behind the surface treated as solid (inside the head)
-    lambda_rgb: float = 1.0
+    lambda_rgb: float = 5.0
     lambda_depth: float = 10.0
     lambda_dist: float = 1.0
     lambda_occupancy: float = 1.0
@@ -72,6 +72,10 @@ class WarmupConfig:
     # keeps the shell smooth (an occupancy step alone leaves high-frequency ripples that show as noise).
     lambda_normal: float = 0.5
     normal_points: int = 96  # surface points per face for the normal term (second-order autograd)
+    # Every sample on a background ray gets the background colour, not only the integrated pixel:
+    # renderers with other sample placements (the reference schedule's last hierarchical sample
+    # carries last_back's leftover) then agree with the fast path on background pixels.
+    lambda_bg_rgb: float = 1.0
     occupancy_only: float = 0.2  # fraction of the run before the depth/dist terms ramp in (over as long again)
     yaw_range_deg: float = 50.0
     pitch_range_deg: float = 30.0
@@ -202,6 +206,8 @@ class WarmupTrainer:
         face = batch.face
         loss = {}
         loss["rgb"] = ((out.rgb - batch.target) ** 2).mean()
+        bg = ~batch.face
+        loss["bg_rgb"] = ((rgb - batch.target[:, :, None, :]) ** 2)[bg].mean() if bool(bg.any()) else rgb.sum() * 0
         loss["depth"] = (out.depth - batch.mesh_depth).abs()[face].mean() if bool(face.any()) else out.depth.sum() * 0
         loss["dist"] = dist_depr(out.weights, z, batch.mesh_depth, face, thick)
         # Occupancy supervision straight from the mesh: every sample in front of the surface (or on
@@ -224,8 +230,10 @@ class WarmupTrainer:
         # Occupancy first: the rendered-depth terms fight it while densities are still small, so they
         # ramp in once a solid shape exists.
         ramp = min(max((self.progress() - c.occupancy_only) / max(c.occupancy_only, 1e-6), 0.0), 1.0)
-        loss["total"] = (c.lambda_rgb * loss["rgb"] + ramp * (c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"])
-                         + c.lambda_occupancy * loss["occupancy"] + ramp * c.lambda_normal * loss["normal"])
+        loss["total"] = (c.lambda_rgb * loss["rgb"] + c.lambda_bg_rgb * loss["bg_rgb"]
+                         + c.lambda_occupancy * loss["occupancy"]
+                         + ramp * (c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"]
+                                   + c.lambda_normal * loss["normal"]))
         return loss
 
     def _normal_loss(self, batch: Batch, film) -> torch.Tensor:
