@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CgofError
+from .paths import writable_file
 
 MESH_SUFFIXES = (".obj", ".ply")
 FIELD_BOX = 0.12  # the field's box is [-0.12, 0.12]^3 (FieldConfig.box / 2)
@@ -38,21 +39,6 @@ class IsoMesh:
     box: tuple[tuple[float, float, float], tuple[float, float, float]]
 
 
-def _target(path, what: str) -> Path:
-    p = Path(path)
-    if p.suffix.lower() not in MESH_SUFFIXES:
-        raise CgofError(f"{what} {p}: expected a file name ending in .obj or .ply")
-    if p.is_dir():
-        raise CgofError(f"{what} {p}: is a folder; expected a file path")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CgofError(f"{what} {p}: cannot create its folder ({exc.strerror or exc})") from None
-    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise CgofError(f"{what} {p}: not writable; expected a path in a folder you can write to")
-    return p
-
-
 def _write(vertices, triangles, colors, path: Path, what: str) -> Path:
     import trimesh
 
@@ -73,7 +59,7 @@ def _write(vertices, triangles, colors, path: Path, what: str) -> Path:
 def export_3dmm_mesh(synth, spec, path) -> Path:
     """Write the 3DMM mesh of ``spec`` (``synth.mesh``: SH-shaded vertex colours) to ``path``
     (.obj or .ply). Returns the path."""
-    p = _target(path, "mesh file")
+    p = writable_file(path, MESH_SUFFIXES, "mesh file")
     m = synth.mesh(spec)
     return _write(np.asarray(m.vertices, np.float32), np.asarray(m.triangles, np.int64),
                   np.asarray(m.colors, np.uint8), p, "mesh file")
@@ -204,12 +190,12 @@ def write_mesh(vertices, triangles, colors, path) -> Path:
     """Write vertices (V, 3) world, triangles (F, 3) and uint8 colours (V, 3) to ``path``
     (.obj or .ply by suffix). Returns the path."""
     return _write(np.asarray(vertices, np.float32), np.asarray(triangles, np.int64), np.asarray(colors, np.uint8),
-                  _target(path, "mesh file"), "mesh file")
+                  writable_file(path, MESH_SUFFIXES, "mesh file"), "mesh file")
 
 
 def export_isosurface(synth, spec, path, resolution: int = 64, level: float | None = None,
                       largest_only: bool = True) -> Path:
     """Write :func:`occupancy_isosurface` to ``path`` (.obj or .ply). Returns the path."""
-    p = _target(path, "isosurface file")
+    p = writable_file(path, MESH_SUFFIXES, "isosurface file")
     iso = occupancy_isosurface(synth, spec, resolution=resolution, level=level, largest_only=largest_only)
     return _write(iso.vertices, iso.triangles, iso.colors, p, "isosurface file")

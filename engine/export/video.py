@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import CgofError
+from .paths import writable_file
 
 # Browsers replace GIF delays under 2 cs by 10 cs, so faster GIFs would play slower, not faster.
 GIF_MAX_FPS = 50.0
@@ -49,22 +50,6 @@ def _check_fps(fps, hi: float, what: str) -> float:
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not np.isfinite(fps) or not 0 < fps <= hi:
         raise CgofError(f"{what} fps = {fps!r}: expected a number in (0, {hi:g}]")
     return float(fps)
-
-
-def _writable_target(path: str | os.PathLike, suffixes: tuple[str, ...], what: str) -> Path:
-    """Create the parent folder of ``path`` and make sure a file can be written there."""
-    p = Path(path)
-    if p.suffix.lower() not in suffixes:
-        raise CgofError(f"{what} {p}: expected a file name ending in {' or '.join(suffixes)}")
-    if p.is_dir():
-        raise CgofError(f"{what} {p}: is a folder; expected a file path")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CgofError(f"{what} {p}: cannot create its folder ({exc.strerror or exc})") from None
-    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise CgofError(f"{what} {p}: not writable; expected a path in a folder you can write to")
-    return p
 
 
 def gif_delays_ms(count: int, fps: float) -> list[int]:
@@ -105,7 +90,7 @@ def write_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float 
     fps = _check_fps(fps, GIF_MAX_FPS, "GIF")
     if isinstance(loop, bool) or not isinstance(loop, int) or not 0 <= loop <= 65535:
         raise CgofError(f"GIF loop = {loop!r}: expected an integer in [0, 65535] (0 = forever)")
-    p = _writable_target(path, (".gif",), "GIF")
+    p = writable_file(path, (".gif",), "GIF")
     palette = _shared_palette(imgs)
     pal = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in imgs]
     delays = gif_delays_ms(len(pal), fps)
@@ -145,7 +130,7 @@ def write_mp4(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float 
 
     imgs = [_pad_even(f) for f in _check_frames(frames, "MP4")]
     fps = _check_fps(fps, MP4_MAX_FPS, "MP4")
-    p = _writable_target(path, (".mp4",), "MP4")
+    p = writable_file(path, (".mp4",), "MP4")
     h, w = imgs[0].shape[:2]
     tmp = p.with_name(f".{p.stem}.partial.mp4")
     try:
