@@ -16,6 +16,7 @@ def register(sub):
     w.add_argument("--device", default="auto")
     w.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     w.add_argument("--no-eval", action="store_true", help="skip the fidelity evaluation at the end")
+    w.add_argument("--init", metavar="DIR", default=None, help="start from this checkpoint's weights (fine-tune)")
     from engine.train.warmup import WarmupConfig
 
     for f in fields(WarmupConfig):
@@ -34,7 +35,7 @@ def _warmup(args) -> int:
                  if getattr(args, f.name, None) is not None}
     cfg = WarmupConfig(**overrides)
     fm = load_facemodel(args.facemodel)
-    report = run_warmup(args.out, cfg, fm, device=resolve_device(args.device), time_budget_s=args.time_budget,
+    report = run_warmup(args.out, cfg, fm, device=resolve_device(args.device), time_budget_s=args.time_budget, init=args.init,
                         evaluate=not args.no_eval)
     print(json.dumps({k: report[k] for k in ("steps", "train_seconds") if k in report}
                      | {"metrics": report.get("metrics"), "out": str(args.out)}))

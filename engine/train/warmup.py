@@ -105,7 +105,9 @@ class WarmupTrainer:
     """Composes the engine's face model, camera, rasterizer and field; owns optimiser and EMA."""
 
     def __init__(self, facemodel: MorphableModel, config: WarmupConfig | None = None, device="cpu",
-                 camera: OrbitCamera | None = None):
+                 camera: OrbitCamera | None = None, init: str | Path | None = None):
+        """``init``: a checkpoint folder whose (EMA) field weights start this run (a fine-tune); its
+        architecture and latent layout must match this config's."""
         self.cfg = config or WarmupConfig()
         self.device = torch.device(device)
         self.facemodel = facemodel.to(self.device)
@@ -114,9 +116,12 @@ class WarmupTrainer:
         self.rasterizer = MeshRasterizer(self.camera, device=self.device)
         torch.manual_seed(self.cfg.seed)  # parameter init only; data uses the private generator
         self.field = OccupancyField(self.cfg.field_config(self.layout)).to(self.device)
-        with torch.no_grad():
-            for p in self.field.final_layer.parameters():
-                p.mul_(self.cfg.density_scale)
+        if init is not None:
+            self._load_init(init)
+        else:
+            with torch.no_grad():
+                for p in self.field.final_layer.parameters():
+                    p.mul_(self.cfg.density_scale)
         density = list(self.field.final_layer.parameters())
         others = [p for n, p in self.field.named_parameters() if not n.startswith("final_layer.")]
         self.opt = torch.optim.Adam(
@@ -131,6 +136,17 @@ class WarmupTrainer:
         self.history: list[dict] = []
         self._start = time.perf_counter()
         self._budget: float | None = None
+
+    def _load_init(self, init) -> None:
+        from ..checkpoint import load_field
+        from ..errors import CgofError
+
+        field, info = load_field(init, device=self.device)
+        if field.config != self.field.config or info.layout.to_dict() != self.layout.to_dict():
+            raise CgofError(f"{init}: its field/latent layout differ from this warm-up's config; expected "
+                            f"width {self.field.config.width}, {self.field.config.film_layers} FiLM layers, "
+                            f"free latents {self.cfg.free_latent}")
+        self.field.load_state_dict(field.state_dict())
 
     # ---- data --------------------------------------------------------------------------------
     def _poses(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,7 +333,8 @@ class WarmupTrainer:
 
 
 def run_warmup(out_dir: str | Path, config: WarmupConfig | None = None, facemodel: MorphableModel | None = None,
-               device="cpu", time_budget_s: float | None = None, log=print, evaluate: bool = True) -> dict:
+               device="cpu", time_budget_s: float | None = None, log=print, evaluate: bool = True,
+               init: str | Path | None = None) -> dict:
     """Train, then write a checkpoint folder (weights + config) and ``warmup.json`` (recipe, time,
     loss history, fidelity metrics) next to the weights. Returns the warmup.json content."""
     from ..checkpoint import save_checkpoint
@@ -325,7 +342,7 @@ def run_warmup(out_dir: str | Path, config: WarmupConfig | None = None, facemode
     from ..render.volume import RenderConfig
 
     fm = facemodel if facemodel is not None else load_facemodel(None)
-    trainer = WarmupTrainer(fm, config, device=device)
+    trainer = WarmupTrainer(fm, config, device=device, init=init)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     t0 = time.perf_counter()
     trainer.train(log=log, time_budget_s=time_budget_s)
@@ -339,6 +356,7 @@ def run_warmup(out_dir: str | Path, config: WarmupConfig | None = None, facemode
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "recipe": trainer.recipe(),
+        "init": None if init is None else str(init),
     }
     save_checkpoint(out, trainer.ema_field(), ema_state=None, layout=trainer.layout, facemodel=fm,
                     camera_config=trainer.camera.config, render_config=RenderConfig(), provenance=provenance)
