@@ -55,6 +55,8 @@ class WarmupConfig:
     face_ray_fraction: float = 0.75
     img_size: int = 64
     band_samples: int = 8
+    front_samples: int = 4  # per ray, uniform in [band edge, band edge + front_range] in front of the mesh
+    front_range: float = 0.01  # world units
     free_samples: int = 16
     shrink_steps: int = 300  # band tolerance 0.24 -> 0.0012 (reference: 200 GAN steps)
     lr: float = 4e-4
@@ -209,7 +211,12 @@ class WarmupTrainer:
         band = band_depths(centre, c.band_samples, band_width)
         band = band + (torch.rand(band.shape, device=like.device) - 0.5) * band_width / max(c.band_samples - 1, 1)
         band = band.clamp(cam.ray_start, cam.ray_end)
-        z = torch.cat([free, band], dim=-1).sort(-1).values  # (B, R, S)
+        # The few millimetres in front of the surface: the band is too narrow and the free samples
+        # too sparse to ever land there, so without these the field grows solid in front of the mesh
+        # (the band renderers hide it; the reference schedule's hierarchical samples find it).
+        near = band_width / 2 + torch.rand((b, r, c.front_samples), device=like.device) * c.front_range
+        front = (centre[..., None] - near).clamp(cam.ray_start, cam.ray_end)
+        z = torch.cat([free, band, front], dim=-1).sort(-1).values  # (B, R, S)
         pts = batch.origins[:, None, None, :] + batch.dirs[:, :, None, :] * z[..., None]
         s = z.shape[-1]
         film = self.field.film(batch.z)
