@@ -49,7 +49,10 @@ class RenderConfig:
     fast_band_width: float = 0.003  # world units; wider than the band so small surface offsets still hit
     fast_behind: tuple[float, ...] = (0.004, 0.010)  # extra samples behind the band (solid interior)
     fast_background_samples: int = 4
-    fast_edge_pixels: int = 2  # width of the silhouette ring, in pixels (0 = no ring)
+    # Width of the silhouette ring: the field's edge may sit a fixed distance in world units off
+    # the mesh's, so the ring is a fraction of the image side (at least fast_edge_pixels; 0 = none).
+    fast_edge_pixels: int = 2
+    fast_edge_fraction: float = 1 / 32
     fast_edge_samples: int = 12  # coarse and again fine samples per ring pixel
     fast_half_precision: bool = True  # CUDA only
 
@@ -222,9 +225,10 @@ class VolumeRenderer:
 
     def _silhouette_ring(self, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, R) mesh mask -> (B, R) background pixels within ``fast_edge_pixels`` of it."""
-        k = self.config.fast_edge_pixels
-        if k <= 0:
+        c = self.config
+        if c.fast_edge_pixels <= 0:
             return torch.zeros_like(mask)
+        k = max(c.fast_edge_pixels, round(c.fast_edge_fraction * max(h, w)))
         m = mask.reshape(-1, 1, h, w).float()
         grown = torch.nn.functional.max_pool2d(m, 2 * k + 1, stride=1, padding=k) > 0
         return grown.reshape(mask.shape) & ~mask
