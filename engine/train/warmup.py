@@ -9,8 +9,10 @@ rasterizes the mesh (target colour = SH-lit albedo, black background, a dark mou
 * L1 between integrated depth and mesh depth on face rays,
 * the reference distance density regulariser ``dist_depr`` (facts §5.5) with its band shrinking
   from 0.24 to 0.0012 world units, so rendering weight concentrates at the mesh,
-* transparency of background rays and a solid interior just behind the surface (so the
-  reference path's coarse pass finds the surface and density gradients give outward normals).
+* transparency of background rays and of the few millimetres in front of the surface, and a solid
+  interior just behind it (so the reference path's coarse pass finds the surface),
+* the mesh normals as targets for the density gradient at the surface (smooth, outward normals),
+* the background colour on every sample of a background ray (renderers agree off the face).
 
 Samples per face ray: the near-mesh band the renderers use (jittered) plus stratified samples over
 [ray_start, ray_end]; background rays: stratified samples. Integration is the renderer's own
