@@ -6,6 +6,8 @@ import json
 
 from engine.errors import CgofError
 
+from .render import add_coefficient_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("facemodel", help="inspect, render or rebuild a 3DMM face model")
@@ -18,9 +20,7 @@ def register(sub) -> None:
 
     render = fsub.add_parser("render", help="SH-shaded render of the 3DMM mesh (black background)")
     render.add_argument("--facemodel", metavar="PATH", help="our .npz or a BFM_model_front.mat (default: embedded)")
-    for flag, what in (("--id", "identity"), ("--exp", "expression"), ("--tex", "texture"), ("--light", "lighting")):
-        render.add_argument(flag, nargs="*", action="extend", default=[], metavar="I=V",
-                            help=f"{what} coefficient I (0-based) set to V sigma")
+    add_coefficient_args(render)
     render.add_argument("--yaw", type=float, default=0.0, help="degrees, + turns the face to image right")
     render.add_argument("--pitch", type=float, default=0.0, help="degrees, + looks from above")
     render.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")

@@ -15,11 +15,16 @@ def add_model_args(p) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
 
 
-def add_spec_args(p) -> None:
-    """--id/--exp/--tex/--light I=V (sigma units, 0-based), --seed, --psi."""
+def add_coefficient_args(p) -> None:
+    """--id/--exp/--tex/--light I=V (sigma units, 0-based): the 3DMM coefficients."""
     for flag, what in (("--id", "identity"), ("--exp", "expression"), ("--tex", "texture"), ("--light", "lighting")):
         p.add_argument(flag, nargs="*", action="extend", default=[], metavar="I=V",
                        help=f"{what} coefficient I (0-based) set to V sigma")
+
+
+def add_spec_args(p) -> None:
+    """The 3DMM coefficients plus the field's free latents: --seed, --psi."""
+    add_coefficient_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the free latents (default 0)")
     p.add_argument("--psi", type=float, default=None, help="truncation psi in [0, 2] (default 1)")
 
