@@ -152,8 +152,14 @@ def test_editor_in_a_browser(browser, server, tmp_path):
     _status(page, "✓")
     value = float(page.locator("#slider-identity-0 input[type=number]").input_value())
     assert value > 1.0
+    # the browser may swap the picture a moment after the status line; a late drag preview must
+    # never replace the full render, so after a quiet second it is still the full-size image
+    _wait(page, "the full-size render after the release",
+          lambda: (lambda shape: (shape == turned.shape, shape))(_pixels(page)[1].shape))
     _, dragged = _pixels(page)
-    assert dragged.shape == turned.shape and preview_px.shape[0] < dragged.shape[0]
+    page.wait_for_timeout(1000)
+    assert np.array_equal(_pixels(page)[1], dragged)
+    assert preview_px.shape[0] < dragged.shape[0]
     assert not np.array_equal(dragged, turned)
 
     # a second session starts from the default face: the same yaw there gives the pre-drag image

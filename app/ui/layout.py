@@ -23,6 +23,7 @@ from engine.errors import CgofError
 
 from ..service import ERROR_LIMIT, GIF_FRAMES, GIF_FPS, GIF_KINDS, GIF_VIEWS, FullRender, GifRequest, RenderService
 from ..state import GROUPS, PITCH_LIMIT, PSI_RANGE, QUALITIES, SIZES, SLIDER_SIGMA, YAW_LIMIT, EditorState
+from .ordering import PreviewGate
 from .plots import error_legend_html, mesh_figure
 
 log = logging.getLogger("cgof.app")
@@ -259,8 +260,17 @@ def build_blocks(service: RenderService, initial: EditorState | None = None) -> 
         def unchanged() -> list[Any]:
             return [gr.skip()] * len(full_outs)
 
-        def full(st: EditorState, landmarks: bool, mesh_changed: bool = True, note: str = "") -> list[Any]:
+        gate = PreviewGate()
+
+        def session_of(request: gr.Request | None) -> str | None:
+            return getattr(request, "session_hash", None)
+
+        def full(st: EditorState, landmarks: bool, request: gr.Request | None, mesh_changed: bool = True,
+                 note: str = "") -> list[Any]:
             """Outputs for ``full_outs`` after a settled edit to ``st``."""
+            sid = session_of(request)
+            if sid is not None:
+                gate.full_started(sid, st)
             try:
                 fr = service.render_full(st)
                 fig = mesh_figure(service.preview_mesh(st), landmarks) if mesh_changed else gr.skip()
@@ -270,21 +280,27 @@ def build_blocks(service: RenderService, initial: EditorState | None = None) -> 
                 return [st] + [gr.skip()] * 6 + [user_error(exc), gr.skip()]
             return [st, fr.image, fr.mesh_depth, fr.field_depth, fr.error, fr.normals, fig, status_full(fr, note), preset]
 
-        def preview(st: EditorState) -> list[Any]:
+        def preview(st: EditorState, request: gr.Request | None) -> list[Any]:
+            sid = session_of(request)
+            ticket = gate.preview_started()
+            if sid is not None and gate.preview_is_stale(sid, ticket, st):
+                return [gr.skip()] * len(preview_outs)
             try:
                 fr = service.render_preview(st)
             except Exception as exc:
                 return [st, gr.skip(), user_error(exc)]
+            if sid is not None and gate.preview_is_stale(sid, ticket, st):
+                return [gr.skip()] * len(preview_outs)
             return [st, fr.image, status_preview(fr.ms, fr.size, service.device_name)]
 
         # 3DMM component sliders
         for group in GROUPS:
             for i, sl in enumerate(sliders[group]):
-                def on_drag(st, value, _g=group, _i=i):
-                    return preview(st.with_slider(_g, _i, value))
+                def on_drag(st, value, request: gr.Request, _g=group, _i=i):
+                    return preview(st.with_slider(_g, _i, value), request)
 
-                def on_release(st, value, landmarks, _g=group, _i=i):
-                    return full(st.with_slider(_g, _i, value), landmarks)
+                def on_release(st, value, landmarks, request: gr.Request, _g=group, _i=i):
+                    return full(st.with_slider(_g, _i, value), landmarks, request)
 
                 sl.input(on_drag, [state, sl], preview_outs, **drag)
                 sl.release(on_release, [state, sl, show_lm], full_outs, **settle)
@@ -292,60 +308,60 @@ def build_blocks(service: RenderService, initial: EditorState | None = None) -> 
         # pose: same protocol; the spec object is kept, so the mapping cache hits and the mesh
         # preview (which does not depend on the pose) is left alone
         for sl, key in ((yaw, "yaw"), (pitch, "pitch")):
-            def pose_drag(st, value, _k=key):
-                return preview(st.with_pose(**{_k: value}))
+            def pose_drag(st, value, request: gr.Request, _k=key):
+                return preview(st.with_pose(**{_k: value}), request)
 
-            def pose_release(st, value, landmarks, _k=key):
-                return full(st.with_pose(**{_k: value}), landmarks, mesh_changed=False)
+            def pose_release(st, value, landmarks, request: gr.Request, _k=key):
+                return full(st.with_pose(**{_k: value}), landmarks, request, mesh_changed=False)
 
             sl.input(pose_drag, [state, sl], preview_outs, **drag)
             sl.release(pose_release, [state, sl, show_lm], full_outs, **settle)
 
-        def on_frontal(st, landmarks):
-            return [0.0, 0.0] + full(st.with_pose(yaw=0.0, pitch=0.0), landmarks, mesh_changed=False)
+        def on_frontal(st, landmarks, request: gr.Request):
+            return [0.0, 0.0] + full(st.with_pose(yaw=0.0, pitch=0.0), landmarks, request, mesh_changed=False)
 
         frontal_btn.click(on_frontal, [state, show_lm], [yaw, pitch] + full_outs, **ev)
 
         # truncation and seed change the field only, not the mesh
-        def psi_drag(st, value):
-            return preview(st.with_psi(value))
+        def psi_drag(st, value, request: gr.Request):
+            return preview(st.with_psi(value), request)
 
-        def psi_release(st, value, landmarks):
-            return full(st.with_psi(value), landmarks, mesh_changed=False)
+        def psi_release(st, value, landmarks, request: gr.Request):
+            return full(st.with_psi(value), landmarks, request, mesh_changed=False)
 
         psi.input(psi_drag, [state, psi], preview_outs, **drag)
         psi.release(psi_release, [state, psi, show_lm], full_outs, **settle)
 
-        def seed_set(st, value, landmarks):
+        def seed_set(st, value, landmarks, request: gr.Request):
             try:
                 new = st.with_seed(seed_value(value))
             except CgofError as exc:
                 return [st] + [gr.skip()] * 6 + [f"⚠ {exc}", gr.skip()]
             if new is st:  # Enter then leaving the box: render once
                 return unchanged()
-            return full(new, landmarks, mesh_changed=False)
+            return full(new, landmarks, request, mesh_changed=False)
 
         seed.submit(seed_set, [state, seed, show_lm], full_outs, **settle)
         seed.blur(seed_set, [state, seed, show_lm], full_outs, **settle)
 
-        def new_seed(st, landmarks):
+        def new_seed(st, landmarks, request: gr.Request):
             s = random.randrange(0, 2**31 - 1)
-            return [s] + full(st.with_seed(s), landmarks, mesh_changed=False)
+            return [s] + full(st.with_seed(s), landmarks, request, mesh_changed=False)
 
         seed_btn.click(new_seed, [state, show_lm], [seed] + full_outs, **ev)
 
-        def on_latents_reset(st, landmarks):
+        def on_latents_reset(st, landmarks, request: gr.Request):
             base = EditorState()
             new = st.with_seed(base.spec.seed).with_psi(base.spec.psi)
-            return [new.spec.seed, new.spec.psi] + full(new, landmarks, mesh_changed=False)
+            return [new.spec.seed, new.spec.psi] + full(new, landmarks, request, mesh_changed=False)
 
         latents_reset.click(on_latents_reset, [state, show_lm], [seed, psi] + full_outs, **ev)
 
-        def size_set(st, value, landmarks):
-            return full(st.with_view(size=int(value)), landmarks, mesh_changed=False)
+        def size_set(st, value, landmarks, request: gr.Request):
+            return full(st.with_view(size=int(value)), landmarks, request, mesh_changed=False)
 
-        def quality_set(st, value, landmarks):
-            return full(st.with_view(quality=str(value)), landmarks, mesh_changed=False)
+        def quality_set(st, value, landmarks, request: gr.Request):
+            return full(st.with_view(quality=str(value)), landmarks, request, mesh_changed=False)
 
         size.input(size_set, [state, size, show_lm], full_outs, **settle)
         quality.input(quality_set, [state, quality, show_lm], full_outs, **settle)
@@ -354,31 +370,31 @@ def build_blocks(service: RenderService, initial: EditorState | None = None) -> 
         for group in GROUPS:
             rnd, rst = group_buttons[group]
 
-            def on_random(st, landmarks, _g=group):
+            def on_random(st, landmarks, request: gr.Request, _g=group):
                 new = st.randomized(_g, range(counts[_g]))
-                return [new.slider_value(_g, i) for i in range(counts[_g])] + full(new, landmarks)
+                return [new.slider_value(_g, i) for i in range(counts[_g])] + full(new, landmarks, request)
 
-            def on_reset(st, landmarks, _g=group):
+            def on_reset(st, landmarks, request: gr.Request, _g=group):
                 new = st.reset_group(_g)
-                return [new.slider_value(_g, i) for i in range(counts[_g])] + full(new, landmarks)
+                return [new.slider_value(_g, i) for i in range(counts[_g])] + full(new, landmarks, request)
 
             rnd.click(on_random, [state, show_lm], sliders[group] + full_outs, **ev)
             rst.click(on_reset, [state, show_lm], sliders[group] + full_outs, **ev)
 
-        def on_reset_all(st, landmarks):
+        def on_reset_all(st, landmarks, request: gr.Request):
             new = st.reset_all()
-            return control_values(new) + full(new, landmarks)
+            return control_values(new) + full(new, landmarks, request)
 
         reset_all.click(on_reset_all, [state, show_lm], controls + full_outs, **ev)
 
-        def on_upload(st, path, landmarks):
+        def on_upload(st, path, landmarks, request: gr.Request):
             name = os.path.basename(str(path or ""))
             try:
                 new = service.load_preset(path, st)
             except CgofError as exc:
                 # Nothing changes but the status line: the user's current face is kept.
                 return [gr.skip()] * len(controls) + [gr.skip()] * 7 + [f"⚠ {exc} — kept the current face", gr.skip()]
-            return control_values(new) + full(new, landmarks, note=f" · loaded `{name}`")
+            return control_values(new) + full(new, landmarks, request, note=f" · loaded `{name}`")
 
         preset_ul.upload(on_upload, [state, preset_ul, show_lm], controls + full_outs, **ev)
 

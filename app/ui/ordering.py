@@ -1,0 +1,57 @@
+"""Keeps a late drag preview from replacing the full render the user released on.
+
+A slider sends ``.input`` (preview) events while it is dragged and one ``.release`` (full render)
+at the end. The browser holds back the newest ``.input`` until the previous one has answered
+(``trigger_mode="always_last"``), so that preview can reach the queue *after* the release and,
+the queue being first-in first-out, land on top of the full render: the user lets go and sees
+a small blurry frame. :class:`PreviewGate` remembers, per browser session, the last full render
+that started, and a preview is dropped when that full render started after it or already shows
+the same face state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class _FullStart:
+    tick: int
+    state: Any
+
+
+class PreviewGate:
+    """Per-session order of preview and full renders (thread-safe; handlers run in a pool).
+
+    ``max_sessions`` bounds memory: the least recently active sessions are forgotten first,
+    which can at worst let one stale preview through for a session idle that long.
+    """
+
+    def __init__(self, max_sessions: int = 4096):
+        self._ticks = itertools.count(1)
+        self._last_full: OrderedDict[str, _FullStart] = OrderedDict()
+        self._max = int(max_sessions)
+        self._lock = threading.Lock()
+
+    def full_started(self, session: str, state: Any) -> None:
+        """A full render of ``state`` starts for ``session``."""
+        with self._lock:
+            self._last_full[session] = _FullStart(next(self._ticks), state)
+            self._last_full.move_to_end(session)
+            while len(self._last_full) > self._max:
+                self._last_full.popitem(last=False)
+
+    def preview_started(self) -> int:
+        """A preview starts; returns the ticket to hand to :meth:`preview_is_stale`."""
+        with self._lock:
+            return next(self._ticks)
+
+    def preview_is_stale(self, session: str, ticket: int, state: Any) -> bool:
+        """True when the preview begun with ``ticket`` for ``state`` must not be shown."""
+        with self._lock:
+            last = self._last_full.get(session)
+        return last is not None and (last.tick > ticket or last.state == state)
