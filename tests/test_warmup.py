@@ -41,7 +41,7 @@ def test_every_loss_is_finite_and_reaches_every_parameter(fm):
     t = WarmupTrainer(fm, WarmupConfig(**TINY))
     t.step = TINY["steps"]  # past the occupancy-only phase, so every term is on
     losses = t.losses(t.make_batch())
-    for key in ("rgb", "bg_rgb", "depth", "dist", "occupancy", "normal", "total"):
+    for key in ("rgb", "bg_rgb", "depth", "dist", "occupancy", "normal", "warp", "total"):
         assert torch.isfinite(losses[key]), key
     assert 0.0 <= float(losses["normal"].detach()) <= 2.0
     losses["total"].backward()

@@ -12,7 +12,10 @@ rasterizes the mesh (target colour = SH-lit albedo, black background, a dark mou
 * transparency of background rays and of the few millimetres in front of the surface, and a solid
   interior just behind it (so the reference path's coarse pass finds the surface),
 * the mesh normals as targets for the density gradient at the surface (smooth, outward normals),
-* the background colour on every sample of a background ray (renderers agree off the face).
+* the background colour on every sample of a background ray (renderers agree off the face),
+* warping3d (facts §5.6, :mod:`.warp`): pairs of faces that differ only in expression must give
+  the same field at corresponding points, so an expression edit changes nothing where the mesh
+  does not move.
 
 Samples per face ray: the near-mesh band the renderers use (jittered) plus stratified samples over
 [ray_start, ray_end]; background rays: stratified samples. Integration is the renderer's own
@@ -38,6 +41,7 @@ from ..render.integration import band_depths, integrate, stratified_depths
 from ..render.rasterizer import MeshRasterizer
 from .ema import EMA
 from .losses import band_thickness, dist_depr
+from .warp import expression_flow, resample_expression, signed_log, warp_consistency
 
 MOUTH_COLOUR = (0.12, 0.04, 0.04)
 NORMAL_GRAD_FLOOR = 1e3
@@ -80,6 +84,11 @@ class WarmupConfig:
     # renderers with other sample placements (the reference schedule's last hierarchical sample
     # carries last_back's leftover) then agree with the fast path on background pixels.
     lambda_bg_rgb: float = 1.0
+    # warping3d consistency between expression pairs (reference weight 10 on its own scale).
+    lambda_warp: float = 1.0
+    warp_pairs: int = 2  # expression pairs per step
+    warp_rays: int = 256  # rays per pair, 3/4 of them on mesh 1
+    warp_samples: int = 16  # per ray: half in the near-mesh band, half stratified
     occupancy_only: float = 0.2  # fraction of the run before the depth/dist terms ramp in (over as long again)
     yaw_range_deg: float = 50.0
     pitch_range_deg: float = 30.0
@@ -103,6 +112,20 @@ class Batch:
     mesh_depth: torch.Tensor  # (B, R), 0 on background
     face: torch.Tensor  # (B, R) bool
     normals: torch.Tensor  # (B, R, 3) unit mesh normals, world axes; 0 where no mesh (mouth cavity, background)
+    warp: "WarpBatch | None" = None
+
+
+@dataclass
+class WarpBatch:
+    """P expression pairs: (P, R) rays of one shared pose per pair, with their correspondence."""
+
+    z0: torch.Tensor  # (P, D)
+    z1: torch.Tensor  # (P, D), z0 with another expression slice
+    origins: torch.Tensor  # (P, 3)
+    dirs: torch.Tensor  # (P, R, 3)
+    depth1: torch.Tensor  # (P, R) mesh 1 depth, 0 where mesh 1 misses the ray
+    flow: torch.Tensor  # (P, R, 3) world X0 - X1, 0 where mesh 1 misses the ray
+    valid: torch.Tensor  # (P, R) bool
 
 
 class WarmupTrainer:
@@ -179,25 +202,51 @@ class WarmupTrainer:
         image = torch.where(cavity[..., None], torch.tensor(MOUTH_COLOUR, device=self.device), image)
         rays = self.camera.rays(theta, phi, c.img_size)
         n = c.img_size * c.img_size
-        n_face = int(round(c.rays_per_face * c.face_ray_fraction))
         flat_mask = mask.reshape(b, n)
-        idx = []
-        for i in range(b):
-            face_idx = flat_mask[i].nonzero().squeeze(-1).cpu()
-            bg_idx = (~flat_mask[i]).nonzero().squeeze(-1).cpu()
-            # A view may show no face (or no background): then all rays come from the other set.
-            n_f = n_face if len(bg_idx) else c.rays_per_face
-            pick_f = face_idx[torch.randint(len(face_idx), (n_f,), generator=self.gen)] if len(face_idx) else bg_idx[:0]
-            n_bg = c.rays_per_face - len(pick_f)
-            pick_b = bg_idx[torch.randint(len(bg_idx), (n_bg,), generator=self.gen)] if n_bg else bg_idx[:0]
-            idx.append(torch.cat([pick_f, pick_b]))
-        idx = torch.stack(idx).to(self.device)  # (B, R)
+        idx = self._pick(flat_mask, c.rays_per_face, c.face_ray_fraction)  # (B, R), face rays first
         dirs = rays.directions.gather(1, idx[..., None].expand(-1, -1, 3))
         target = image.reshape(b, n, 3).gather(1, idx[..., None].expand(-1, -1, 3))
         mesh_depth = depth.reshape(b, n).gather(1, idx)
         face = flat_mask.gather(1, idx)
         nrm = normals.reshape(b, n, 3).gather(1, idx[..., None].expand(-1, -1, 3))
-        return Batch(z, rays.origins, dirs, target, mesh_depth, face, nrm)
+        warp = self._warp_batch() if c.lambda_warp > 0 and c.warp_pairs > 0 else None
+        return Batch(z, rays.origins, dirs, target, mesh_depth, face, nrm, warp)
+
+    def _pick(self, mask: torch.Tensor, count: int, fraction: float) -> torch.Tensor:
+        """(B, N) bool -> (B, count) pixel ids: ``fraction`` of them where mask (first), the rest
+        elsewhere; a view with no pixels of one kind (no face, or no background) takes all from the other."""
+        out = []
+        n_in = int(round(count * fraction))
+        for row in mask:
+            inside = row.nonzero().squeeze(-1).cpu()
+            outside = (~row).nonzero().squeeze(-1).cpu()
+            k_in = n_in if len(outside) else count
+            a = inside[torch.randint(len(inside), (k_in,), generator=self.gen)] if len(inside) else inside[:0]
+            k_out = count - len(a)
+            b = outside[torch.randint(len(outside), (k_out,), generator=self.gen)] if k_out else outside[:0]
+            out.append(torch.cat([a, b]))
+        return torch.stack(out).to(mask.device)
+
+    def _warp_batch(self) -> WarpBatch:
+        c, p = self.cfg, self.cfg.warp_pairs
+        z0 = torch.randn(p, self.layout.dim, generator=self.gen).to(self.device)
+        z1 = resample_expression(self.layout, z0, self.gen)
+        theta, phi = self._poses(p)
+        c2w = self.camera.cam2world(theta, phi)
+        fl = expression_flow(self.rasterizer, self.facemodel, self.layout, z0, z1, c2w, c.img_size)
+        n = c.img_size * c.img_size
+        idx = self._pick(fl.mask1.reshape(p, n), c.warp_rays, 0.75)
+        rays = self.camera.rays(theta, phi, c.img_size)
+
+        def take(t: torch.Tensor) -> torch.Tensor:  # (P, H, W[, C]) or (P, N, C) -> (P, R[, C])
+            if t.dim() == 3 and t.shape[1] == n:
+                return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
+            if t.dim() == 3:
+                return t.reshape(p, n).gather(1, idx)
+            return t.reshape(p, n, -1).gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
+
+        return WarpBatch(z0=z0, z1=z1, origins=rays.origins, dirs=take(rays.directions), depth1=take(fl.depth1),
+                         flow=take(fl.flow), valid=take(fl.valid))
 
     # ---- one step ----------------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -246,20 +295,42 @@ class WarmupTrainer:
         # drowned by the photometric gradient while densities are O(10).
         # Signed log: a sample whose raw density went negative still gets a gradient towards solid
         # (a softplus/relu there has none, and the empty-space term drives most samples negative).
-        slog = torch.sign(sigma) * torch.log1p(sigma.abs())
+        slog = signed_log(sigma)
         target = math.log1p(c.inside_density)
         occ_out = torch.relu(slog)[outside].mean() if bool(outside.any()) else sigma.sum() * 0
         occ_in = torch.relu(target - slog)[inside].mean() if bool(inside.any()) else sigma.sum() * 0
         loss["occupancy"] = occ_out + occ_in
         loss["normal"] = self._normal_loss(batch, film)
+        loss["warp"] = self._warp_loss(batch.warp, band_width) if batch.warp is not None else sigma.sum() * 0
         # Occupancy first: the rendered-depth terms fight it while densities are still small, so they
         # ramp in once a solid shape exists.
         ramp = min(max((self.progress() - c.occupancy_only) / max(c.occupancy_only, 1e-6), 0.0), 1.0)
         loss["total"] = (c.lambda_rgb * loss["rgb"] + c.lambda_bg_rgb * loss["bg_rgb"]
                          + c.lambda_occupancy * loss["occupancy"]
                          + ramp * (c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"]
-                                   + c.lambda_normal * loss["normal"]))
+                                   + c.lambda_normal * loss["normal"] + c.lambda_warp * loss["warp"]))
         return loss
+
+    def _warp_loss(self, w: WarpBatch, band_width: float) -> torch.Tensor:
+        """warping3d on ``warp_samples`` points per ray: half across the near-mesh band of mesh 1
+        (jittered; where the surfaces must correspond), half stratified over the whole ray."""
+        c, cam = self.cfg, self.camera.config
+        p, r = w.valid.shape
+        half = c.warp_samples // 2
+        hit = w.depth1 > 0
+        centre = torch.where(hit, w.depth1, torch.full_like(w.depth1, cam.ray_end))
+        band = band_depths(centre, c.warp_samples - half, band_width)
+        band = band + (torch.rand(band.shape, device=band.device) - 0.5) * band_width / max(c.warp_samples - half - 1, 1)
+        free = stratified_depths((p, r), half, cam.ray_start, cam.ray_end, w.dirs, True, None)
+        z = torch.cat([band.clamp(cam.ray_start, cam.ray_end), free], dim=-1)  # (P, R, S)
+        s = z.shape[-1]
+        pts = w.origins[:, None, None, :] + w.dirs[:, :, None, :] * z[..., None]
+        moved = pts + w.flow[:, :, None, :]
+        dirs = w.dirs[:, :, None, :].expand(-1, -1, s, -1).reshape(p, r * s, 3)
+        rgb1, sigma1 = self.field(pts.reshape(p, r * s, 3), dirs, self.field.film(w.z1))
+        rgb0, sigma0 = self.field(moved.reshape(p, r * s, 3), dirs, self.field.film(w.z0))
+        return warp_consistency(rgb1.reshape(p, r, s, 3), sigma1.reshape(p, r, s), rgb0.reshape(p, r, s, 3),
+                                sigma0.reshape(p, r, s), w.valid)
 
     def _normal_loss(self, batch: Batch, film) -> torch.Tensor:
         """Mean (1 - cos) between the field's normals and the mesh normals at mesh surface points
