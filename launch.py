@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Open the cGOF Studio editor.
 
-    python launch.py [--host 127.0.0.1] [--port 7860] [--checkpoint DIR] [--facemodel PATH] [--device auto]
+    python launch.py [--host 127.0.0.1] [--port 7860] [--checkpoint DIR] [--facemodel PATH] [--coeff-dist NPZ] [--device auto]
 
 The model is loaded (and checked) before the UI is built: a bad checkpoint or face model prints one
 line on stderr and exits with code 2.
@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint folder (weights.safetensors + config.json); default: the embedded model")
     p.add_argument("--facemodel", default=None, metavar="PATH",
                    help="face model (.npz ours, .mat BFM_model_front); default: the embedded synthetic model")
+    p.add_argument("--coeff-dist", default=None, metavar="NPZ",
+                   help="cGOF's coeff_distribution_L.npz, for a BFM checkpoint made with those statistics")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="render device")
     p.add_argument("--preview-size", type=int, default=None, metavar="PX",
                    help="size of the live preview while dragging (default: measured at start-up so that "
@@ -107,9 +109,12 @@ def _load(args):
         p = Path(args.facemodel)
         if not p.is_file():
             raise CgofError(f"--facemodel {args.facemodel}: no such file")
+    if args.coeff_dist is not None and not Path(args.coeff_dist).is_file():
+        raise CgofError(f"--coeff-dist {args.coeff_dist}: no such file")
     from engine.synthesizer import FaceSynthesizer
 
-    return FaceSynthesizer.load(checkpoint=args.checkpoint, facemodel=args.facemodel, device=args.device)
+    return FaceSynthesizer.load(checkpoint=args.checkpoint, facemodel=args.facemodel, device=args.device,
+                                coeff_dist=args.coeff_dist)
 
 
 if __name__ == "__main__":

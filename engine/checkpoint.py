@@ -177,8 +177,31 @@ def check_facemodel(info: CheckpointInfo, facemodel: MorphableModel) -> None:
             f"{info.path}: checkpoint was trained for face model {want.get('source', '?')} "
             f"(fingerprint {str(want.get('fingerprint'))[:16]}), but the loaded face model is {facemodel.source} "
             f"(fingerprint {facemodel.fingerprint()[:16]}); pass the matching --facemodel or --checkpoint")
+    _check_stats(info, facemodel)
     sizes = facemodel.sizes
     layout = info.layout
     if (layout.id, layout.exp, layout.tex, layout.gamma) != (sizes["id"], sizes["exp"], sizes["tex"], sizes["gamma"]):
         raise CgofError(f"{info.path}: latent layout {layout.to_dict()} does not match the face model sizes {sizes}")
 
+
+
+def _check_stats(info: CheckpointInfo, facemodel: MorphableModel) -> None:
+    """The latent's 3DMM slices mean what the statistics say (z -> coefficients): a face model
+    with other statistics (say, a BFM without the coeff_distribution_L.npz the checkpoint was made
+    with) would silently render other faces for the same sliders, so it is refused."""
+    want = info.facemodel.get("stats")
+    if not isinstance(want, dict):
+        return  # written before statistics were recorded
+    have = _stats_dict(facemodel)
+    for kind, w in want.items():
+        h = have.get(kind)
+        if h is None:
+            continue  # sizes are checked next, with their own message
+        same = (bool(w.get("full_covariance")) == h["full_covariance"] and len(w.get("mean", [])) == len(h["mean"])
+                and all(abs(a - b) <= 1e-4 * max(1.0, abs(a)) for key in ("mean", "std")
+                        for a, b in zip(w.get(key, []), h[key])))
+        if not same:
+            hint = ("the coefficient file it was made with (--coeff-dist coeff_distribution_L.npz)"
+                    if w.get("full_covariance") else "the face model without a coefficient file")
+            raise CgofError(f"{info.path}: the checkpoint's {kind} coefficient statistics differ from the loaded face "
+                            f"model's ({facemodel.meta.get('stats', facemodel.source)}); load {hint}")

@@ -100,9 +100,12 @@ class FaceSynthesizer:
     # ---- construction --------------------------------------------------------------------------
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, facemodel: str | Path | MorphableModel | None = None,
-             device: str | torch.device = "auto", render_config: RenderConfig | None = None) -> "FaceSynthesizer":
+             device: str | torch.device = "auto", render_config: RenderConfig | None = None,
+             coeff_dist: str | Path | None = None) -> "FaceSynthesizer":
         """``checkpoint`` None = the embedded default; ``facemodel`` None = the one the checkpoint
-        was trained for when that is the embedded synthetic model (otherwise it must be given)."""
+        was trained for when that is the embedded synthetic model (otherwise it must be given);
+        ``coeff_dist``: cGOF's coeff_distribution_L.npz for a BFM (the statistics must be those the
+        checkpoint was made with)."""
         from .model.io import load_facemodel
 
         dev = resolve_device(device)
@@ -112,11 +115,13 @@ class FaceSynthesizer:
                             f"`cgof train warmup --out {ckpt}` or pass --checkpoint DIR")
         fld, info = load_field(ckpt, device=dev)
         if isinstance(facemodel, MorphableModel):
+            if coeff_dist is not None:
+                raise CgofError("coeff_dist applies to a face model file, not to a loaded MorphableModel")
             fm = facemodel
         elif facemodel is not None:
-            fm = load_facemodel(facemodel)
+            fm = load_facemodel(facemodel, coeff_dist=coeff_dist)
         elif str(info.facemodel.get("source", "")).startswith("synthetic"):
-            fm = load_facemodel(None)
+            fm = load_facemodel(None, coeff_dist=coeff_dist)
         else:
             raise CgofError(f"{ckpt}: checkpoint was trained for face model {info.facemodel.get('source')}; "
                             "pass it with --facemodel PATH")

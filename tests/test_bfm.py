@@ -340,3 +340,33 @@ def test_coeff_distribution_refuses_foreign_pickles(tmp_path, model):
     with pytest.raises(FileFormatError, match="key 'id'"):
         apply_coeff_distribution(model, path)
     assert not marker.exists()
+
+
+# ---- a checkpoint remembers the statistics its latents were trained with ---------------------------
+def test_checkpoint_made_with_coeff_distribution_needs_it_back(tmp_path, model, bfm_file, capsys):
+    from app.cli import main
+    from engine.camera import CameraConfig
+    from engine.checkpoint import check_facemodel, read_info, save_checkpoint
+    from engine.model.field import FieldConfig, OccupancyField
+    from engine.model.latent import LatentLayout
+    from engine.render.volume import RenderConfig
+
+    coeff, _ = write_coeff(tmp_path / "coeff_distribution_L.npz", COEFF_SIZES)
+    fitted = apply_coeff_distribution(model, coeff)
+    layout = LatentLayout.for_sizes(fitted.sizes, 4, 4)
+    torch.manual_seed(0)
+    field = OccupancyField(FieldConfig(z_dim=layout.dim, width=16, film_layers=2, mapping_hidden=16))
+    ckpt = save_checkpoint(tmp_path / "ckpt", field, layout=layout, facemodel=fitted, camera_config=CameraConfig(),
+                           render_config=RenderConfig(), provenance={"kind": "test"})
+    info = read_info(ckpt)
+    check_facemodel(info, fitted)
+    # same geometry (fingerprint) but the file's own statistics: the sliders would mean other faces
+    with pytest.raises(CgofError, match="coefficient statistics differ.*--coeff-dist") as err:
+        check_facemodel(info, model)
+    assert "\n" not in str(err.value) and str(ckpt) in str(err.value)
+
+    args = ["render", "--checkpoint", str(ckpt), "--facemodel", str(bfm_file), "--size", "16", "--exp", "0=1"]
+    assert main([*args, "--out-dir", str(tmp_path / "r0")]) == 2
+    assert "--coeff-dist" in capsys.readouterr().err
+    assert main([*args, "--coeff-dist", str(coeff), "--out-dir", str(tmp_path / "r1")]) == 0
+    assert (tmp_path / "r1" / "image.png").is_file()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 
+from .render import add_model_args, load_synth
+
 
 def register(sub):
     p = sub.add_parser("eval", help="measure how faithfully the field follows the 3DMM")
-    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: embedded)")
-    p.add_argument("--facemodel", default=None)
+    add_model_args(p)
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quality", choices=("fast", "reference"), default="reference")
-    p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run)
 
@@ -21,11 +21,10 @@ def register(sub):
 def _run(args) -> int:
     from engine.errors import CgofError
     from engine.eval import EvalConfig, evaluate
-    from engine.synthesizer import FaceSynthesizer
 
     if args.samples < 1 or args.size < 16:
         raise CgofError("--samples must be >= 1 and --size >= 16")
-    synth = FaceSynthesizer.load(checkpoint=args.checkpoint, facemodel=args.facemodel, device=args.device)
+    synth = load_synth(args)
     out = evaluate(synth, EvalConfig(samples=args.samples, size=args.size, seed=args.seed, quality=args.quality))
     if args.json:
         print(json.dumps(out))

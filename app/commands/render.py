@@ -12,6 +12,8 @@ def add_model_args(p) -> None:
     """--checkpoint / --facemodel / --device, shared by every command that renders."""
     p.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder (default: the embedded default)")
     p.add_argument("--facemodel", metavar="PATH", help="face model: our .npz or a BFM_model_front.mat")
+    p.add_argument("--coeff-dist", metavar="NPZ", default=None,
+                   help="cGOF's coeff_distribution_L.npz: the z -> 3DMM coefficient statistics of a BFM checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
 
 
@@ -41,7 +43,8 @@ def spec_from_args(args, layout, psi_default: float = 1.0):
 def load_synth(args):
     from engine.synthesizer import FaceSynthesizer
 
-    return FaceSynthesizer.load(checkpoint=args.checkpoint, facemodel=args.facemodel, device=args.device)
+    return FaceSynthesizer.load(checkpoint=args.checkpoint, facemodel=args.facemodel, device=args.device,
+                                coeff_dist=args.coeff_dist)
 
 
 def out_dir(path: str) -> Path:
