@@ -238,15 +238,12 @@ class WarmupTrainer:
         idx = self._pick(fl.mask1.reshape(p, n), c.warp_rays, 0.75)
         rays = self.camera.rays(theta, phi, c.img_size)
 
-        def take(t: torch.Tensor) -> torch.Tensor:  # (P, H, W[, C]) or (P, N, C) -> (P, R[, C])
-            if t.dim() == 3 and t.shape[1] == n:
-                return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
-            if t.dim() == 3:
-                return t.reshape(p, n).gather(1, idx)
-            return t.reshape(p, n, -1).gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
+        def take(t: torch.Tensor) -> torch.Tensor:  # per-pixel (P, H, W, C) or (P, N, C) -> (P, R, C)
+            t = t.reshape(p, n, t.shape[-1])
+            return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
 
-        return WarpBatch(z0=z0, z1=z1, origins=rays.origins, dirs=take(rays.directions), depth1=take(fl.depth1),
-                         flow=take(fl.flow), valid=take(fl.valid))
+        return WarpBatch(z0=z0, z1=z1, origins=rays.origins, dirs=take(rays.directions),
+                         depth1=take(fl.depth1[..., None])[..., 0], flow=take(fl.flow), valid=take(fl.valid[..., None])[..., 0])
 
     # ---- one step ----------------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
