@@ -13,6 +13,10 @@ Metrics (medians over random (face, pose) samples):
   the mean change inside that region. Goal <= 0.05. ``expression_leak_all`` is the same ratio
   with background pixels counted as "outside" too (a floater that moves in empty space shows
   there); it has no goal and is reported so background behaviour is not hidden.
+* ``expression_leak_interior``: the same ratio over steady face pixels more than ``edge_pixels``
+  inside the mesh silhouette (of both renders). No goal; it separates the silhouette, where a pixel's
+  depth blends surface and far plane (last_back) and a sub-pixel move of the field's edge changes it
+  by up to the ray length, from the field's response inside the face.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 
 from .camera import angles_from_degrees
 from .model.latent import FaceSpec
@@ -40,6 +45,7 @@ class EvalConfig:
     yaw_range_deg: float = 30.0
     pitch_range_deg: float = 20.0
     changed_threshold: float = 1e-4  # world units of mesh-depth change that count as "changed"
+    edge_pixels: float = 2.0  # silhouette width left out of expression_leak_interior
 
 
 def _bilinear(img: np.ndarray, col: float, row: float) -> float:
@@ -80,7 +86,7 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
     """Run the three fidelity metrics on ``synth`` (a FaceSynthesizer)."""
     cfg = config or EvalConfig()
     g = torch.Generator().manual_seed(cfg.seed)
-    depth_rel, lm_rel, leaks, leaks_all = [], [], [], []
+    depth_rel, lm_rel, leaks, leaks_all, leaks_int = [], [], [], [], []
     t0 = time.perf_counter()
     for i in range(cfg.samples):
         spec = FaceSpec.random(synth.layout, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
@@ -107,6 +113,10 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
             inside = delta[changed].mean()
             if steady_face.any():
                 leaks.append(float(delta[steady_face].mean() / inside))
+            interior = steady_face & (distance_transform_edt(np.asarray(res.mask) & np.asarray(res2.mask))
+                                      > cfg.edge_pixels)
+            if interior.any():
+                leaks_int.append(float(delta[interior].mean() / inside))
             if (~changed).any():
                 leaks_all.append(float(delta[~changed].mean() / inside))
         if progress:
@@ -116,6 +126,7 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
         "landmark_error_rel": statistics.median(lm_rel) if lm_rel else float("nan"),
         "expression_leak": statistics.median(leaks) if leaks else float("nan"),
         "expression_leak_all": statistics.median(leaks_all) if leaks_all else float("nan"),
+        "expression_leak_interior": statistics.median(leaks_int) if leaks_int else float("nan"),
         "samples": cfg.samples,
         "landmarks_used": len(lm_rel),
         "size": cfg.size,

@@ -29,8 +29,8 @@ class _Oracle:
     """Wraps a synthesizer and replaces the field's depth by the mesh depth (plus an optional
     expression-dependent offset on every face pixel, i.e. a field that leaks expression edits)."""
 
-    def __init__(self, synth, leak: float = 0.0):
-        self._s, self._leak = synth, leak
+    def __init__(self, synth, leak: float = 0.0, edge_only: bool = False):
+        self._s, self._leak, self._edge_only = synth, leak, edge_only
 
     def __getattr__(self, name):
         return getattr(self._s, name)
@@ -38,6 +38,10 @@ class _Oracle:
     def render(self, spec, yaw, pitch, **kw):
         res = self._s.render(spec, yaw, pitch, **kw)
         offset = self._leak * sum(abs(v) for v in spec.expression.values())
+        if self._edge_only:  # the offset only on the silhouette: pixels with a background 4-neighbour
+            m = np.pad(res.mask, 1)
+            inner = m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+            offset = np.where(inner, 0.0, offset)
         depth = np.where(res.mask, res.mesh_depth + offset, 1.12).astype(np.float32)
         return replace(res, depth=depth)
 
@@ -63,9 +67,18 @@ def test_a_leaking_field_fails_the_leak_goal(synth):
     assert out["pass"]["expression_leak"] is False
 
 
+def test_interior_leak_leaves_out_the_silhouette(synth):
+    everywhere = evaluate(_Oracle(synth, leak=2e-4), CFG)
+    edge = evaluate(_Oracle(synth, leak=1e-3, edge_only=True), CFG)
+    assert everywhere["expression_leak_interior"] > GOALS["expression_leak"]
+    assert edge["expression_leak"] > GOALS["expression_leak"]
+    assert edge["expression_leak_interior"] < 0.1 * edge["expression_leak"]
+
+
 def test_random_weights_report_every_metric(synth):
     out = evaluate(synth, EvalConfig(samples=2, size=24, quality="fast"))
-    for key in ("depth_error_rel", "landmark_error_rel", "expression_leak", "expression_leak_all"):
+    for key in ("depth_error_rel", "landmark_error_rel", "expression_leak", "expression_leak_all",
+                "expression_leak_interior"):
         assert isinstance(out[key], float) and not math.isinf(out[key])
     assert set(out["pass"]) == set(GOALS)
     # An untrained field does not follow the mesh.
