@@ -41,7 +41,7 @@ def test_every_loss_is_finite_and_reaches_every_parameter(fm):
     t = WarmupTrainer(fm, WarmupConfig(**TINY))
     t.step = TINY["steps"]  # past the occupancy-only phase, so every term is on
     losses = t.losses(t.make_batch())
-    for key in ("rgb", "bg_rgb", "depth", "dist", "occupancy", "normal", "warp", "total"):
+    for key in ("rgb", "bg_rgb", "depth", "dist", "occupancy", "front", "normal", "warp", "total"):
         assert torch.isfinite(losses[key]), key
     assert 0.0 <= float(losses["normal"].detach()) <= 2.0
     losses["total"].backward()
@@ -76,3 +76,25 @@ def synth_spec():
     from engine.model.latent import FaceSpec
 
     return FaceSpec(seed=1)
+
+
+def test_front_term_punishes_a_shell_proud_of_the_mesh(fm):
+    """A field solid everywhere (a shell in front of the mesh) pays the front term; an empty one
+    does not; and the term counts in the total only with its weight."""
+    cfg = WarmupConfig(**TINY, lambda_front=2.0, occupancy_only=0.0)
+    t = WarmupTrainer(fm, cfg)
+    t.step = TINY["steps"]
+    batch = t.make_batch()
+    with torch.no_grad():
+        t.field.final_layer.weight.zero_()
+        t.field.final_layer.bias.fill_(2000.0)
+    torch.manual_seed(1)
+    solid = t.losses(batch)
+    assert float(solid["front"]) == pytest.approx(float(torch.log1p(torch.tensor(2000.0))), rel=1e-4)
+    t.cfg.lambda_front = 0.0
+    torch.manual_seed(1)
+    off = t.losses(batch)
+    assert float(solid["total"] - off["total"]) == pytest.approx(2.0 * float(solid["front"]), rel=1e-3)
+    with torch.no_grad():
+        t.field.final_layer.bias.fill_(-5.0)
+    assert float(t.losses(batch)["front"]) == 0.0

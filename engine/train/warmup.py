@@ -63,6 +63,11 @@ class WarmupConfig:
     band_samples: int = 8
     front_samples: int = 4  # per ray, uniform in [band edge, band edge + front_range] in front of the mesh
     front_range: float = 0.01  # world units
+    # Emptiness of the front samples on their own: inside the "outside" mean they are a few of ~50
+    # samples per ray, and a shell that sits 1-2 mm proud of the mesh goes unpunished (the band
+    # renderers and the rendered-depth loss do not look there; the warping3d term even favours an
+    # all-solid band). 0 keeps the recipe of stages 1-6.
+    lambda_front: float = 0.0
     free_samples: int = 16
     shrink_steps: int = 300  # band tolerance 0.24 -> 0.0012 (reference: 200 GAN steps)
     lr: float = 4e-4
@@ -297,13 +302,15 @@ class WarmupTrainer:
         occ_out = torch.relu(slog)[outside].mean() if bool(outside.any()) else sigma.sum() * 0
         occ_in = torch.relu(target - slog)[inside].mean() if bool(inside.any()) else sigma.sum() * 0
         loss["occupancy"] = occ_out + occ_in
+        front_sel = face[..., None] & (offset < -margin) & (offset > -margin - c.front_range)
+        loss["front"] = torch.relu(slog)[front_sel].mean() if bool(front_sel.any()) else sigma.sum() * 0
         loss["normal"] = self._normal_loss(batch, film)
         loss["warp"] = self._warp_loss(batch.warp, band_width) if batch.warp is not None else sigma.sum() * 0
         # Occupancy first: the rendered-depth terms fight it while densities are still small, so they
         # ramp in once a solid shape exists.
         ramp = min(max((self.progress() - c.occupancy_only) / max(c.occupancy_only, 1e-6), 0.0), 1.0)
         loss["total"] = (c.lambda_rgb * loss["rgb"] + c.lambda_bg_rgb * loss["bg_rgb"]
-                         + c.lambda_occupancy * loss["occupancy"]
+                         + c.lambda_occupancy * loss["occupancy"] + c.lambda_front * loss["front"]
                          + ramp * (c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"]
                                    + c.lambda_normal * loss["normal"] + c.lambda_warp * loss["warp"]))
         return loss
