@@ -17,6 +17,11 @@ Metrics (medians over random (face, pose) samples):
   inside the mesh silhouette (of both renders). No goal; it separates the silhouette, where a pixel's
   depth blends surface and far plane (last_back) and a sub-pixel move of the field's edge changes it
   by up to the ray length, from the field's response inside the face.
+* ``expression_leak_floor``: the same ratio (same steady pixels, same denominator) between two
+  renders of the *unedited* face that differ only in the renderer's sampling seed. No goal; it is
+  the part of ``expression_leak`` that random sample placement alone produces, with the field
+  unchanged (0 for the deterministic fast path). A field whose density sits in the near-mesh band,
+  as cGOF's dist_depr intends, gives a reference-path floor near 0: the band then decides the depth.
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
     """Run the three fidelity metrics on ``synth`` (a FaceSynthesizer)."""
     cfg = config or EvalConfig()
     g = torch.Generator().manual_seed(cfg.seed)
-    depth_rel, lm_rel, leaks, leaks_all, leaks_int = [], [], [], [], []
+    depth_rel, lm_rel, leaks, leaks_all, leaks_int, floors = [], [], [], [], [], []
     t0 = time.perf_counter()
     for i in range(cfg.samples):
         spec = FaceSpec.random(synth.layout, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
@@ -113,6 +118,10 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
             inside = delta[changed].mean()
             if steady_face.any():
                 leaks.append(float(delta[steady_face].mean() / inside))
+                resampled = synth.render(spec, yaw, pitch, size=cfg.size, quality=cfg.quality, normals=False,
+                                         sampling_seed=spec.seed + 1)
+                noise = np.abs(np.asarray(resampled.depth) - np.asarray(res.depth))
+                floors.append(float(noise[steady_face].mean() / inside))
             interior = steady_face & (distance_transform_edt(np.asarray(res.mask) & np.asarray(res2.mask))
                                       > cfg.edge_pixels)
             if interior.any():
@@ -127,6 +136,7 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
         "expression_leak": statistics.median(leaks) if leaks else float("nan"),
         "expression_leak_all": statistics.median(leaks_all) if leaks_all else float("nan"),
         "expression_leak_interior": statistics.median(leaks_int) if leaks_int else float("nan"),
+        "expression_leak_floor": statistics.median(floors) if floors else float("nan"),
         "samples": cfg.samples,
         "landmarks_used": len(lm_rel),
         "size": cfg.size,

@@ -158,13 +158,17 @@ class FaceSynthesizer:
 
     # ---- rendering -----------------------------------------------------------------------------
     def render(self, spec: FaceSpec, yaw_deg: float = 0.0, pitch_deg: float = 0.0, size: int = 128,
-               quality: str = "fast", normals: bool = True) -> RenderResult:
-        """Render one view; see :class:`RenderResult`."""
-        return self.render_many([spec], [yaw_deg], [pitch_deg], size, quality, normals)[0]
+               quality: str = "fast", normals: bool = True, sampling_seed: int | None = None) -> RenderResult:
+        """Render one view; see :class:`RenderResult` and :meth:`render_many`."""
+        return self.render_many([spec], [yaw_deg], [pitch_deg], size, quality, normals, sampling_seed)[0]
 
     def render_many(self, specs: list[FaceSpec], yaws, pitches, size: int = 128, quality: str = "fast",
-                    normals: bool = True) -> list[RenderResult]:
-        """Render B views in one batch (B = len(specs); yaws/pitches in degrees, length B)."""
+                    normals: bool = True, sampling_seed: int | None = None) -> list[RenderResult]:
+        """Render B views in one batch (B = len(specs); yaws/pitches in degrees, length B).
+
+        ``sampling_seed`` seeds the reference schedule's random draws (sample jitter, hierarchical
+        draws); None = each spec's own seed, so a spec always renders the same image. The fast path
+        draws nothing at random and ignores it."""
         if quality not in QUALITIES:
             raise CgofError(f"quality {quality!r}: expected one of {', '.join(QUALITIES)}")
         if not isinstance(size, int) or not 8 <= size <= 1024:
@@ -195,7 +199,8 @@ class FaceSynthesizer:
         else:
             rgbs, depths, evals = [], [], 0
             for i, s in enumerate(specs):
-                g = torch.Generator().manual_seed(int(s.seed) % (2**63))
+                seed = s.seed if sampling_seed is None else sampling_seed
+                g = torch.Generator().manual_seed(int(seed) % (2**63))
                 sub = _rays_index(rays, i)
                 o = self.renderer.reference(films.index(slice(i, i + 1)), sub, depth_r[i:i + 1], mask_r[i:i + 1], g)
                 rgbs.append(o.rgb)

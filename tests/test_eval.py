@@ -78,8 +78,19 @@ def test_interior_leak_leaves_out_the_silhouette(synth):
 def test_random_weights_report_every_metric(synth):
     out = evaluate(synth, EvalConfig(samples=2, size=24, quality="fast"))
     for key in ("depth_error_rel", "landmark_error_rel", "expression_leak", "expression_leak_all",
-                "expression_leak_interior"):
+                "expression_leak_interior", "expression_leak_floor"):
         assert isinstance(out[key], float) and not math.isinf(out[key])
     assert set(out["pass"]) == set(GOALS)
     # An untrained field does not follow the mesh.
     assert out["depth_error_rel"] > GOALS["depth_error_rel"]
+
+
+def test_leak_floor_is_the_reference_samplers_own_noise(synth):
+    # The fast path draws nothing at random: resampling changes nothing. The reference schedule's
+    # jitter and hierarchical draws move the depth of an unedited face by themselves.
+    fast = evaluate(synth, EvalConfig(samples=2, size=24, quality="fast"))
+    ref = evaluate(synth, EvalConfig(samples=2, size=24, quality="reference"))
+    assert fast["expression_leak_floor"] == 0.0
+    assert ref["expression_leak_floor"] > 0.0
+    # A field that is the mesh has no sampling noise at all.
+    assert evaluate(_Oracle(synth), CFG)["expression_leak_floor"] == 0.0
