@@ -22,6 +22,12 @@ Metrics (medians over random (face, pose) samples):
   the part of ``expression_leak`` that random sample placement alone produces, with the field
   unchanged (0 for the deterministic fast path). A field whose density sits in the near-mesh band,
   as cGOF's dist_depr intends, gives a reference-path floor near 0: the band then decides the depth.
+* ``surface_depth_error_rel`` and ``expression_leak_surface``: depth_error_rel and expression_leak
+  on the field's own surface instead of a renderer's depth. The surface depth of a mesh pixel is
+  where opacity along its ray, marched densely across mesh depth +- ``surface_half_width``, first
+  reaches 1/2 (:func:`surface_depth`). No goals; renderer-independent, so they tell a field that
+  moves from a sampler that moves, and they show a surface the fast path's band cannot see
+  (one proud of the mesh pins the fast path's depth to the band's front edge).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from scipy.ndimage import distance_transform_edt
 
 from .camera import angles_from_degrees
 from .model.latent import FaceSpec
+from .render.integration import alphas
 
 GOALS = {"depth_error_rel": 0.01, "landmark_error_rel": 0.02, "expression_leak": 0.05}
 
@@ -51,6 +58,8 @@ class EvalConfig:
     pitch_range_deg: float = 20.0
     changed_threshold: float = 1e-4  # world units of mesh-depth change that count as "changed"
     edge_pixels: float = 2.0  # silhouette width left out of expression_leak_interior
+    surface_half_width: float = 0.006  # world units either side of the mesh depth marched by surface_depth
+    surface_steps: int = 121  # samples of that march (0.1 mm apart)
 
 
 def _bilinear(img: np.ndarray, col: float, row: float) -> float:
@@ -87,11 +96,48 @@ def _landmark_errors(synth, spec: FaceSpec, res, yaw: float, pitch: float, size:
     return errors
 
 
+@torch.no_grad()
+def surface_depth(synth, spec: FaceSpec, yaw: float, pitch: float, mesh_depth: np.ndarray, mask: np.ndarray,
+                  half_width: float = 0.006, steps: int = 121) -> np.ndarray:
+    """The field's surface on the mask pixels of one view, independent of any render schedule.
+
+    mesh_depth, mask: (H, W) of the view (H = W). Each mask pixel's ray is marched at ``steps``
+    evenly spaced axis depths over mesh depth +- half_width (world units); the result is the first
+    depth where opacity 1 - prod(1 - alpha) reaches 1/2, or the far end of the march where it never
+    does. Returns (H, W) float32, 0 off the mask.
+    """
+    size = mask.shape[0]
+    out = np.zeros(mask.shape, np.float32)
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return out
+    theta, phi = angles_from_degrees(yaw, pitch, device=synth.device)
+    rays = synth.camera.rays(theta, phi, size)
+    sel = torch.as_tensor(idx, device=synth.device)
+    centre = torch.as_tensor(mesh_depth.reshape(-1)[idx], dtype=torch.float32, device=synth.device)
+    z = centre[:, None] + torch.linspace(-half_width, half_width, steps, device=synth.device)  # (P, S)
+    pts = rays.origins[0] + rays.directions[0, sel][:, None, :] * z[..., None]
+    sigma = torch.as_tensor(synth.density(spec, pts.reshape(-1, 3)), device=synth.device).reshape(z.shape)
+    opacity = 1 - torch.cumprod(1 - alphas(sigma, z), dim=-1)
+    reached = opacity >= 0.5
+    first = torch.where(reached.any(-1), reached.float().argmax(-1), torch.full_like(sel, steps - 1))
+    out.reshape(-1)[idx] = z.gather(1, first[:, None])[:, 0].cpu().numpy()
+    return out
+
+
+def _ratio(moved: np.ndarray, where: np.ndarray, inside: float) -> float | None:
+    """Mean of ``moved`` over ``where`` relative to ``inside`` (None when either is empty or 0)."""
+    if not where.any() or not inside > 0:
+        return None
+    return float(moved[where].mean() / inside)
+
+
 def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
     """Run the three fidelity metrics on ``synth`` (a FaceSynthesizer)."""
     cfg = config or EvalConfig()
     g = torch.Generator().manual_seed(cfg.seed)
     depth_rel, lm_rel, leaks, leaks_all, leaks_int, floors = [], [], [], [], [], []
+    surf_rel, surf_leaks = [], []
     t0 = time.perf_counter()
     for i in range(cfg.samples):
         spec = FaceSpec.random(synth.layout, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
@@ -105,29 +151,35 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
         extent = float(md.max() - md.min())
         depth_rel.append(float(np.median(np.abs(np.asarray(res.depth)[m] - md))) / max(extent, 1e-6))
         lm_rel.extend(_landmark_errors(synth, spec, res, yaw, pitch, cfg.size))
+        surf = surface_depth(synth, spec, yaw, pitch, res.mesh_depth, m, cfg.surface_half_width, cfg.surface_steps)
+        surf_rel.append(float(np.median(np.abs(surf[m] - md))) / max(extent, 1e-6))
         # expression-only edit: same identity, texture, light, seed; new expression
         exp_draw = torch.randn(synth.layout.exp, generator=g)
         edited = FaceSpec(identity=spec.identity, expression={k: float(v) for k, v in enumerate(exp_draw)},
                           texture=spec.texture, lighting=spec.lighting, seed=spec.seed, psi=spec.psi)
         res2 = synth.render(edited, yaw, pitch, size=cfg.size, quality=cfg.quality, normals=False)
-        changed = (np.asarray(res.mask) != np.asarray(res2.mask)) | (
+        mask1, mask2 = np.asarray(res.mask), np.asarray(res2.mask)
+        changed = (mask1 != mask2) | (
             np.abs(np.asarray(res.mesh_depth) - np.asarray(res2.mesh_depth)) > cfg.changed_threshold)
         delta = np.abs(np.asarray(res2.depth) - np.asarray(res.depth))
-        steady_face = ~changed & np.asarray(res.mask) & np.asarray(res2.mask)
-        if changed.any() and delta[changed].mean() > 0:
-            inside = delta[changed].mean()
-            if steady_face.any():
-                leaks.append(float(delta[steady_face].mean() / inside))
-                resampled = synth.render(spec, yaw, pitch, size=cfg.size, quality=cfg.quality, normals=False,
-                                         sampling_seed=spec.seed + 1)
-                noise = np.abs(np.asarray(resampled.depth) - np.asarray(res.depth))
-                floors.append(float(noise[steady_face].mean() / inside))
-            interior = steady_face & (distance_transform_edt(np.asarray(res.mask) & np.asarray(res2.mask))
-                                      > cfg.edge_pixels)
-            if interior.any():
-                leaks_int.append(float(delta[interior].mean() / inside))
-            if (~changed).any():
-                leaks_all.append(float(delta[~changed].mean() / inside))
+        steady_face = ~changed & mask1 & mask2
+        interior = steady_face & (distance_transform_edt(mask1 & mask2) > cfg.edge_pixels)
+        inside = float(delta[changed].mean()) if changed.any() else 0.0
+        for bucket, where in ((leaks, steady_face), (leaks_int, interior), (leaks_all, ~changed)):
+            r = _ratio(delta, where, inside)
+            if r is not None:
+                bucket.append(r)
+        if _ratio(delta, steady_face, inside) is not None:
+            resampled = synth.render(spec, yaw, pitch, size=cfg.size, quality=cfg.quality, normals=False,
+                                     sampling_seed=spec.seed + 1)
+            floors.append(_ratio(np.abs(np.asarray(resampled.depth) - np.asarray(res.depth)), steady_face, inside))
+        surf2 = surface_depth(synth, edited, yaw, pitch, res2.mesh_depth, mask2, cfg.surface_half_width,
+                              cfg.surface_steps)
+        surf_delta = np.abs(surf2 - surf)
+        covered = changed & mask1 & mask2
+        r = _ratio(surf_delta, steady_face, float(surf_delta[covered].mean()) if covered.any() else 0.0)
+        if r is not None:
+            surf_leaks.append(r)
         if progress:
             progress(i + 1, cfg.samples)
     out = {
@@ -137,6 +189,8 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
         "expression_leak_all": statistics.median(leaks_all) if leaks_all else float("nan"),
         "expression_leak_interior": statistics.median(leaks_int) if leaks_int else float("nan"),
         "expression_leak_floor": statistics.median(floors) if floors else float("nan"),
+        "surface_depth_error_rel": statistics.median(surf_rel) if surf_rel else float("nan"),
+        "expression_leak_surface": statistics.median(surf_leaks) if surf_leaks else float("nan"),
         "samples": cfg.samples,
         "landmarks_used": len(lm_rel),
         "size": cfg.size,

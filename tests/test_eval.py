@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.eval import GOALS, EvalConfig, evaluate
+from engine.eval import GOALS, EvalConfig, evaluate, surface_depth
 from engine.model.field import FieldConfig, OccupancyField
 from engine.model.io import load_facemodel
-from engine.model.latent import LatentLayout
+from engine.model.latent import FaceSpec, LatentLayout
 from engine.synthesizer import FaceSynthesizer
 
 
@@ -78,7 +78,8 @@ def test_interior_leak_leaves_out_the_silhouette(synth):
 def test_random_weights_report_every_metric(synth):
     out = evaluate(synth, EvalConfig(samples=2, size=24, quality="fast"))
     for key in ("depth_error_rel", "landmark_error_rel", "expression_leak", "expression_leak_all",
-                "expression_leak_interior", "expression_leak_floor"):
+                "expression_leak_interior", "expression_leak_floor", "surface_depth_error_rel",
+                "expression_leak_surface"):
         assert isinstance(out[key], float) and not math.isinf(out[key])
     assert set(out["pass"]) == set(GOALS)
     # An untrained field does not follow the mesh.
@@ -94,3 +95,29 @@ def test_leak_floor_is_the_reference_samplers_own_noise(synth):
     assert ref["expression_leak_floor"] > 0.0
     # A field that is the mesh has no sampling noise at all.
     assert evaluate(_Oracle(synth), CFG)["expression_leak_floor"] == 0.0
+
+
+@pytest.mark.parametrize("density", [1000.0, 4000.0])
+def test_surface_depth_is_where_the_march_turns_half_opaque(synth, density):
+    """A field of uniform density sigma turns half opaque ln2 / sigma past the march's start (the
+    march starts half_width in front of the mesh); an empty field never does (the far end)."""
+    res = synth.render(FaceSpec(seed=2), 10.0, 5.0, size=24, quality="fast", normals=False)
+    layer = synth.field.final_layer
+    saved = [p.detach().clone() for p in layer.parameters()]
+    try:
+        with torch.no_grad():
+            layer.weight.zero_()
+            layer.bias.fill_(density)
+        surf = surface_depth(synth, FaceSpec(seed=2), 10.0, 5.0, res.mesh_depth, res.mask, 0.006, 121)
+        m = res.mask
+        expected = res.mesh_depth[m] - 0.006 + math.log(2) / density
+        assert np.all(np.abs(surf[m] - expected) <= 1e-4 + 1e-6)  # one march step
+        assert np.all(surf[~m] == 0)
+        with torch.no_grad():
+            layer.bias.fill_(-5.0)
+        empty = surface_depth(synth, FaceSpec(seed=2), 10.0, 5.0, res.mesh_depth, res.mask, 0.006, 121)
+        assert np.allclose(empty[m], res.mesh_depth[m] + 0.006, atol=1e-6)
+    finally:
+        with torch.no_grad():
+            for p, v in zip(layer.parameters(), saved):
+                p.copy_(v)
