@@ -98,3 +98,21 @@ def test_front_term_punishes_a_shell_proud_of_the_mesh(fm):
     with torch.no_grad():
         t.field.final_layer.bias.fill_(-5.0)
     assert float(t.losses(batch)["front"]) == 0.0
+
+
+def test_warp_band_widens_the_warp_terms_near_mesh_samples(fm):
+    """warp_band = 0 keeps the near-mesh band (stages 3-6); a wider one reaches a surface that sits
+    millimetres off the mesh. The second half of the samples is stratified over the ray either way."""
+    spans = {}
+    for width in (0.0, 0.008):
+        t = WarmupTrainer(fm, WarmupConfig(**dict(TINY, warp_samples=8), warp_band=width, lambda_warp=1.0))
+        w = t.make_batch().warp
+        z = t.warp_depths(w, 0.0012)
+        hit = w.depth1 > 0
+        off = (z[..., :4] - w.depth1[..., None])[hit]
+        spans[width] = float(off.abs().max())
+        assert z.shape == (*w.valid.shape, 8)
+        free = z[..., 4:]
+        assert float(free.max() - free.min()) > 0.15  # spread over the 0.24 ray
+    assert spans[0.0] <= 0.0012 / 2 * (1 + 1 / 3) + 1e-6  # half the band plus half a jittered step
+    assert 0.003 < spans[0.008] <= 0.008 / 2 * (1 + 1 / 3) + 1e-6

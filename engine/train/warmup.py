@@ -95,6 +95,11 @@ class WarmupConfig:
     warp_pairs: int = 2  # expression pairs per step
     warp_rays: int = 256  # rays per pair, 3/4 of them on mesh 1
     warp_samples: int = 16  # per ray: half in the near-mesh band, half stratified
+    # Width (world units) of the band the warp term's first half samples, centred on mesh 1's depth;
+    # 0 = the dist_depr band (1.2 mm once narrowed: stages 3-6). A field whose surface sits a few mm
+    # off the mesh is solid (or empty) all across that narrow band, so the term never sees the
+    # surface that moves; a band as wide as that offset does.
+    warp_band: float = 0.0
     occupancy_only: float = 0.2  # fraction of the run before the depth/dist terms ramp in (over as long again)
     yaw_range_deg: float = 50.0
     pitch_range_deg: float = 30.0
@@ -316,18 +321,25 @@ class WarmupTrainer:
                                    + c.lambda_normal * loss["normal"] + c.lambda_warp * loss["warp"]))
         return loss
 
-    def _warp_loss(self, w: WarpBatch, band_width: float) -> torch.Tensor:
-        """warping3d on ``warp_samples`` points per ray: half across the near-mesh band of mesh 1
-        (jittered; where the surfaces must correspond), half stratified over the whole ray."""
+    def warp_depths(self, w: WarpBatch, band_width: float) -> torch.Tensor:
+        """(P, R, warp_samples) axis depths of the warp term: the first half across a band around
+        mesh 1's depth (``warp_band`` wide, else ``band_width``; jittered), the rest stratified over
+        the whole ray."""
         c, cam = self.cfg, self.camera.config
         p, r = w.valid.shape
         half = c.warp_samples // 2
         hit = w.depth1 > 0
         centre = torch.where(hit, w.depth1, torch.full_like(w.depth1, cam.ray_end))
-        band = band_depths(centre, c.warp_samples - half, band_width)
-        band = band + (torch.rand(band.shape, device=band.device) - 0.5) * band_width / max(c.warp_samples - half - 1, 1)
+        width = c.warp_band if c.warp_band > 0 else band_width
+        band = band_depths(centre, c.warp_samples - half, width)
+        band = band + (torch.rand(band.shape, device=band.device) - 0.5) * width / max(c.warp_samples - half - 1, 1)
         free = stratified_depths((p, r), half, cam.ray_start, cam.ray_end, w.dirs, True, None)
-        z = torch.cat([band.clamp(cam.ray_start, cam.ray_end), free], dim=-1)  # (P, R, S)
+        return torch.cat([band.clamp(cam.ray_start, cam.ray_end), free], dim=-1)
+
+    def _warp_loss(self, w: WarpBatch, band_width: float) -> torch.Tensor:
+        """warping3d (see :mod:`.warp`) at :meth:`warp_depths` on the rays of mesh 1."""
+        p, r = w.valid.shape
+        z = self.warp_depths(w, band_width)
         s = z.shape[-1]
         pts = w.origins[:, None, None, :] + w.dirs[:, :, None, :] * z[..., None]
         moved = pts + w.flow[:, :, None, :]
