@@ -169,7 +169,7 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
             r = _ratio(delta, where, inside)
             if r is not None:
                 bucket.append(r)
-        if _ratio(delta, steady_face, inside) is not None:
+        if steady_face.any() and inside > 0:  # an expression_leak sample: measure its floor too
             resampled = synth.render(spec, yaw, pitch, size=cfg.size, quality=cfg.quality, normals=False,
                                      sampling_seed=spec.seed + 1)
             floors.append(_ratio(np.abs(np.asarray(resampled.depth) - np.asarray(res.depth)), steady_face, inside))
