@@ -10,7 +10,7 @@ from engine.model.io import load_facemodel
 from engine.model.latent import LatentLayout
 from engine.render.rasterizer import MeshRasterizer
 from engine.train.warmup import WarmupConfig, WarmupTrainer
-from engine.train.warp import expression_flow, resample_expression, warp_consistency
+from engine.train.warp import expression_flow, resample_expression, warp_consistency, warp_depth_agreement
 
 from test_warmup import TINY
 
@@ -109,18 +109,18 @@ def test_warp_term_makes_the_field_consistent_across_expressions(fm):
     assert w is not None and w.dirs.shape == (2, 48, 3) and w.flow.shape == (2, 48, 3)
     assert bool((w.depth1[:, :36] > 0).all())  # 3/4 of the rays on mesh 1, first
     torch.manual_seed(0)
-    first = t._warp_loss(w, 0.01)
+    first = t._warp_loss(w, 0.01)[0]
     first.backward()
     assert t.field.mapping_network.network[0].weight.grad is not None
     opt = torch.optim.Adam(t.field.parameters(), lr=1e-3)
     for _ in range(30):
         torch.manual_seed(0)
         opt.zero_grad()
-        loss = t._warp_loss(w, 0.01)
+        loss = t._warp_loss(w, 0.01)[0]
         loss.backward()
         opt.step()
     torch.manual_seed(0)
-    assert float(t._warp_loss(w, 0.01).detach()) < 0.5 * float(first.detach())
+    assert float(t._warp_loss(w, 0.01)[0].detach()) < 0.5 * float(first.detach())
 
 
 def test_warp_term_is_off_when_its_weight_is_zero(fm):
@@ -128,3 +128,41 @@ def test_warp_term_is_off_when_its_weight_is_zero(fm):
     b = t.make_batch()
     assert b.warp is None
     assert float(t.losses(b)["warp"].detach()) == 0.0
+
+
+def _step_density(z: torch.Tensor, surface: torch.Tensor) -> torch.Tensor:
+    """Empty (-10) in front of ``surface`` (per ray), solid (1e5) behind it."""
+    return torch.where(z >= surface[..., None], torch.full_like(z, 1e5), torch.full_like(z, -10.0))
+
+
+def test_depth_agreement_is_the_move_of_the_rendered_surface_on_valid_rays():
+    z = torch.linspace(0.9, 1.1, 201).expand(2, 3, -1).contiguous()  # 1 mm apart
+    surface = torch.tensor([[0.95, 1.0, 1.05], [0.97, 1.01, 1.03]])
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    s1 = _step_density(z, surface)
+    assert float(warp_depth_agreement(s1, s1, z, valid)) == 0.0
+    moved = surface.clone()
+    moved[0, 1] += 0.004  # one ray's surface 4 mm deeper: the mean over 6 rays is 4/6 mm
+    s0 = _step_density(z, moved)
+    assert float(warp_depth_agreement(s1, s0, z, valid)) == pytest.approx(0.004 / 6, rel=1e-3)
+    valid[0, 1] = False  # that ray does not count any more
+    assert float(warp_depth_agreement(s1, s0, z, valid)) == pytest.approx(0.0, abs=1e-7)
+    # solid interiors that differ, behind the same surface, render the same depth: no penalty
+    denser = torch.where(s1 > 0, s1 * 3, s1)
+    assert float(warp_depth_agreement(s1, denser, z, torch.ones(2, 3, dtype=torch.bool))) < 1e-6
+    # an empty ray against one that hits: the far end (last_back) against the surface
+    empty = torch.full_like(z, -10.0)
+    one = torch.zeros(2, 3, dtype=torch.bool)
+    one[1, 2] = True
+    assert float(warp_depth_agreement(empty, s1, z, one)) == pytest.approx(1.1 - 1.03, rel=1e-3)
+
+
+def test_depth_agreement_alone_turns_the_warp_pairs_on_and_reaches_the_field(fm):
+    t = WarmupTrainer(fm, WarmupConfig(**TINY, lambda_warp=0.0, lambda_warp_depth=100.0))
+    b = t.make_batch()
+    assert b.warp is not None
+    loss = t.losses(b)
+    assert float(loss["warp"].detach()) >= 0 and float(loss["warp_depth"].detach()) >= 0
+    t.field.zero_grad()
+    loss["warp_depth"].backward()
+    assert t.field.mapping_network.network[0].weight.grad.abs().sum() > 0

@@ -42,7 +42,7 @@ from ..render.integration import band_depths, integrate, stratified_depths
 from ..render.rasterizer import MeshRasterizer
 from .ema import EMA
 from .losses import band_thickness, dist_depr
-from .warp import expression_flow, resample_expression, signed_log, warp_consistency
+from .warp import expression_flow, resample_expression, signed_log, warp_consistency, warp_depth_agreement
 
 MOUTH_COLOUR = (0.12, 0.04, 0.04)
 NORMAL_GRAD_FLOOR = 1e3
@@ -100,6 +100,12 @@ class WarmupConfig:
     # off the mesh is solid (or empty) all across that narrow band, so the term never sees the
     # surface that moves; a band as wide as that offset does.
     warp_band: float = 0.0
+    # Rendered-depth agreement of the warp pairs: the warp samples of each ray, integrated once with
+    # z1 and once with z0 at the moved points, must give the same expected depth (L1, world units).
+    # The per-sample term asks every density along the ray to agree, solid interior included; this
+    # one asks for what expression_leak measures: that the depth a renderer sees does not move where
+    # the mesh does not. 0 keeps the recipe of stages 1-6.
+    lambda_warp_depth: float = 0.0
     occupancy_only: float = 0.2  # fraction of the run before the depth/dist terms ramp in (over as long again)
     yaw_range_deg: float = 50.0
     pitch_range_deg: float = 30.0
@@ -220,7 +226,8 @@ class WarmupTrainer:
         mesh_depth = depth.reshape(b, n).gather(1, idx)
         face = flat_mask.gather(1, idx)
         nrm = normals.reshape(b, n, 3).gather(1, idx[..., None].expand(-1, -1, 3))
-        warp = self._warp_batch() if c.lambda_warp > 0 and c.warp_pairs > 0 else None
+        wants_warp = c.lambda_warp > 0 or c.lambda_warp_depth > 0
+        warp = self._warp_batch() if wants_warp and c.warp_pairs > 0 else None
         return Batch(z, rays.origins, dirs, target, mesh_depth, face, nrm, warp)
 
     def _pick(self, mask: torch.Tensor, count: int, fraction: float) -> torch.Tensor:
@@ -311,14 +318,18 @@ class WarmupTrainer:
         front_sel = face[..., None] & (offset < -margin) & (offset > -margin - c.front_range)
         loss["front"] = torch.relu(slog)[front_sel].mean() if bool(front_sel.any()) else sigma.sum() * 0
         loss["normal"] = self._normal_loss(batch, film)
-        loss["warp"] = self._warp_loss(batch.warp, band_width) if batch.warp is not None else sigma.sum() * 0
+        if batch.warp is not None:
+            loss["warp"], loss["warp_depth"] = self._warp_loss(batch.warp, band_width)
+        else:
+            loss["warp"] = loss["warp_depth"] = sigma.sum() * 0
         # Occupancy first: the rendered-depth terms fight it while densities are still small, so they
         # ramp in once a solid shape exists.
         ramp = min(max((self.progress() - c.occupancy_only) / max(c.occupancy_only, 1e-6), 0.0), 1.0)
         loss["total"] = (c.lambda_rgb * loss["rgb"] + c.lambda_bg_rgb * loss["bg_rgb"]
                          + c.lambda_occupancy * loss["occupancy"] + c.lambda_front * loss["front"]
                          + ramp * (c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"]
-                                   + c.lambda_normal * loss["normal"] + c.lambda_warp * loss["warp"]))
+                                   + c.lambda_normal * loss["normal"] + c.lambda_warp * loss["warp"]
+                                   + c.lambda_warp_depth * loss["warp_depth"]))
         return loss
 
     def warp_depths(self, w: WarpBatch, band_width: float) -> torch.Tensor:
@@ -336,18 +347,21 @@ class WarmupTrainer:
         free = stratified_depths((p, r), half, cam.ray_start, cam.ray_end, w.dirs, True, None)
         return torch.cat([band.clamp(cam.ray_start, cam.ray_end), free], dim=-1)
 
-    def _warp_loss(self, w: WarpBatch, band_width: float) -> torch.Tensor:
-        """warping3d (see :mod:`.warp`) at :meth:`warp_depths` on the rays of mesh 1."""
+    def _warp_loss(self, w: WarpBatch, band_width: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """warping3d (see :mod:`.warp`) at :meth:`warp_depths` on the rays of mesh 1: the per-sample
+        consistency and the expected-depth agreement (:func:`~.warp.warp_depth_agreement`)."""
         p, r = w.valid.shape
-        z = self.warp_depths(w, band_width)
+        z = self.warp_depths(w, band_width).sort(-1).values  # sorted for the depth agreement
         s = z.shape[-1]
         pts = w.origins[:, None, None, :] + w.dirs[:, :, None, :] * z[..., None]
         moved = pts + w.flow[:, :, None, :]
         dirs = w.dirs[:, :, None, :].expand(-1, -1, s, -1).reshape(p, r * s, 3)
         rgb1, sigma1 = self.field(pts.reshape(p, r * s, 3), dirs, self.field.film(w.z1))
         rgb0, sigma0 = self.field(moved.reshape(p, r * s, 3), dirs, self.field.film(w.z0))
-        return warp_consistency(rgb1.reshape(p, r, s, 3), sigma1.reshape(p, r, s), rgb0.reshape(p, r, s, 3),
-                                sigma0.reshape(p, r, s), w.valid)
+        rgb1, sigma1 = rgb1.reshape(p, r, s, 3), sigma1.reshape(p, r, s)
+        rgb0, sigma0 = rgb0.reshape(p, r, s, 3), sigma0.reshape(p, r, s)
+        return (warp_consistency(rgb1, sigma1, rgb0, sigma0, w.valid),
+                warp_depth_agreement(sigma1, sigma0, z, w.valid))
 
     def _normal_loss(self, batch: Batch, film) -> torch.Tensor:
         """Mean (1 - cos) between the field's normals and the mesh normals at mesh surface points

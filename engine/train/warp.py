@@ -21,6 +21,7 @@ import torch
 
 from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
+from ..render.integration import integrate
 from ..render.rasterizer import MeshRasterizer
 
 
@@ -81,3 +82,17 @@ def warp_consistency(rgb1: torch.Tensor, sigma1: torch.Tensor, rgb0: torch.Tenso
     per_sample = (d_rgb + d_sigma) / 4
     w = valid[..., None].to(per_sample.dtype).expand_as(per_sample)
     return (per_sample * w).sum() / w.sum().clamp(min=1)
+
+
+def warp_depth_agreement(sigma1: torch.Tensor, sigma0: torch.Tensor, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean |expected depth with z1 - expected depth with z0 at the moved points| over valid rays.
+
+    sigma*: (..., S) raw densities at the same ray parameters z (..., S, sorted axis depths, world
+    units); valid: (...) bool per ray. Integrated as the renderers do (relu clamp, last_back, no
+    noise), so a ray that stays empty agrees at the far end and one that hits agrees where it hits.
+    """
+    rgb = torch.zeros(*sigma1.shape, 3, dtype=sigma1.dtype, device=sigma1.device)
+    d1 = integrate(rgb, sigma1, z, last_back=True).depth
+    d0 = integrate(rgb, sigma0, z, last_back=True).depth
+    w = valid.to(d1.dtype)
+    return ((d1 - d0).abs() * w).sum() / w.sum().clamp(min=1)
