@@ -17,6 +17,10 @@ Metrics (medians over random (face, pose) samples):
   inside the mesh silhouette (of both renders). No goal; it separates the silhouette, where a pixel's
   depth blends surface and far plane (last_back) and a sub-pixel move of the field's edge changes it
   by up to the ray length, from the field's response inside the face.
+* ``expression_leak_median``: the ratio of medians instead of means (median change of the steady face
+  pixels over the median change of the face pixels where the mesh moved). No goal; far below
+  ``expression_leak`` when a minority of pixels carries the leak (a field whose surface lies behind the
+  near-mesh band on a few patches, where a renderer's depth jumps).
 * ``expression_leak_floor``: the same ratio (same steady pixels, same denominator) between two
   renders of the *unedited* face that differ only in the renderer's sampling seed. No goal; it is
   the part of ``expression_leak`` that random sample placement alone produces, with the field
@@ -136,7 +140,7 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
     """Run the three fidelity metrics on ``synth`` (a FaceSynthesizer)."""
     cfg = config or EvalConfig()
     g = torch.Generator().manual_seed(cfg.seed)
-    depth_rel, lm_rel, leaks, leaks_all, leaks_int, floors = [], [], [], [], [], []
+    depth_rel, lm_rel, leaks, leaks_all, leaks_int, leaks_med, floors = [], [], [], [], [], [], []
     surf_rel, surf_leaks = [], []
     t0 = time.perf_counter()
     for i in range(cfg.samples):
@@ -169,6 +173,9 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
             r = _ratio(delta, where, inside)
             if r is not None:
                 bucket.append(r)
+        moved_face = changed & mask1 & mask2
+        if steady_face.any() and moved_face.any() and np.median(delta[moved_face]) > 0:
+            leaks_med.append(float(np.median(delta[steady_face]) / np.median(delta[moved_face])))
         if steady_face.any() and inside > 0:  # an expression_leak sample: measure its floor too
             resampled = synth.render(spec, yaw, pitch, size=cfg.size, quality=cfg.quality, normals=False,
                                      sampling_seed=spec.seed + 1)
@@ -176,8 +183,7 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
         surf2 = surface_depth(synth, edited, yaw, pitch, res2.mesh_depth, mask2, cfg.surface_half_width,
                               cfg.surface_steps)
         surf_delta = np.abs(surf2 - surf)
-        covered = changed & mask1 & mask2
-        r = _ratio(surf_delta, steady_face, float(surf_delta[covered].mean()) if covered.any() else 0.0)
+        r = _ratio(surf_delta, steady_face, float(surf_delta[moved_face].mean()) if moved_face.any() else 0.0)
         if r is not None:
             surf_leaks.append(r)
         if progress:
@@ -188,6 +194,7 @@ def evaluate(synth, config: EvalConfig | None = None, progress=None) -> dict:
         "expression_leak": statistics.median(leaks) if leaks else float("nan"),
         "expression_leak_all": statistics.median(leaks_all) if leaks_all else float("nan"),
         "expression_leak_interior": statistics.median(leaks_int) if leaks_int else float("nan"),
+        "expression_leak_median": statistics.median(leaks_med) if leaks_med else float("nan"),
         "expression_leak_floor": statistics.median(floors) if floors else float("nan"),
         "surface_depth_error_rel": statistics.median(surf_rel) if surf_rel else float("nan"),
         "expression_leak_surface": statistics.median(surf_leaks) if surf_leaks else float("nan"),

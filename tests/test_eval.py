@@ -75,10 +75,20 @@ def test_interior_leak_leaves_out_the_silhouette(synth):
     assert edge["expression_leak_interior"] < 0.1 * edge["expression_leak"]
 
 
+def test_median_leak_tells_a_few_moving_pixels_from_a_face_that_moves(synth):
+    """A leak carried by the silhouette alone (a minority of the steady pixels) is large in the mean
+    and nil in the median; one on every face pixel is large in both."""
+    everywhere = evaluate(_Oracle(synth, leak=2e-4), CFG)
+    edge = evaluate(_Oracle(synth, leak=1e-3, edge_only=True), CFG)
+    assert everywhere["expression_leak_median"] > GOALS["expression_leak"]
+    assert edge["expression_leak"] > GOALS["expression_leak"]
+    assert edge["expression_leak_median"] < min(GOALS["expression_leak"], 0.2 * edge["expression_leak"])
+
+
 def test_random_weights_report_every_metric(synth):
     out = evaluate(synth, EvalConfig(samples=2, size=24, quality="fast"))
     for key in ("depth_error_rel", "landmark_error_rel", "expression_leak", "expression_leak_all",
-                "expression_leak_interior", "expression_leak_floor", "surface_depth_error_rel",
+                "expression_leak_interior", "expression_leak_median", "expression_leak_floor", "surface_depth_error_rel",
                 "expression_leak_surface"):
         assert isinstance(out[key], float) and not math.isinf(out[key])
     assert set(out["pass"]) == set(GOALS)
