@@ -31,10 +31,10 @@ def _run(args) -> int:
     else:
         for k in ("depth_error_rel", "landmark_error_rel", "expression_leak"):
             verdict = "ok" if out["pass"][k] else "above goal"
-            print(f"{k:20s} {out[k]:.4f}  (goal <= {out['goals'][k]})  {verdict}")
-        print(f"{'expression_leak_floor':20s} {out['expression_leak_floor']:.4f}  "
+            print(f"{k:22s} {out[k]:.4f}  (goal <= {out['goals'][k]})  {verdict}")
+        print(f"{'expression_leak_floor':22s} {out['expression_leak_floor']:.4f}  "
               "(the same ratio from resampling alone, no edit)")
-        print(f"{'expression_leak_median':20s} {out['expression_leak_median']:.4f}  "
+        print(f"{'expression_leak_median':22s} {out['expression_leak_median']:.4f}  "
               "(the ratio of medians: the typical steady pixel)")
         print(f"{out['samples']} samples at {out['size']}px, {out['quality']} path, {out['seconds']} s")
     return 0
