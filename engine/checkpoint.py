@@ -124,7 +124,7 @@ def read_info(path: str | Path) -> CheckpointInfo:
         cam = dict(_need(cfg, "camera", dict, where))
         cam["camera_shift"] = tuple(cam.get("camera_shift", (0.0, 0.0, 0.0)))
         camera = CameraConfig(**cam)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise FileFormatError(f"{where}: unexpected architecture/camera fields ({exc})") from None
     if field_cfg.z_dim != layout.dim:
         raise FileFormatError(f"{where}: field z_dim {field_cfg.z_dim} does not match the latent layout ({layout.dim})")

@@ -26,6 +26,7 @@ from .model.field import Film, OccupancyField
 from .model.latent import SPEC_GROUPS, FaceSpec, LatentLayout
 from .model.morphable import MorphableModel
 from .render.holes import close_mouth
+from .render.mesh_warp import point_offsets, ray_offsets
 from .render.rasterizer import MeshRasterizer
 from .render.volume import RenderConfig, VolumeRenderer
 
@@ -130,13 +131,26 @@ class FaceSynthesizer:
         return cls(fld, fm, info.layout, OrbitCamera(info.camera), rc, dev, ckpt, info.provenance)
 
     # ---- conditioning --------------------------------------------------------------------------
+    @property
+    def mesh_warp(self) -> bool:
+        """True when expressions deform rays onto a neutral field (:mod:`engine.render.mesh_warp`)."""
+        return self.field.config.mesh_warp
+
     def latent(self, spec: FaceSpec) -> torch.Tensor:
         """(1, D) latent of a spec (validated)."""
         return spec.latent(self.layout)
 
+    def field_latent(self, spec: FaceSpec) -> torch.Tensor:
+        """(1, D) latent the mapping network sees: :meth:`latent`, with the expression slice 0 for a
+        mesh_warp field (its expression is a deformation, so an expression edit re-uses the film)."""
+        z = self.latent(spec)
+        if self.mesh_warp:
+            z[:, self.layout.slices()["exp"]] = 0.0
+        return z
+
     def film(self, spec: FaceSpec) -> Film:
         """Truncated FiLM conditioning of a spec, cached per (latent, psi)."""
-        z = self.latent(spec)
+        z = self.field_latent(spec)
         key = (z.numpy().tobytes(), float(spec.psi))
         hit = self._films.get(key)
         if hit is not None:
@@ -191,10 +205,14 @@ class FaceSynthesizer:
         rays = self.camera.rays(theta, phi, size)
         b, r = len(specs), size * size
         mask_r, depth_r = mask.reshape(b, r), mesh_depth.reshape(b, r)
+        offsets = None
+        if self.mesh_warp:
+            neutral = self.facemodel.vertices(id_z, torch.zeros_like(exp_z))
+            offsets = ray_offsets(frags, verts, neutral, self.facemodel.triangles, mask).reshape(b, r, 3)
         sync()
         t["raster"] = time.perf_counter()
         if quality == "fast":
-            out = self.renderer.fast(films, rays, depth_r, mask_r)
+            out = self.renderer.fast(films, rays, depth_r, mask_r, offsets)
             rgb, depth, evals = out.rgb, out.depth, out.evaluations
         else:
             rgbs, depths, evals = [], [], 0
@@ -202,14 +220,15 @@ class FaceSynthesizer:
                 seed = s.seed if sampling_seed is None else sampling_seed
                 g = torch.Generator().manual_seed(int(seed) % (2**63))
                 sub = _rays_index(rays, i)
-                o = self.renderer.reference(films.index(slice(i, i + 1)), sub, depth_r[i:i + 1], mask_r[i:i + 1], g)
+                off = None if offsets is None else offsets[i:i + 1]
+                o = self.renderer.reference(films.index(slice(i, i + 1)), sub, depth_r[i:i + 1], mask_r[i:i + 1], g, off)
                 rgbs.append(o.rgb)
                 depths.append(o.depth)
                 evals += o.evaluations
             rgb, depth = torch.cat(rgbs), torch.cat(depths)
         sync()
         t["volume"] = time.perf_counter()
-        nrm = self.renderer.normals(films, rays, depth, mask_r) if normals else None
+        nrm = self.renderer.normals(films, rays, depth, mask_r, offsets) if normals else None
         sync()
         t["normals"] = time.perf_counter()
         ms = {k: round((t[k] - t[p]) * 1000, 2) for p, k in zip(["start", "mapping", "raster", "volume"],
@@ -235,17 +254,47 @@ class FaceSynthesizer:
                         (colors[0] * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy(),
                         self.facemodel.landmarks3d(verts)[0].float().cpu().numpy())
 
-    def _points(self, points) -> torch.Tensor:
-        p = torch.as_tensor(np.asarray(points, dtype=np.float32) if not torch.is_tensor(points) else points,
-                            dtype=torch.float32, device=self.device)
+    def _points(self, spec: FaceSpec, points, offsets=None) -> torch.Tensor:
+        """World points (P, 3) -> the points the field is evaluated at: shifted by ``offsets`` (P, 3)
+        when given, else, for a mesh_warp field, by the expression deformation at each point."""
+        def tensor(x):
+            return torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x,
+                                   dtype=torch.float32, device=self.device)
+
+        p = tensor(points)
         if p.dim() != 2 or p.shape[1] != 3:
             raise CgofError(f"points: expected shape (P, 3), got {tuple(p.shape)}")
+        if offsets is not None:
+            off = tensor(offsets)
+            if off.shape != p.shape:
+                raise CgofError(f"offsets: expected shape {tuple(p.shape)}, got {tuple(off.shape)}")
+            return p + off
+        if self.mesh_warp:
+            c = self.coefficients(spec)
+            verts = self.facemodel.vertices(c["id"], c["exp"])[0]
+            neutral = self.facemodel.vertices(c["id"], torch.zeros_like(c["exp"]))[0]
+            return p + point_offsets(p, verts, neutral)
         return p
 
     @torch.no_grad()
-    def density(self, spec: FaceSpec, points) -> np.ndarray:
-        """Raw density sigma at world points (P, 3) -> (P,) float32, chunked."""
-        film, p = self.film(spec), self._points(points)
+    def ray_offsets(self, spec: FaceSpec, yaw_deg: float, pitch_deg: float, size: int) -> torch.Tensor | None:
+        """(H*W, 3) per-pixel expression offsets of one view as :meth:`render` applies them (H = W =
+        size), or None for a latent-conditioned field. For queries along a view's rays (eval)."""
+        if not self.mesh_warp:
+            return None
+        c = self.coefficients(spec)
+        verts = self.facemodel.vertices(c["id"], c["exp"])
+        neutral = self.facemodel.vertices(c["id"], torch.zeros_like(c["exp"]))
+        theta, phi = angles_from_degrees([float(yaw_deg)], [float(pitch_deg)], device=self.device)
+        frags = self.rasterizer.rasterize(verts, self.facemodel.triangles, self.camera.cam2world(theta, phi), size)
+        mask, _ = close_mouth(frags.mask, frags.depth)
+        return ray_offsets(frags, verts, neutral, self.facemodel.triangles, mask).reshape(-1, 3)
+
+    @torch.no_grad()
+    def density(self, spec: FaceSpec, points, offsets=None) -> np.ndarray:
+        """Raw density sigma at world points (P, 3) -> (P,) float32, chunked. ``offsets`` (P, 3):
+        the expression deformation of each point when the caller knows it (see :meth:`_points`)."""
+        film, p = self.film(spec), self._points(spec, points, offsets)
         chunk = self.renderer.config.chunk_points
         out = [self.field.density(p[None, i:i + chunk], film)[0, :, 0] for i in range(0, p.shape[0], chunk)]
         return torch.cat(out).float().cpu().numpy() if out else np.zeros(0, np.float32)
@@ -253,7 +302,7 @@ class FaceSynthesizer:
     @torch.no_grad()
     def color(self, spec: FaceSpec, points) -> np.ndarray:
         """Field colour at world points (P, 3), viewed along -z (frontal) -> (P, 3) float32 in [0, 1]."""
-        film, p = self.film(spec), self._points(points)
+        film, p = self.film(spec), self._points(spec, points)
         chunk = self.renderer.config.chunk_points
         out = []
         for i in range(0, p.shape[0], chunk):

@@ -1,4 +1,4 @@
-"""`cgof train warmup`: fit the field to face-model renders (produces the embedded default)."""
+"""`cgof train warmup|colour`: fit the field to face-model renders (produces the embedded default)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,50 @@ def register(sub):
     w.add_argument("--init", metavar="DIR", default=None, help="start from this checkpoint's weights (fine-tune)")
     from engine.train.warmup import WarmupConfig
 
-    for f in fields(WarmupConfig):
-        if f.type in ("int", "float", int, float):
-            w.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.type in ("int", int) else float,
-                           default=None, help=f"(default {f.default})")
+    from engine.model.field import EXPRESSION_CONDITIONING
+
+    _numeric_flags(w, WarmupConfig)
+    w.add_argument("--expression-conditioning", choices=EXPRESSION_CONDITIONING, default=None,
+                   help=f"how the expression reaches the field (default {WarmupConfig.expression_conditioning}; "
+                        "mesh_warp: deform rays onto a neutral field)")
     w.set_defaults(handler=_warmup)
+
+    from engine.train.colour import ColourFitConfig
+
+    c = tsub.add_parser("colour", help="fit the colour branch of a trained checkpoint (geometry frozen)")
+    c.add_argument("--init", metavar="DIR", required=True, help="checkpoint folder to start from")
+    c.add_argument("--out", required=True, help="checkpoint folder to write")
+    c.add_argument("--facemodel", default=None, help="face model (.npz ours or BFM_model_front.mat)")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    c.add_argument("--no-eval", action="store_true", help="skip the fidelity evaluation at the end")
+    _numeric_flags(c, ColourFitConfig)
+    c.set_defaults(handler=_colour)
+
+
+def _numeric_flags(parser, config_cls) -> None:
+    for f in fields(config_cls):
+        if f.type in ("int", "float", int, float):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.type in ("int", int) else float,
+                                default=None, help=f"(default {f.default})")
+
+
+def _overrides(args, config_cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields(config_cls) if getattr(args, f.name, None) is not None}
+
+
+def _colour(args) -> int:
+    from engine.device import resolve_device
+    from engine.model.io import load_facemodel
+    from engine.train.colour import ColourFitConfig, run_colour_fit
+
+    cfg = ColourFitConfig(**_overrides(args, ColourFitConfig))
+    fm = load_facemodel(args.facemodel)
+    report = run_colour_fit(args.init, args.out, cfg, fm, device=resolve_device(args.device),
+                            time_budget_s=args.time_budget, evaluate=not args.no_eval)
+    print(json.dumps({"steps": report["steps"], "train_seconds": report["train_seconds"],
+                      "metrics": report.get("metrics"), "out": str(args.out)}))
+    return 0
 
 
 def _warmup(args) -> int:
@@ -31,9 +70,7 @@ def _warmup(args) -> int:
     from engine.model.io import load_facemodel
     from engine.train.warmup import WarmupConfig, run_warmup
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(WarmupConfig)
-                 if getattr(args, f.name, None) is not None}
-    cfg = WarmupConfig(**overrides)
+    cfg = WarmupConfig(**_overrides(args, WarmupConfig))
     fm = load_facemodel(args.facemodel)
     report = run_warmup(args.out, cfg, fm, device=resolve_device(args.device), time_budget_s=args.time_budget, init=args.init,
                         evaluate=not args.no_eval)

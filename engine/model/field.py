@@ -18,6 +18,7 @@ from torch import nn
 
 FREQ_SCALE = 15.0  # f = 15 f_raw + 30, after truncation
 FREQ_SHIFT = 30.0
+EXPRESSION_CONDITIONING = ("latent", "mesh_warp")
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,22 @@ class FieldConfig:
     film_layers: int = 8
     mapping_hidden: int = 256
     box_size: float = 0.24  # UniformBoxWarp side length, world units
+    # How an expression reaches the field: "latent" (the reference: the expression slice of z feeds
+    # the mapping network like every other slice) or "mesh_warp" (the field is a neutral-expression
+    # face and the expression deforms the rays onto it; engine.render.mesh_warp says why and how).
+    expression_conditioning: str = "latent"
+
+    def __post_init__(self):
+        if self.expression_conditioning not in EXPRESSION_CONDITIONING:
+            raise ValueError(f"expression_conditioning {self.expression_conditioning!r}: expected one of "
+                             f"{', '.join(EXPRESSION_CONDITIONING)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def mesh_warp(self) -> bool:
+        return self.expression_conditioning == "mesh_warp"
 
     @property
     def film_dim(self) -> int:
@@ -186,12 +200,14 @@ class OccupancyField(nn.Module):
     def forward(self, points: torch.Tensor, dirs: torch.Tensor, film: Film) -> tuple[torch.Tensor, torch.Tensor]:
         """points, dirs (B, N, 3) -> rgb (B, N, 3) in [0, 1], sigma (B, N, 1)."""
         x, freqs = self._trunk(points, film)
-        sigma = self.final_layer(x)
-        w = self.config.width
-        k = self.config.film_layers
-        h = self.color_layer_sine(torch.cat([dirs, x], dim=-1), freqs[:, k * w:], film.phases[:, k * w:])
-        rgb = torch.sigmoid(self.color_layer_linear(h))
-        return rgb, sigma
+        return self.colour(x, dirs, freqs, film.phases), self.final_layer(x)
+
+    def colour(self, features: torch.Tensor, dirs: torch.Tensor, freqs: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
+        """The colour branch: trunk features (B, N, W), dirs (B, N, 3), scaled frequencies and raw
+        phases (B, (L+1)*W) -> rgb (B, N, 3) in [0, 1]. Only the last W of each film reach it."""
+        w, k = self.config.width, self.config.film_layers
+        h = self.color_layer_sine(torch.cat([dirs, features], dim=-1), freqs[:, k * w:], phases[:, k * w:])
+        return torch.sigmoid(self.color_layer_linear(h))
 
     def density(self, points: torch.Tensor, film: Film) -> torch.Tensor:
         """(B, N, 3) -> sigma (B, N, 1), skipping the colour branch."""

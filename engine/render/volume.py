@@ -119,15 +119,19 @@ class VolumeRenderer:
     # ---- reference schedule --------------------------------------------------------------------
     @torch.no_grad()
     def reference(self, film: Film, rays: Rays, mesh_depth: torch.Tensor | None = None,
-                  mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> VolumeOutput:
+                  mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                  offsets: torch.Tensor | None = None) -> VolumeOutput:
         """The reference inference schedule. mesh_depth (B, R) and mask (B, R) bool (mouth closed)
-        enable near-mesh sampling; evaluations per pixel = 3 S (72 with the defaults)."""
+        enable near-mesh sampling; evaluations per pixel = 3 S (72 with the defaults). offsets
+        (B, R, 3): world displacement added to every point of a ray before the field sees it (the
+        expression deformation of :mod:`.mesh_warp`; None = none)."""
         c, cam = self.config, self.camera.config
         b, r = rays.directions.shape[:2]
         s = c.num_steps
         o = rays.origins[:, None, None, :]
         d = rays.directions
-        pts = lambda z: o + d[:, :, None, :] * z[..., None]  # noqa: E731 - tiny local helper
+        shift = o if offsets is None else o + offsets[:, :, None, :]
+        pts = lambda z: shift + d[:, :, None, :] * z[..., None]  # noqa: E731 - tiny local helper
         z_coarse = stratified_depths((b, r), s, cam.ray_start, cam.ray_end, d, True, generator)
         rgb_c, sig_c = self.evaluate(film, pts(z_coarse), d)
         evals = b * r * s
@@ -168,13 +172,15 @@ class VolumeRenderer:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def fast(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor) -> VolumeOutput:
+    def fast(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor,
+             offsets: torch.Tensor | None = None) -> VolumeOutput:
         """Editor path: band samples on mesh pixels, a few fixed samples elsewhere.
 
         Mesh pixels: ``fast_band_samples`` evenly across ``fast_band_width`` around the mesh depth,
         then ``fast_behind`` offsets behind it; background: ``fast_background_samples`` evenly over
         [ray_start, ray_end] (the last one at ray_end carries last_back's leftover, as in the
-        reference). Evaluations per pixel are at most max(face, background) samples.
+        reference). Evaluations per pixel are at most max(face, background) samples. offsets as in
+        :meth:`reference`.
         """
         c, cam = self.config, self.camera.config
         b, r = rays.directions.shape[:2]
@@ -202,12 +208,13 @@ class VolumeRenderer:
                         continue
                     z = z_of(idx)[None]  # (1, n, S)
                     d = rays.directions[i:i + 1, idx]
-                    rgb, sigma = self.evaluate(f_i, self._points(rays, i, d, z), d)
+                    off = None if offsets is None else offsets[i:i + 1, idx]
+                    rgb, sigma = self.evaluate(f_i, self._points(rays, i, d, z, off), d)
                     evals += z.numel()
                     if hierarchical:
                         w = self._integrate(rgb, sigma, z.float(), last_back=False).weights
                         z_f = sample_pdf(z.float(), w, c.fast_edge_samples, det=True)
-                        rgb_f, sigma_f = self.evaluate(f_i, self._points(rays, i, d, z_f), d)
+                        rgb_f, sigma_f = self.evaluate(f_i, self._points(rays, i, d, z_f, off), d)
                         evals += z_f.numel()
                         z, order = torch.cat([z.float(), z_f], -1).sort(-1)
                         rgb = torch.cat([rgb, rgb_f], -2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
@@ -219,9 +226,13 @@ class VolumeRenderer:
         return VolumeOutput(rgb_out, depth_out, acc_out, evals)
 
     @staticmethod
-    def _points(rays: Rays, i: int, d: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """View i's points at axis depths z (1, n, S) along directions d (1, n, 3) -> (1, n, S, 3)."""
-        return rays.origins[i:i + 1, None, None, :] + d[:, :, None, :] * z[..., None]
+    def _points(rays: Rays, i: int, d: torch.Tensor, z: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """View i's points at axis depths z (1, n, S) along directions d (1, n, 3) -> (1, n, S, 3),
+        shifted by per-ray offsets (1, n, 3) when given."""
+        o = rays.origins[i:i + 1, None, None, :]
+        if offsets is not None:
+            o = o + offsets[:, :, None, :]
+        return o + d[:, :, None, :] * z[..., None]
 
     def _silhouette_ring(self, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, R) mesh mask -> (B, R) background pixels within ``fast_edge_pixels`` of it."""
@@ -234,10 +245,12 @@ class VolumeRenderer:
         return grown.reshape(mask.shape) & ~mask
 
     # ---- normals -------------------------------------------------------------------------------
-    def normals(self, film: Film, rays: Rays, depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def normals(self, film: Film, rays: Rays, depth: torch.Tensor, mask: torch.Tensor,
+                offsets: torch.Tensor | None = None) -> torch.Tensor:
         """World unit normals (B, R, 3) of the field at the rendered surface on ``mask`` pixels
         (0 elsewhere), by autograd of the density (facts §1.2). Uses the same (truncated) film as
-        the image so normals and image describe one shape; the reference uses the untruncated z."""
+        the image so normals and image describe one shape; the reference uses the untruncated z.
+        offsets (B, R, 3) as in :meth:`reference` (normals are then the canonical field's)."""
         b, r = depth.shape
         out = torch.zeros(b, r, 3, device=depth.device)
         chunk = self.config.chunk_points
@@ -247,5 +260,7 @@ class VolumeRenderer:
             for start in range(0, idx.numel(), chunk):
                 j = idx[start:start + chunk]
                 p = rays.origins[i:i + 1, None, :] + rays.directions[i:i + 1, j] * depth[i:i + 1, j, None]
+                if offsets is not None:
+                    p = p + offsets[i:i + 1, j]
                 out[i, j] = self.field.normals(p.detach(), f_i, create_graph=False)[0].detach()
         return out

@@ -18,6 +18,12 @@ rasterizes the mesh (target colour = SH-lit albedo, black background, a dark mou
   the same field at corresponding points, so an expression edit changes nothing where the mesh
   does not move.
 
+With ``expression_conditioning="mesh_warp"`` the field learns the neutral-expression face: the
+mapping network sees the expression slice as 0 and every sample of a face ray is shifted by that
+ray's offset onto the neutral mesh (:mod:`engine.render.mesh_warp`), the normal targets are the
+neutral mesh's, and warping3d is skipped (it holds by construction: both members of a pair map a
+point to the same canonical point under the same film).
+
 Samples per face ray: the near-mesh band the renderers use (jittered) plus stratified samples over
 [ray_start, ray_end]; background rays: stratified samples. Integration is the renderer's own
 ``integrate`` with last_back, so what is trained is what the renderers draw.
@@ -28,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +44,7 @@ from ..model.field import FieldConfig, OccupancyField
 from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
 from ..render.holes import close_mouth
+from ..render.mesh_warp import ray_offsets
 from ..render.integration import band_depths, integrate, stratified_depths
 from ..render.rasterizer import MeshRasterizer
 from .ema import EMA
@@ -106,6 +113,7 @@ class WarmupConfig:
     # one asks for what expression_leak measures: that the depth a renderer sees does not move where
     # the mesh does not. 0 keeps the recipe of stages 1-6.
     lambda_warp_depth: float = 0.0
+    expression_conditioning: str = "latent"  # or "mesh_warp" (FieldConfig.expression_conditioning)
     occupancy_only: float = 0.2  # fraction of the run before the depth/dist terms ramp in (over as long again)
     yaw_range_deg: float = 50.0
     pitch_range_deg: float = 30.0
@@ -115,7 +123,7 @@ class WarmupConfig:
 
     def field_config(self, layout: LatentLayout) -> FieldConfig:
         return FieldConfig(z_dim=layout.dim, width=self.width, film_layers=self.film_layers,
-                           mapping_hidden=self.mapping_hidden)
+                           mapping_hidden=self.mapping_hidden, expression_conditioning=self.expression_conditioning)
 
 
 @dataclass
@@ -130,6 +138,7 @@ class Batch:
     face: torch.Tensor  # (B, R) bool
     normals: torch.Tensor  # (B, R, 3) unit mesh normals, world axes; 0 where no mesh (mouth cavity, background)
     warp: "WarpBatch | None" = None
+    offsets: torch.Tensor | None = None  # (B, R, 3) mesh_warp ray offsets onto the neutral mesh
 
 
 @dataclass
@@ -143,6 +152,61 @@ class WarpBatch:
     depth1: torch.Tensor  # (P, R) mesh 1 depth, 0 where mesh 1 misses the ray
     flow: torch.Tensor  # (P, R, 3) world X0 - X1, 0 where mesh 1 misses the ray
     valid: torch.Tensor  # (P, R) bool
+
+
+@dataclass
+class Targets:
+    """SH-shaded renders of B random faces, flattened to N = H * W pixels per view.
+
+    origins (B, 3); dirs (B, N, 3); image (B, N, 3) in [0, 1] (black background, MOUTH_COLOUR on
+    the holes close_mouth fills); depth (B, N) axis depth (0 on background); mask (B, N) bool (mouth
+    closed); normals (B, N, 3) unit mesh normals in the field's space (0 off the mesh);
+    offsets (B, N, 3) mesh_warp ray offsets or None.
+    """
+
+    origins: torch.Tensor
+    dirs: torch.Tensor
+    image: torch.Tensor
+    depth: torch.Tensor
+    mask: torch.Tensor
+    normals: torch.Tensor
+    offsets: torch.Tensor | None
+
+
+def random_poses(b: int, yaw_range_deg: float, pitch_range_deg: float, gen: torch.Generator, device):
+    """B training poses (radians): half uniform over +-range, half ~ the reference's Gaussian pose
+    prior (stddevs 17 and 9 degrees)."""
+    u = torch.rand(b, 2, generator=gen) * 2 - 1
+    g = torch.randn(b, 2, generator=gen) * torch.tensor([17.0, 9.0])
+    pick = torch.rand(b, 1, generator=gen) < 0.5
+    deg = torch.where(pick, u * torch.tensor([yaw_range_deg, pitch_range_deg]), g)
+    return angles_from_degrees(deg[:, 0], deg[:, 1], device=device)
+
+
+@torch.no_grad()
+def render_targets(facemodel: MorphableModel, layout: LatentLayout, rasterizer: MeshRasterizer, camera: OrbitCamera,
+                   z: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor, size: int, mesh_warp: bool) -> Targets:
+    """What the field is fitted to, for latents z (B, D) seen at poses (theta, phi) (B,) radians."""
+    fm = facemodel
+    b = z.shape[0]
+    parts = layout.split(z)
+    verts = fm.vertices(parts["id"], parts["exp"])
+    colours = fm.shade(verts, parts["tex"], parts["gamma"])
+    c2w = camera.cam2world(theta, phi)
+    frags = rasterizer.rasterize(verts, fm.triangles, c2w, size)
+    image = rasterizer.interpolate(frags, colours, fm.triangles)  # (B, H, W, 3)
+    neutral = fm.vertices(parts["id"], torch.zeros_like(parts["exp"])) if mesh_warp else None
+    # The field's gradient is taken in its own space: the neutral face's, for a mesh_warp field.
+    normals = rasterizer.interpolate(frags, fm.vertex_normals(neutral if mesh_warp else verts), fm.triangles)
+    normals = torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
+    mask, depth = close_mouth(frags.mask, frags.depth)
+    cavity = mask & ~frags.mask
+    image = torch.where(cavity[..., None], torch.tensor(MOUTH_COLOUR, device=image.device), image)
+    rays = camera.rays(theta, phi, size)
+    n = size * size
+    offsets = ray_offsets(frags, verts, neutral, fm.triangles, mask).reshape(b, n, 3) if mesh_warp else None
+    return Targets(rays.origins, rays.directions, image.reshape(b, n, 3), depth.reshape(b, n), mask.reshape(b, n),
+                   normals.reshape(b, n, 3), offsets)
 
 
 class WarmupTrainer:
@@ -186,7 +250,9 @@ class WarmupTrainer:
         from ..errors import CgofError
 
         field, info = load_field(init, device=self.device)
-        if field.config != self.field.config or info.layout.to_dict() != self.layout.to_dict():
+        # A latent-conditioned field may start a mesh_warp run (its exp = 0 face is the neutral one).
+        same = replace(field.config, expression_conditioning=self.field.config.expression_conditioning)
+        if same != self.field.config or info.layout.to_dict() != self.layout.to_dict():
             raise CgofError(f"{init}: its field/latent layout differ from this warm-up's config; expected "
                             f"width {self.field.config.width}, {self.field.config.film_layers} FiLM layers, "
                             f"free latents {self.cfg.free_latent}")
@@ -194,41 +260,39 @@ class WarmupTrainer:
 
     # ---- data --------------------------------------------------------------------------------
     def _poses(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.cfg
-        u = torch.rand(b, 2, generator=self.gen) * 2 - 1
-        g = torch.randn(b, 2, generator=self.gen) * torch.tensor([17.0, 9.0])  # ~ reference stddevs, degrees
-        pick = torch.rand(b, 1, generator=self.gen) < 0.5
-        deg = torch.where(pick, u * torch.tensor([c.yaw_range_deg, c.pitch_range_deg]), g)
-        return angles_from_degrees(deg[:, 0], deg[:, 1], device=self.device)
+        return random_poses(b, self.cfg.yaw_range_deg, self.cfg.pitch_range_deg, self.gen, self.device)
 
     @torch.no_grad()
     def make_batch(self) -> Batch:
-        c, fm, b = self.cfg, self.facemodel, self.cfg.faces_per_step
+        c, b = self.cfg, self.cfg.faces_per_step
         z = torch.randn(b, self.layout.dim, generator=self.gen).to(self.device)
-        parts = self.layout.split(z)
-        verts = fm.vertices(parts["id"], parts["exp"])
-        colours = fm.shade(verts, parts["tex"], parts["gamma"])
         theta, phi = self._poses(b)
-        c2w = self.camera.cam2world(theta, phi)
-        frags = self.rasterizer.rasterize(verts, fm.triangles, c2w, c.img_size)
-        image = self.rasterizer.interpolate(frags, colours, fm.triangles)  # (B, H, W, 3)
-        normals = self.rasterizer.interpolate(frags, fm.vertex_normals(verts), fm.triangles)
-        normals = torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
-        mask, depth = close_mouth(frags.mask, frags.depth)
-        cavity = mask & ~frags.mask
-        image = torch.where(cavity[..., None], torch.tensor(MOUTH_COLOUR, device=self.device), image)
-        rays = self.camera.rays(theta, phi, c.img_size)
-        n = c.img_size * c.img_size
-        flat_mask = mask.reshape(b, n)
-        idx = self._pick(flat_mask, c.rays_per_face, c.face_ray_fraction)  # (B, R), face rays first
-        dirs = rays.directions.gather(1, idx[..., None].expand(-1, -1, 3))
-        target = image.reshape(b, n, 3).gather(1, idx[..., None].expand(-1, -1, 3))
-        mesh_depth = depth.reshape(b, n).gather(1, idx)
-        face = flat_mask.gather(1, idx)
-        nrm = normals.reshape(b, n, 3).gather(1, idx[..., None].expand(-1, -1, 3))
-        wants_warp = c.lambda_warp > 0 or c.lambda_warp_depth > 0
+        t = render_targets(self.facemodel, self.layout, self.rasterizer, self.camera, z, theta, phi, c.img_size,
+                           self.field.config.mesh_warp)
+        idx = self._pick(t.mask, c.rays_per_face, c.face_ray_fraction)  # (B, R), face rays first
+
+        def take(x: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, R, C)
+            return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+        offsets = None if t.offsets is None else take(t.offsets)
+        wants_warp = (c.lambda_warp > 0 or c.lambda_warp_depth > 0) and t.offsets is None
         warp = self._warp_batch() if wants_warp and c.warp_pairs > 0 else None
-        return Batch(z, rays.origins, dirs, target, mesh_depth, face, nrm, warp)
+        return Batch(z, t.origins, take(t.dirs), take(t.image), t.depth.gather(1, idx), t.mask.gather(1, idx),
+                     take(t.normals), warp, offsets)
+
+    def field_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D) latents -> what the mapping network sees (exp slice 0 for a mesh_warp field)."""
+        if not self.field.config.mesh_warp:
+            return z
+        z = z.clone()
+        z[:, self.layout.slices()["exp"]] = 0.0
+        return z
+
+    @staticmethod
+    def _ray_origins(batch: Batch) -> torch.Tensor:
+        """(B, R, 3) per-ray origins the field sees: the camera origin, shifted by mesh_warp offsets."""
+        o = batch.origins[:, None, :].expand_as(batch.dirs)
+        return o if batch.offsets is None else o + batch.offsets
 
     def _pick(self, mask: torch.Tensor, count: int, fraction: float) -> torch.Tensor:
         """(B, N) bool -> (B, count) pixel ids: ``fraction`` of them where mask (first), the rest
@@ -283,9 +347,9 @@ class WarmupTrainer:
         near = band_width / 2 + torch.rand((b, r, c.front_samples), device=like.device) * c.front_range
         front = (centre[..., None] - near).clamp(cam.ray_start, cam.ray_end)
         z = torch.cat([free, band, front], dim=-1).sort(-1).values  # (B, R, S)
-        pts = batch.origins[:, None, None, :] + batch.dirs[:, :, None, :] * z[..., None]
+        pts = self._ray_origins(batch)[:, :, None, :] + batch.dirs[:, :, None, :] * z[..., None]
         s = z.shape[-1]
-        film = self.field.film(batch.z)
+        film = self.field.film(self.field_latent(batch.z))
         dirs = batch.dirs[:, :, None, :].expand(-1, -1, s, -1)
         rgb, sigma = self.field(pts.reshape(b, r * s, 3), dirs.reshape(b, r * s, 3), film)
         rgb = rgb.reshape(b, r, s, 3)
@@ -372,7 +436,7 @@ class WarmupTrainer:
             return batch.mesh_depth.sum() * 0
         # The first rays of each view are face rays (make_batch puts them first).
         sel = has[:, :k]
-        pts = batch.origins[:, None, :] + batch.dirs[:, :k] * batch.mesh_depth[:, :k, None]
+        pts = self._ray_origins(batch)[:, :k] + batch.dirs[:, :k] * batch.mesh_depth[:, :k, None]
         with torch.enable_grad():  # also when the losses are only being measured
             pts = pts.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.field.density(pts, film).sum(), pts, create_graph=torch.is_grad_enabled())
