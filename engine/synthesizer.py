@@ -26,7 +26,7 @@ from .model.field import Film, OccupancyField
 from .model.latent import SPEC_GROUPS, FaceSpec, LatentLayout
 from .model.morphable import MorphableModel
 from .render.holes import close_mouth
-from .render.mesh_warp import point_offsets, ray_offsets
+from .render.mesh_warp import pixel_normals, point_offsets, ray_offsets, rotate_normals
 from .render.rasterizer import MeshRasterizer
 from .render.volume import RenderConfig, VolumeRenderer
 
@@ -143,10 +143,7 @@ class FaceSynthesizer:
     def field_latent(self, spec: FaceSpec) -> torch.Tensor:
         """(1, D) latent the mapping network sees: :meth:`latent`, with the expression slice 0 for a
         mesh_warp field (its expression is a deformation, so an expression edit re-uses the film)."""
-        z = self.latent(spec)
-        if self.mesh_warp:
-            z[:, self.layout.slices()["exp"]] = 0.0
-        return z
+        return self.layout.field_latent(self.latent(spec), self.mesh_warp)
 
     def film(self, spec: FaceSpec) -> Film:
         """Truncated FiLM conditioning of a spec, cached per (latent, psi)."""
@@ -229,6 +226,11 @@ class FaceSynthesizer:
         sync()
         t["volume"] = time.perf_counter()
         nrm = self.renderer.normals(films, rays, depth, mask_r, offsets) if normals else None
+        if nrm is not None and self.mesh_warp:
+            # The canonical field's normals are the neutral face's: turn them as the mesh turned there.
+            tris = self.facemodel.triangles
+            nrm = rotate_normals(nrm, pixel_normals(frags, self.facemodel.vertex_normals(neutral), tris).reshape(b, r, 3),
+                                 pixel_normals(frags, self.facemodel.vertex_normals(verts), tris).reshape(b, r, 3))
         sync()
         t["normals"] = time.perf_counter()
         ms = {k: round((t[k] - t[p]) * 1000, 2) for p, k in zip(["start", "mapping", "raster", "volume"],

@@ -16,7 +16,7 @@ from engine.model.field import FieldConfig, OccupancyField
 from engine.model.io import load_facemodel
 from engine.model.latent import FaceSpec, LatentLayout
 from engine.render.holes import close_mouth
-from engine.render.mesh_warp import point_offsets, ray_offsets
+from engine.render.mesh_warp import pixel_normals, point_offsets, ray_offsets, rotate_normals
 from engine.render.rasterizer import MeshRasterizer, interpolate
 from engine.render.volume import RenderConfig
 from engine.synthesizer import FaceSynthesizer
@@ -86,6 +86,44 @@ def test_point_offsets_match_vertices_and_fade_away_from_the_mesh(fm):
     assert torch.allclose(at_vertices, disp[big], atol=1e-5)
     far = v[big] + torch.tensor([0.0, 0.0, 0.05])  # 5 cm in front of the face
     assert float(point_offsets(far, v, n).abs().max()) == 0.0
+
+
+def test_rotate_normals_turns_the_neutral_normal_onto_the_expression_normal():
+    g = torch.Generator().manual_seed(0)
+    frm = torch.nn.functional.normalize(torch.randn(200, 3, generator=g), dim=-1)
+    to = torch.nn.functional.normalize(frm + 0.8 * torch.randn(200, 3, generator=g), dim=-1)
+    v = torch.randn(200, 3, generator=g)
+    assert torch.allclose(rotate_normals(frm, frm, to), to, atol=1e-5)
+    turned = rotate_normals(v, frm, to)
+    assert torch.allclose(turned.norm(dim=-1), v.norm(dim=-1), atol=1e-5)  # a rotation keeps lengths
+    # angles between vectors survive too (a reflection or a shear would not keep them)
+    assert torch.allclose((turned * to).sum(-1), (v * frm).sum(-1), atol=1e-5)
+    assert torch.allclose(rotate_normals(v, frm, frm), v, atol=1e-6)
+    none = torch.zeros_like(frm)  # background and filled holes: no mesh normal, no turn
+    assert torch.equal(rotate_normals(v, none, to), v) and torch.equal(rotate_normals(v, frm, none), v)
+
+
+def test_mesh_warp_normals_are_turned_with_the_jaw(fm):
+    """An opened jaw: the rendered normals equal the canonical field's normals turned from the
+    neutral mesh's normal onto the expression mesh's at each pixel (and a frontal pixel the jaw
+    did not move keeps its normal)."""
+    s = _synth(fm, "mesh_warp")
+    spec = FaceSpec(seed=3, expression=JAW)
+    res = s.render(spec, 0.0, 0.0, size=32, quality="fast")
+    frags, verts, neutral, mask, tris = _jaw_view(fm, size=32)
+    n_neu = pixel_normals(frags, fm.vertex_normals(neutral), tris)
+    n_exp = pixel_normals(frags, fm.vertex_normals(verts), tris)
+    turned = (n_neu * n_exp).sum(-1)[0] < 0.98  # pixels where the mesh turned by > 11 degrees
+    assert int(turned.sum()) > 10
+    canon = s.renderer.normals(s.film(spec), s.camera.rays(*angles_from_degrees([0.0], [0.0]), 32),
+                               torch.as_tensor(res.depth).reshape(1, -1), torch.as_tensor(res.mask).reshape(1, -1),
+                               s.ray_offsets(spec, 0.0, 0.0, 32)[None]).reshape(32, 32, 3)
+    expect = rotate_normals(canon, n_neu[0], n_exp[0])
+    got = torch.as_tensor(res.normals)
+    assert torch.allclose(got[res.mask], expect[res.mask], atol=1e-4)
+    assert float((got - canon)[turned & torch.as_tensor(res.mask)].norm(dim=-1).mean()) > 0.1
+    steady = (n_neu * n_exp).sum(-1)[0] > 1 - 1e-7
+    assert torch.allclose(got[steady & torch.as_tensor(res.mask)], canon[steady & torch.as_tensor(res.mask)], atol=1e-4)
 
 
 @pytest.mark.parametrize("quality", ["fast", "reference"])

@@ -45,6 +45,16 @@ class LatentLayout:
             start += n
         return out
 
+    def field_latent(self, z: torch.Tensor, mesh_warp: bool) -> torch.Tensor:
+        """(B, dim) latents -> what the mapping network sees: z itself, or for a mesh_warp field
+        (FieldConfig.expression_conditioning) a copy with the expression slice 0, since its
+        expression is a deformation of the rays, not a latent."""
+        if not mesh_warp:
+            return z
+        z = z.clone()
+        z[..., self.slices()["exp"]] = 0.0
+        return z
+
     def split(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, dim) -> {name: (B, n)}."""
         return {k: z[..., s] for k, s in self.slices().items()}

@@ -13,7 +13,9 @@ This departs from the reference on purpose (the reference feeds the expression t
 network, ``"latent"``, which our official-checkpoint importer keeps). Per-ray offsets are exact on the
 mesh surface and constant along a ray, as cGOF's own mesh guidance (rasterised depth) is per ray; the
 consequences: the deformation is view-dependent away from the surface (a few mm at most, where the
-field is empty or solid), and normals are the canonical field's (not rotated by the deformation).
+field is empty or solid), and the canonical field's normals describe the neutral face, so renderers
+turn them with :func:`rotate_normals` by the rotation that takes the neutral mesh's normal at the
+pixel's surface point onto the expression mesh's (an opened jaw's normals then face down).
 For points not on a rendered ray (mesh export on a grid) :func:`point_offsets` interpolates the
 per-vertex displacement of the nearest vertices, fading out with distance to the mesh.
 """
@@ -70,3 +72,23 @@ def point_offsets(points: torch.Tensor, verts: torch.Tensor, neutral: torch.Tens
     off = (disp[idx] * w[..., None]).sum(1)
     fade = np.clip((FADE_END - dist[:, 0]) / (FADE_END - FADE_START), 0.0, 1.0)
     return torch.as_tensor(off * fade[:, None], dtype=points.dtype, device=points.device)
+
+
+def rotate_normals(normals: torch.Tensor, frm: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
+    """Turn each vector of ``normals`` (..., 3) by the smallest rotation taking ``frm`` onto ``to``
+    (unit vectors of the same shape): the neutral and expression mesh normals of a pixel. Where
+    either is ~0 (background, filled mouth holes) the vector is left as it is.
+
+    Rodrigues without trigonometry: with w = frm x to and c = frm . to,
+    R v = c v + w x v + w (w . v) / (1 + c).
+    """
+    valid = (frm.norm(dim=-1, keepdim=True) > 0.5) & (to.norm(dim=-1, keepdim=True) > 0.5)
+    w = torch.linalg.cross(frm, to, dim=-1)
+    c = (frm * to).sum(-1, keepdim=True)
+    turned = c * normals + torch.linalg.cross(w, normals, dim=-1) + w * (w * normals).sum(-1, keepdim=True) / (1 + c).clamp(min=1e-6)
+    return torch.where(valid, turned, normals)
+
+
+def pixel_normals(frags: Fragments, vertex_normals: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
+    """Unit mesh normals (B, H, W, 3) interpolated from per-vertex normals; 0 where no mesh."""
+    return torch.nn.functional.normalize(interpolate(frags, vertex_normals, triangles), dim=-1, eps=1e-12)

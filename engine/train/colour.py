@@ -87,11 +87,7 @@ class ColourTrainer:
         self._pool: dict[str, torch.Tensor] | None = None
 
     def field_latent(self, z: torch.Tensor) -> torch.Tensor:
-        if not self.field.config.mesh_warp:
-            return z
-        z = z.clone()
-        z[:, self.layout.slices()["exp"]] = 0.0
-        return z
+        return self.layout.field_latent(z, self.field.config.mesh_warp)
 
     @torch.no_grad()
     def _render(self, b: int) -> dict[str, torch.Tensor]:

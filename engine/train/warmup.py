@@ -44,7 +44,7 @@ from ..model.field import FieldConfig, OccupancyField
 from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
 from ..render.holes import close_mouth
-from ..render.mesh_warp import ray_offsets
+from ..render.mesh_warp import pixel_normals, ray_offsets
 from ..render.integration import band_depths, integrate, stratified_depths
 from ..render.rasterizer import MeshRasterizer
 from .ema import EMA
@@ -197,8 +197,7 @@ def render_targets(facemodel: MorphableModel, layout: LatentLayout, rasterizer: 
     image = rasterizer.interpolate(frags, colours, fm.triangles)  # (B, H, W, 3)
     neutral = fm.vertices(parts["id"], torch.zeros_like(parts["exp"])) if mesh_warp else None
     # The field's gradient is taken in its own space: the neutral face's, for a mesh_warp field.
-    normals = rasterizer.interpolate(frags, fm.vertex_normals(neutral if mesh_warp else verts), fm.triangles)
-    normals = torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
+    normals = pixel_normals(frags, fm.vertex_normals(neutral if mesh_warp else verts), fm.triangles)
     mask, depth = close_mouth(frags.mask, frags.depth)
     cavity = mask & ~frags.mask
     image = torch.where(cavity[..., None], torch.tensor(MOUTH_COLOUR, device=image.device), image)
@@ -282,11 +281,7 @@ class WarmupTrainer:
 
     def field_latent(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D) latents -> what the mapping network sees (exp slice 0 for a mesh_warp field)."""
-        if not self.field.config.mesh_warp:
-            return z
-        z = z.clone()
-        z[:, self.layout.slices()["exp"]] = 0.0
-        return z
+        return self.layout.field_latent(z, self.field.config.mesh_warp)
 
     @staticmethod
     def _ray_origins(batch: Batch) -> torch.Tensor:
