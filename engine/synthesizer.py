@@ -25,8 +25,9 @@ from .errors import CgofError
 from .model.field import Film, OccupancyField
 from .model.latent import SPEC_GROUPS, FaceSpec, LatentLayout
 from .model.morphable import MorphableModel
-from .render.holes import close_mouth
-from .render.mesh_warp import pixel_normals, point_offsets, ray_offsets, rotate_normals
+from .model.sh import sh_shade
+from .render.conditioning import MeshConditioning, mesh_conditioning
+from .render.mesh_warp import point_offsets
 from .render.rasterizer import MeshRasterizer
 from .render.volume import RenderConfig, VolumeRenderer
 
@@ -41,7 +42,8 @@ class RenderResult:
     image (H, W, 3) uint8; depth (H, W) float32 camera-axis depth of the field; mesh_depth (H, W)
     float32 (0 on background); mask (H, W) bool mesh mask with the mouth closed; normals (H, W, 3)
     float32 world unit normals of the field on the mask (0 elsewhere) or None; timings {stage: ms};
-    evals_per_pixel: field evaluations per pixel for the image (normals excluded).
+    evals_per_pixel: density evaluations per pixel for the image (normals excluded);
+    albedo_evals_per_pixel: albedo-field evaluations per pixel (albedo fields only).
     """
 
     image: np.ndarray
@@ -53,6 +55,7 @@ class RenderResult:
     evals_per_pixel: float = 0.0
     yaw_deg: float = 0.0
     pitch_deg: float = 0.0
+    albedo_evals_per_pixel: float = 0.0
 
     def normals_image(self) -> np.ndarray:
         """(H, W, 3) uint8: (n + 1) / 2 with world x -> R, y -> G, z -> B; black off the mask."""
@@ -143,22 +146,27 @@ class FaceSynthesizer:
     def field_latent(self, spec: FaceSpec) -> torch.Tensor:
         """(1, D) latent the mapping network sees: :meth:`latent`, with the expression slice 0 for a
         mesh_warp field (its expression is a deformation, so an expression edit re-uses the film)."""
-        return self.layout.field_latent(self.latent(spec), self.mesh_warp)
+        return self.layout.field_latent(self.latent(spec), self.field.config)
 
     def film(self, spec: FaceSpec) -> Film:
-        """Truncated FiLM conditioning of a spec, cached per (latent, psi)."""
+        """Truncated conditioning of a spec; the mapping output is cached per (field latent, psi), so
+        for an albedo field a texture or lighting edit re-uses it (only the texture code changes)."""
         z = self.field_latent(spec)
         key = (z.numpy().tobytes(), float(spec.psi))
-        hit = self._films.get(key)
-        if hit is not None:
+        film = self._films.get(key)
+        if film is not None:
             self._films.move_to_end(key)
-            return hit
-        with torch.no_grad():
-            film = self.field.film(z.to(self.device), spec.psi)
-        self.mapping_calls += 1
-        self._films[key] = film
-        while len(self._films) > FILM_CACHE_SIZE:
-            self._films.popitem(last=False)
+        else:
+            with torch.no_grad():
+                film = self.field.mapping(z.to(self.device))
+                if spec.psi != 1.0:
+                    film = film.truncate(self.field.average_film(), spec.psi)
+            self.mapping_calls += 1
+            self._films[key] = film
+            while len(self._films) > FILM_CACHE_SIZE:
+                self._films.popitem(last=False)
+        if self.field.config.albedo:
+            return film.with_tex(float(spec.psi) * self.layout.texture(self.latent(spec)).to(self.device))
         return film
 
     def coefficients(self, spec: FaceSpec) -> dict[str, torch.Tensor]:
@@ -192,58 +200,54 @@ class FaceSynthesizer:
         films = Film.cat([self.film(s) for s in specs])
         t["mapping"] = time.perf_counter()
         coeffs = [self.coefficients(s) for s in specs]
-        id_z = torch.cat([c["id"] for c in coeffs])
-        exp_z = torch.cat([c["exp"] for c in coeffs])
-        verts = self.facemodel.vertices(id_z, exp_z)
         theta, phi = angles_from_degrees(yaws, pitches, device=self.device)
-        c2w = self.camera.cam2world(theta, phi)
-        frags = self.rasterizer.rasterize(verts, self.facemodel.triangles, c2w, size)
-        mask, mesh_depth = close_mouth(frags.mask, frags.depth)
-        rays = self.camera.rays(theta, phi, size)
+        cond = self.conditioning(torch.cat([c["id"] for c in coeffs]), torch.cat([c["exp"] for c in coeffs]),
+                                 theta, phi, size)
+        rays, mask_r, depth_r = cond.rays, cond.mask, cond.depth
         b, r = len(specs), size * size
-        mask_r, depth_r = mask.reshape(b, r), mesh_depth.reshape(b, r)
-        offsets = None
-        if self.mesh_warp:
-            neutral = self.facemodel.vertices(id_z, torch.zeros_like(exp_z))
-            offsets = ray_offsets(frags, verts, neutral, self.facemodel.triangles, mask).reshape(b, r, 3)
         sync()
         t["raster"] = time.perf_counter()
         if quality == "fast":
-            out = self.renderer.fast(films, rays, depth_r, mask_r, offsets)
-            rgb, depth, evals = out.rgb, out.depth, out.evaluations
+            out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets)
+            rgb, depth, acc, evals, albedo_evals = out.rgb, out.depth, out.acc, out.evaluations, out.albedo_evaluations
         else:
-            rgbs, depths, evals = [], [], 0
+            outs = []
             for i, s in enumerate(specs):
                 seed = s.seed if sampling_seed is None else sampling_seed
                 g = torch.Generator().manual_seed(int(seed) % (2**63))
-                sub = _rays_index(rays, i)
-                off = None if offsets is None else offsets[i:i + 1]
-                o = self.renderer.reference(films.index(slice(i, i + 1)), sub, depth_r[i:i + 1], mask_r[i:i + 1], g, off)
-                rgbs.append(o.rgb)
-                depths.append(o.depth)
-                evals += o.evaluations
-            rgb, depth = torch.cat(rgbs), torch.cat(depths)
+                pick = (lambda x: None if x is None else x[i:i + 1])  # noqa: E731 - one view of a batch
+                outs.append(self.renderer.reference(films.index(slice(i, i + 1)), _rays_index(rays, i), depth_r[i:i + 1],
+                                                    mask_r[i:i + 1], g, pick(cond.offsets), pick(cond.appearance_offsets)))
+            rgb, depth, acc = (torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "depth", "acc"))
+            evals, albedo_evals = sum(o.evaluations for o in outs), sum(o.albedo_evaluations for o in outs)
         sync()
         t["volume"] = time.perf_counter()
-        nrm = self.renderer.normals(films, rays, depth, mask_r, offsets) if normals else None
-        if nrm is not None and self.mesh_warp:
-            # The canonical field's normals are the neutral face's: turn them as the mesh turned there.
-            tris = self.facemodel.triangles
-            nrm = rotate_normals(nrm, pixel_normals(frags, self.facemodel.vertex_normals(neutral), tris).reshape(b, r, 3),
-                                 pixel_normals(frags, self.facemodel.vertex_normals(verts), tris).reshape(b, r, 3))
+        shaded = self.field.config.albedo
+        nrm = None
+        if normals or shaded:
+            # An albedo field is shaded with its own normals, wherever the field is seen: the mesh
+            # pixels and the silhouette ring pixels the field covers.
+            where = mask_r | (acc > 0.5) if shaded else mask_r
+            nrm = cond.to_view_frame(self.renderer.normals(films, rays, depth, where, cond.offsets))
+        if shaded:
+            gamma = self.facemodel.coefficients("gamma", torch.cat([c["gamma"] for c in coeffs]))
+            rgb = sh_shade(rgb, nrm, gamma)
+            if not normals:
+                nrm = None
         sync()
         t["normals"] = time.perf_counter()
         ms = {k: round((t[k] - t[p]) * 1000, 2) for p, k in zip(["start", "mapping", "raster", "volume"],
                                                                  ["mapping", "raster", "volume", "normals"])}
         ms["total"] = round((t["normals"] - t["start"]) * 1000, 2)
         ms["per_frame"] = round(ms["total"] / b, 2)
+        mesh_depth, mask = depth_r, mask_r
         img = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).reshape(b, size, size, 3).cpu().numpy()
         depth_np = depth.reshape(b, size, size).float().cpu().numpy()
         mesh_np = mesh_depth.reshape(b, size, size).float().cpu().numpy()
         mask_np = mask.reshape(b, size, size).cpu().numpy()
         nrm_np = None if nrm is None else nrm.reshape(b, size, size, 3).float().cpu().numpy()
         return [RenderResult(img[i], depth_np[i], mesh_np[i], mask_np[i], None if nrm_np is None else nrm_np[i],
-                             dict(ms), evals / (b * r), yaws[i], pitches[i]) for i in range(b)]
+                             dict(ms), evals / (b * r), yaws[i], pitches[i], albedo_evals / (b * r)) for i in range(b)]
 
     # ---- geometry queries ----------------------------------------------------------------------
     @torch.no_grad()
@@ -278,6 +282,13 @@ class FaceSynthesizer:
             return p + point_offsets(p, verts, neutral)
         return p
 
+    def conditioning(self, id_z: torch.Tensor, exp_z: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor,
+                     size: int) -> MeshConditioning:
+        """Mesh guidance (:mod:`engine.render.conditioning`) of faces (B, K) at poses (B,) radians."""
+        ring = self.renderer.silhouette_ring_pixels(size, size)
+        return mesh_conditioning(self.facemodel, self.rasterizer, self.camera, id_z, exp_z, theta, phi, size,
+                                 mesh_warp=self.mesh_warp, albedo=self.field.config.albedo, appearance_grow=ring)
+
     @torch.no_grad()
     def ray_offsets(self, spec: FaceSpec, yaw_deg: float, pitch_deg: float, size: int) -> torch.Tensor | None:
         """(H*W, 3) per-pixel expression offsets of one view as :meth:`render` applies them (H = W =
@@ -285,12 +296,8 @@ class FaceSynthesizer:
         if not self.mesh_warp:
             return None
         c = self.coefficients(spec)
-        verts = self.facemodel.vertices(c["id"], c["exp"])
-        neutral = self.facemodel.vertices(c["id"], torch.zeros_like(c["exp"]))
         theta, phi = angles_from_degrees([float(yaw_deg)], [float(pitch_deg)], device=self.device)
-        frags = self.rasterizer.rasterize(verts, self.facemodel.triangles, self.camera.cam2world(theta, phi), size)
-        mask, _ = close_mouth(frags.mask, frags.depth)
-        return ray_offsets(frags, verts, neutral, self.facemodel.triangles, mask).reshape(-1, 3)
+        return self.conditioning(c["id"], c["exp"], theta, phi, size).offsets[0]
 
     @torch.no_grad()
     def density(self, spec: FaceSpec, points, offsets=None) -> np.ndarray:
@@ -303,9 +310,24 @@ class FaceSynthesizer:
 
     @torch.no_grad()
     def color(self, spec: FaceSpec, points) -> np.ndarray:
-        """Field colour at world points (P, 3), viewed along -z (frontal) -> (P, 3) float32 in [0, 1]."""
+        """Field colour at world points (P, 3) -> (P, 3) float32 in [0, 1]: a radiance field's colour
+        viewed along -z (frontal); an albedo field's albedo (read on the mean face, each point moved
+        by the 3DMM displacement of its nearest vertices) shaded with the spec's lighting and the
+        field's normals there."""
         film, p = self.film(spec), self._points(spec, points)
         chunk = self.renderer.config.chunk_points
+        if self.field.config.albedo:
+            c = self.coefficients(spec)
+            q = torch.as_tensor(np.asarray(points, np.float32), device=self.device).reshape(-1, 3)
+            mean = self.facemodel.vertices(torch.zeros_like(c["id"]), torch.zeros_like(c["exp"]))[0]
+            q = q + point_offsets(q, self.facemodel.vertices(c["id"], c["exp"])[0], mean)
+            gamma = self.facemodel.coefficients("gamma", c["gamma"])
+            out = []
+            for i in range(0, p.shape[0], chunk):
+                albedo = self.field.albedo(q[None, i:i + chunk], film)
+                normals = self.field.normals(p[None, i:i + chunk], film, create_graph=False)
+                out.append(sh_shade(albedo, normals, gamma)[0].clamp(0, 1).detach())
+            return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, 3), np.float32)
         out = []
         for i in range(0, p.shape[0], chunk):
             q = p[None, i:i + chunk]

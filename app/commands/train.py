@@ -1,4 +1,4 @@
-"""`cgof train warmup|colour`: fit the field to face-model renders (produces the embedded default)."""
+"""`cgof train warmup|colour|albedo`: fit the field to face-model renders (produces the embedded default)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,19 @@ def register(sub):
     _numeric_flags(c, ColourFitConfig)
     c.set_defaults(handler=_colour)
 
+    from engine.train.albedo import AlbedoFitConfig
+
+    a = tsub.add_parser("albedo", help="make an albedo field on a checkpoint's geometry and fit its albedo basis "
+                                       "(texture and lighting then act as the face model's)")
+    a.add_argument("--init", metavar="DIR", required=True, help="checkpoint folder whose geometry is kept")
+    a.add_argument("--out", required=True, help="checkpoint folder to write")
+    a.add_argument("--facemodel", default=None, help="face model (.npz ours or BFM_model_front.mat)")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    a.add_argument("--no-eval", action="store_true", help="skip the appearance evaluation at the end")
+    _numeric_flags(a, AlbedoFitConfig)
+    a.set_defaults(handler=_albedo)
+
 
 def _numeric_flags(parser, config_cls) -> None:
     for f in fields(config_cls):
@@ -62,6 +75,20 @@ def _colour(args) -> int:
                             time_budget_s=args.time_budget, evaluate=not args.no_eval)
     print(json.dumps({"steps": report["steps"], "train_seconds": report["train_seconds"],
                       "metrics": report.get("metrics"), "out": str(args.out)}))
+    return 0
+
+
+def _albedo(args) -> int:
+    from engine.device import resolve_device
+    from engine.model.io import load_facemodel
+    from engine.train.albedo import AlbedoFitConfig, run_albedo_fit
+
+    cfg = AlbedoFitConfig(**_overrides(args, AlbedoFitConfig))
+    fm = load_facemodel(args.facemodel)
+    report = run_albedo_fit(args.out, args.init, cfg, fm, device=resolve_device(args.device),
+                            time_budget_s=args.time_budget, evaluate=not args.no_eval)
+    print(json.dumps({"steps": report["steps"], "train_seconds": report["train_seconds"],
+                      "appearance": report.get("appearance"), "out": str(args.out)}))
     return 0
 
 

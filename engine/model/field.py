@@ -19,6 +19,7 @@ from torch import nn
 FREQ_SCALE = 15.0  # f = 15 f_raw + 30, after truncation
 FREQ_SHIFT = 30.0
 EXPRESSION_CONDITIONING = ("latent", "mesh_warp")
+APPEARANCES = ("radiance", "albedo")
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,26 @@ class FieldConfig:
     # the mapping network like every other slice) or "mesh_warp" (the field is a neutral-expression
     # face and the expression deforms the rays onto it; engine.render.mesh_warp says why and how).
     expression_conditioning: str = "latent"
+    # What the colour output means: "radiance" (the reference: a view-dependent colour from the FiLM
+    # colour branch, lighting baked in) or "albedo" (an :class:`AlbedoField` in the mean face's frame,
+    # affine in the texture coefficients as the 3DMM's albedo is; renderers shade it with the SH
+    # lighting coefficients and the field's own normals, so light and texture sliders act as the
+    # 3DMM's do). In "albedo" the mapping network sees neither texture nor lighting: they cannot
+    # change the geometry.
+    appearance: str = "radiance"
+    tex_dim: int = 0  # albedo: texture coefficients (sigma units) the albedo basis spans
+    albedo_width: int = 128
+    albedo_layers: int = 4  # sine layers of the albedo field
+    albedo_omega: float = 30.0  # SIREN's omega_0, on box coordinates in [-1, 1]
 
     def __post_init__(self):
         if self.expression_conditioning not in EXPRESSION_CONDITIONING:
             raise ValueError(f"expression_conditioning {self.expression_conditioning!r}: expected one of "
                              f"{', '.join(EXPRESSION_CONDITIONING)}")
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"appearance {self.appearance!r}: expected one of {', '.join(APPEARANCES)}")
+        if self.appearance == "albedo" and (self.tex_dim < 1 or self.albedo_width < 1 or self.albedo_layers < 1):
+            raise ValueError("appearance 'albedo' needs tex_dim, albedo_width and albedo_layers >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +64,10 @@ class FieldConfig:
         return self.expression_conditioning == "mesh_warp"
 
     @property
+    def albedo(self) -> bool:
+        return self.appearance == "albedo"
+
+    @property
     def film_dim(self) -> int:
         """Width of one half (frequencies or phases) of the mapping output."""
         return (self.film_layers + 1) * self.width
@@ -55,36 +75,46 @@ class FieldConfig:
 
 @dataclass
 class Film:
-    """Per-sample FiLM conditioning: raw frequencies and phases, each (B, (L+1)*W).
+    """Per-sample conditioning: raw FiLM frequencies and phases, each (B, (L+1)*W), and for an
+    "albedo" field the texture code ``tex`` (B, K) in sigma units (None for "radiance").
 
     ``freqs`` are raw (before 15 f + 30) so truncation can be applied as in the reference.
     """
 
     freqs: torch.Tensor
     phases: torch.Tensor
+    tex: torch.Tensor | None = None
+
+    def _map(self, fn) -> "Film":
+        return Film(fn(self.freqs), fn(self.phases), None if self.tex is None else fn(self.tex))
 
     def truncate(self, avg: "Film", psi: float | torch.Tensor) -> "Film":
-        """f = f_avg + psi (f - f_avg), same for phases. psi scalar or (B,)."""
+        """f = f_avg + psi (f - f_avg), same for phases; tex = psi tex (its mean is 0). psi scalar or (B,)."""
         psi_t = torch.as_tensor(psi, dtype=self.freqs.dtype, device=self.freqs.device)
         if psi_t.dim() == 1:
             psi_t = psi_t[:, None]
-        return Film(avg.freqs + psi_t * (self.freqs - avg.freqs), avg.phases + psi_t * (self.phases - avg.phases))
+        return Film(avg.freqs + psi_t * (self.freqs - avg.freqs), avg.phases + psi_t * (self.phases - avg.phases),
+                    None if self.tex is None else psi_t * self.tex)
+
+    def with_tex(self, tex: torch.Tensor | None) -> "Film":
+        return Film(self.freqs, self.phases, tex)
 
     def index(self, idx) -> "Film":
-        return Film(self.freqs[idx], self.phases[idx])
+        return self._map(lambda t: t[idx])
 
     def expand(self, batch: int) -> "Film":
-        return Film(self.freqs.expand(batch, -1), self.phases.expand(batch, -1))
+        return self._map(lambda t: t.expand(batch, -1))
 
     def to(self, device=None, dtype=None) -> "Film":
-        return Film(self.freqs.to(device=device, dtype=dtype), self.phases.to(device=device, dtype=dtype))
+        return self._map(lambda t: t.to(device=device, dtype=dtype))
 
     def detach(self) -> "Film":
-        return Film(self.freqs.detach(), self.phases.detach())
+        return self._map(lambda t: t.detach())
 
     @staticmethod
     def cat(films: list["Film"]) -> "Film":
-        return Film(torch.cat([f.freqs for f in films]), torch.cat([f.phases for f in films]))
+        tex = None if any(f.tex is None for f in films) else torch.cat([f.tex for f in films])
+        return Film(torch.cat([f.freqs for f in films]), torch.cat([f.phases for f in films]), tex)
 
 
 class FiLMLayer(nn.Module):
@@ -123,10 +153,69 @@ def _frequency_init(linear: nn.Linear, factor: float = 25.0) -> None:
         linear.weight.uniform_(-bound, bound)
 
 
+class AlbedoField(nn.Module):
+    """An albedo basis over the mean face's frame: the appearance half of an "albedo" field.
+
+    A SIREN (Sitzmann et al. 2020: sine layers, omega_0 on the first) maps a point x (world units,
+    box-warped to [-1, 1] like the density trunk) to features h (W,); one linear head gives 1 + K
+    colours per point: the albedo at texture code 0 and one colour per texture coefficient, so
+
+        albedo(x, t) = A_0(x) + sum_k t_k A_k(x),
+
+    affine in the texture code t (B, K) exactly as a 3DMM's albedo is in its coefficients. The head
+    is folded with t once per face (an effective (3, W) matrix), so a point costs one colour's worth
+    of head whatever K is. Renderers evaluate it at the point's position on the mean face (the ray
+    bent by the 3DMM correspondence, :mod:`engine.render.mesh_warp`), where the basis does not
+    depend on identity or expression.
+    """
+
+    def __init__(self, tex_dim: int, width: int = 128, layers: int = 4, omega: float = 30.0, box_size: float = 0.24):
+        super().__init__()
+        self.tex_dim, self.width, self.omega = tex_dim, width, omega
+        self.warp_scale = 2.0 / box_size
+        self.layers = nn.ModuleList([nn.Linear(3 if i == 0 else width, width) for i in range(layers)])
+        self.head = nn.Linear(width, 3 * (1 + tex_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for i, lin in enumerate(self.layers):
+                fan_in = lin.weight.shape[1]
+                bound = 1 / fan_in if i == 0 else math.sqrt(6 / fan_in) / self.omega
+                lin.weight.uniform_(-bound, bound)
+            self.head.weight.uniform_(-1e-3, 1e-3)
+            self.head.bias.zero_()
+            self.head.bias[:3] = 0.5  # mid-grey at texture code 0
+
+    def features(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) world -> (B, N, W)."""
+        h = points * self.warp_scale
+        for lin in self.layers:
+            h = torch.sin(self.omega * lin(h))
+        return h
+
+    def basis(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) -> (B, N, 1 + K, 3): A_0 and the per-coefficient colours A_k."""
+        out = self.head(self.features(points))
+        return out.reshape(*out.shape[:-1], 1 + self.tex_dim, 3)
+
+    def forward(self, points: torch.Tensor, tex: torch.Tensor) -> torch.Tensor:
+        """points (B, N, 3) world (mean-face frame), tex (B, K) sigma units -> albedo (B, N, 3), not clamped."""
+        k, w = self.tex_dim, self.width
+        code = torch.cat([torch.ones_like(tex[:, :1]), tex], dim=-1).to(self.head.weight.dtype)  # (B, 1 + K)
+        weight = torch.einsum("bk,kcw->bcw", code, self.head.weight.reshape(1 + k, 3, w))
+        bias = code @ self.head.bias.reshape(1 + k, 3)
+        h = self.features(points)
+        return torch.einsum("bnw,bcw->bnc", h, weight.to(h.dtype)) + bias[:, None, :].to(h.dtype)
+
+
 class OccupancyField(nn.Module):
     """Density and colour of a face given its latent.
 
-    ``forward(points, dirs, film)`` -> (rgb (B,N,3) in [0,1], sigma (B,N,1) raw density).
+    ``forward(points, dirs, film)`` -> (rgb (B,N,3), sigma (B,N,1) raw density). For
+    ``appearance="radiance"`` rgb is the reference's colour in [0, 1]; for "albedo" it is the
+    unshaded albedo at ``points`` (read as mean-face positions; renderers pass bent points through
+    :meth:`albedo` and shade it with :func:`engine.model.sh.sh_shade`).
     """
 
     def __init__(self, config: FieldConfig | None = None):
@@ -135,8 +224,11 @@ class OccupancyField(nn.Module):
         w = c.width
         self.network = nn.ModuleList([FiLMLayer(3 if i == 0 else w, w) for i in range(c.film_layers)])
         self.final_layer = nn.Linear(w, 1)
-        self.color_layer_sine = FiLMLayer(w + 3, w)
-        self.color_layer_linear = nn.Sequential(nn.Linear(w, 3))
+        if c.albedo:
+            self.albedo_field = AlbedoField(c.tex_dim, c.albedo_width, c.albedo_layers, c.albedo_omega, c.box_size)
+        else:
+            self.color_layer_sine = FiLMLayer(w + 3, w)
+            self.color_layer_linear = nn.Sequential(nn.Linear(w, 3))
         self.mapping_network = MappingNetwork(c.z_dim, c.mapping_hidden, 2 * c.film_dim)
         self.warp_scale = 2.0 / c.box_size
         self._avg_film: Film | None = None
@@ -144,10 +236,14 @@ class OccupancyField(nn.Module):
 
     # ---- initialisation (facts §1.3) --------------------------------------------------------
     def reset_parameters(self) -> None:
-        for film in list(self.network) + [self.color_layer_sine]:
+        for film in self.network:
             _frequency_init(film.layer)
         _frequency_init(self.final_layer)
-        _frequency_init(self.color_layer_linear[0])
+        if self.config.albedo:
+            self.albedo_field.reset_parameters()
+        else:
+            _frequency_init(self.color_layer_sine.layer)
+            _frequency_init(self.color_layer_linear[0])
         first = self.network[0].layer
         with torch.no_grad():
             first.weight.uniform_(-1 / first.weight.shape[1], 1 / first.weight.shape[1])
@@ -181,9 +277,14 @@ class OccupancyField(nn.Module):
     def invalidate_cache(self) -> None:
         self._avg_film = None
 
-    def film(self, z: torch.Tensor, psi: float | torch.Tensor = 1.0) -> Film:
-        """Mapping with optional truncation (psi = 1: none)."""
+    def film(self, z: torch.Tensor, psi: float | torch.Tensor = 1.0, tex: torch.Tensor | None = None) -> Film:
+        """Mapping with optional truncation (psi = 1: none). ``tex`` (B, K): the texture code an
+        "albedo" field needs (it is truncated towards 0 with the rest)."""
         film = self.mapping(z)
+        if self.config.albedo:
+            if tex is None:
+                raise ValueError("an albedo field needs the texture code: film(z, psi, tex=...)")
+            film = film.with_tex(tex.to(film.freqs.dtype))
         if isinstance(psi, (int, float)) and psi == 1.0:
             return film
         return film.truncate(self.average_film(), psi)
@@ -198,9 +299,17 @@ class OccupancyField(nn.Module):
         return x, freqs
 
     def forward(self, points: torch.Tensor, dirs: torch.Tensor, film: Film) -> tuple[torch.Tensor, torch.Tensor]:
-        """points, dirs (B, N, 3) -> rgb (B, N, 3) in [0, 1], sigma (B, N, 1)."""
+        """points, dirs (B, N, 3) -> rgb (B, N, 3), sigma (B, N, 1) (see the class docstring)."""
         x, freqs = self._trunk(points, film)
+        if self.config.albedo:
+            return self.albedo(points, film), self.final_layer(x)
         return self.colour(x, dirs, freqs, film.phases), self.final_layer(x)
+
+    def albedo(self, points: torch.Tensor, film: Film) -> torch.Tensor:
+        """"albedo" fields: unshaded albedo (B, N, 3) at mean-face points (B, N, 3) for film.tex."""
+        if film.tex is None:
+            raise ValueError("film has no texture code (build it with film(z, psi, tex=...))")
+        return self.albedo_field(points, film.tex)
 
     def colour(self, features: torch.Tensor, dirs: torch.Tensor, freqs: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
         """The colour branch: trunk features (B, N, W), dirs (B, N, 3), scaled frequencies and raw

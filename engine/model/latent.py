@@ -45,15 +45,23 @@ class LatentLayout:
             start += n
         return out
 
-    def field_latent(self, z: torch.Tensor, mesh_warp: bool) -> torch.Tensor:
-        """(B, dim) latents -> what the mapping network sees: z itself, or for a mesh_warp field
-        (FieldConfig.expression_conditioning) a copy with the expression slice 0, since its
-        expression is a deformation of the rays, not a latent."""
-        if not mesh_warp:
+    def field_latent(self, z: torch.Tensor, field_config) -> torch.Tensor:
+        """(B, dim) latents -> what the mapping network of a field with ``field_config``
+        (:class:`~engine.model.field.FieldConfig`) sees: z itself, with the expression slice 0 for a
+        mesh_warp field (its expression is a deformation of the rays, not a latent) and the texture
+        and lighting slices 0 for an albedo field (texture reaches only its albedo basis, lighting
+        only the shading)."""
+        zero = (["exp"] if field_config.mesh_warp else []) + (["tex", "gamma"] if field_config.albedo else [])
+        if not zero:
             return z
         z = z.clone()
-        z[..., self.slices()["exp"]] = 0.0
+        for name in zero:
+            z[..., self.slices()[name]] = 0.0
         return z
+
+    def texture(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, dim) -> the texture slice (B, tex), the code an albedo field's basis reads."""
+        return z[..., self.slices()["tex"]]
 
     def split(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, dim) -> {name: (B, n)}."""

@@ -13,6 +13,7 @@ import torch
 _A = (math.pi, 2 * math.pi / math.sqrt(3.0), 2 * math.pi / math.sqrt(8.0))
 _C = (1 / math.sqrt(4 * math.pi), math.sqrt(3.0) / math.sqrt(4 * math.pi), 3 * math.sqrt(5.0) / math.sqrt(12 * math.pi))
 INIT_LIGHT = 0.8
+SH_TERMS_PER_COLOUR = 9  # gamma is colour-major: colour c's bands are gamma[9 c : 9 c + 9]
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ def sh_shade(albedo: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor) -
     albedo (B, N, 3) in [0, 1]; normals (B, N, 3) unit; gamma (B, 27) raw coefficients.
     Returns (B, N, 3), not clamped (callers clamp for display).
     """
-    g = gamma.reshape(gamma.shape[0], 3, 9).clone()
+    g = gamma.reshape(gamma.shape[0], 3, SH_TERMS_PER_COLOUR).clone()
     g[:, :, 0] = g[:, :, 0] + INIT_LIGHT
     y = sh_basis(normals)  # (B, N, 9)
     irradiance = torch.einsum("bnk,bck->bnc", y, g)

@@ -15,11 +15,11 @@ import torch
 class Integrated:
     """Result of integrating S samples along each ray.
 
-    rgb (..., 3), depth (...), weights (..., S) (after last_back), acc (...) = sum of weights
-    before last_back (opacity), variance (...).
+    rgb (..., 3) (None when integrated without colours), depth (...), weights (..., S) (after
+    last_back), acc (...) = sum of weights before last_back (opacity), variance (...).
     """
 
-    rgb: torch.Tensor
+    rgb: torch.Tensor | None
     depth: torch.Tensor
     weights: torch.Tensor
     acc: torch.Tensor
@@ -57,7 +57,8 @@ def alphas(sigma: torch.Tensor, z: torch.Tensor, noise_std: float = 0.0, clamp: 
 def integrate(rgb: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, *, noise_std: float = 0.0,
               last_back: bool = True, white_back: bool = False, clamp: str = "relu",
               generator: torch.Generator | None = None) -> Integrated:
-    """Reference ``fancy_integration``. rgb (..., S, 3), sigma (..., S) or (..., S, 1), z (..., S) sorted."""
+    """Reference ``fancy_integration``. rgb (..., S, 3) or None (weights and depth only), sigma (..., S)
+    or (..., S, 1), z (..., S) sorted."""
     if sigma.dim() == z.dim() + 1:
         sigma = sigma.squeeze(-1)
     a = alphas(sigma, z, noise_std, clamp, generator)
@@ -66,10 +67,10 @@ def integrate(rgb: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, *, noise_
     acc = weights.sum(-1)
     if last_back:
         weights = torch.cat([weights[..., :-1], weights[..., -1:] + (1 - acc)[..., None]], dim=-1)
-    out_rgb = (weights[..., None] * rgb).sum(-2)
+    out_rgb = None if rgb is None else (weights[..., None] * rgb).sum(-2)
     depth = (weights * z).sum(-1)
     variance = (weights * z**2).sum(-1) - depth**2
-    if white_back:
+    if white_back and out_rgb is not None:
         out_rgb = out_rgb + (1 - acc)[..., None]
     return Integrated(out_rgb, depth, weights, acc, variance)
 

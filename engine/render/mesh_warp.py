@@ -92,3 +92,23 @@ def rotate_normals(normals: torch.Tensor, frm: torch.Tensor, to: torch.Tensor) -
 def pixel_normals(frags: Fragments, vertex_normals: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
     """Unit mesh normals (B, H, W, 3) interpolated from per-vertex normals; 0 where no mesh."""
     return torch.nn.functional.normalize(interpolate(frags, vertex_normals, triangles), dim=-1, eps=1e-12)
+
+
+def grow_offsets(offsets: torch.Tensor, valid: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Extend per-pixel offsets (B, H, W, 3) from the ``valid`` pixels (B, H, W) outwards by
+    ``pixels`` rings, each new pixel taking the mean of its already-set 3x3 neighbours.
+
+    Rays just outside the mesh silhouette can still meet the field's edge; grown offsets bend them
+    like their neighbours on the mesh instead of leaving them unbent (a jump at the silhouette).
+    """
+    if pixels <= 0:
+        return offsets
+    off = offsets.permute(0, 3, 1, 2) * valid[:, None].to(offsets.dtype)
+    have = valid[:, None].to(offsets.dtype)
+    for _ in range(pixels):
+        total = torch.nn.functional.avg_pool2d(off, 3, stride=1, padding=1, count_include_pad=False) * 9
+        count = torch.nn.functional.avg_pool2d(have, 3, stride=1, padding=1, count_include_pad=False) * 9
+        new = (have == 0) & (count > 0.5)
+        off = torch.where(new, total / count.clamp(min=1e-6), off)
+        have = torch.where(new, torch.ones_like(have), have)
+    return off.permute(0, 2, 3, 1)

@@ -77,15 +77,22 @@ class RenderConfig:
         return self.fast_band_samples + len(self.fast_behind)
 
 
+# An albedo field's colour is evaluated only where a sample's rendering weight exceeds this: the
+# samples left out change a pixel's integrated albedo by at most S times this (S samples per ray).
+ALBEDO_MIN_WEIGHT = 1e-4
+
+
 @dataclass
 class VolumeOutput:
-    """rgb (B, R, 3) in [0, 1]; depth (B, R) axis depth; acc (B, R) opacity before last_back;
-    evaluations: number of field evaluations spent (points)."""
+    """rgb (B, R, 3): colour in [0, 1] for a radiance field, the integrated (unshaded) albedo for an
+    albedo field; depth (B, R) axis depth; acc (B, R) opacity before last_back; evaluations: density
+    (trunk) evaluations spent (points); albedo_evaluations: albedo-field evaluations (albedo fields)."""
 
     rgb: torch.Tensor
     depth: torch.Tensor
     acc: torch.Tensor
     evaluations: int
+    albedo_evaluations: int = 0
 
 
 class VolumeRenderer:
@@ -111,59 +118,105 @@ class VolumeRenderer:
             sigmas.append(sigma.reshape(b, -1, s).float())
         return torch.cat(rgbs, 1), torch.cat(sigmas, 1)
 
+    def density(self, film: Film, points: torch.Tensor) -> torch.Tensor:
+        """points (B, R, S, 3) -> sigma (B, R, S); chunked over R."""
+        b, r, s, _ = points.shape
+        rays_per_chunk = max(1, self.config.chunk_points // max(s, 1))
+        out = [self.field.density(points[:, i:i + rays_per_chunk].reshape(b, -1, 3), film).reshape(b, -1, s).float()
+               for i in range(0, r, rays_per_chunk)]
+        return torch.cat(out, 1)
+
+    def albedo_integral(self, film: Film, points: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """sum_s w_s albedo(p_s) -> ((B, R, 3), albedo evaluations) for an albedo field, evaluated
+        only at samples with w > ``ALBEDO_MIN_WEIGHT``. points (B, R, S, 3) mean-face positions;
+        weights (B, R, S) after last_back."""
+        b, r, s = weights.shape
+        out = torch.zeros(b, r, 3, device=weights.device)
+        evals = 0
+        for i in range(b):
+            ray, smp = (weights[i] > ALBEDO_MIN_WEIGHT).nonzero(as_tuple=True)
+            evals += ray.numel()
+            f_i = film.index(slice(i, i + 1))
+            chunk = self.config.chunk_points
+            for start in range(0, ray.numel(), chunk):
+                rr, ss = ray[start:start + chunk], smp[start:start + chunk]
+                alb = self.field.albedo(points[i, rr, ss][None], f_i)[0].float()
+                out[i].index_put_((rr,), weights[i, rr, ss, None] * alb, accumulate=True)
+        return out, evals
+
     def _integrate(self, rgb, sigma, z, generator=None, last_back=None):
         c = self.config
         return integrate(rgb, sigma, z, noise_std=c.nerf_noise, clamp=c.clamp_mode, white_back=c.white_back,
                          last_back=c.last_back if last_back is None else last_back, generator=generator)
 
     # ---- reference schedule --------------------------------------------------------------------
+    def _samples(self, film: Film, rays: Rays, z: torch.Tensor, offsets: torch.Tensor | None):
+        """(rgb (B, R, S, 3) or None for an albedo field, sigma (B, R, S)) at axis depths z (B, R, S)."""
+        pts = self._shifted(rays.origins, offsets)[:, :, None, :] + rays.directions[:, :, None, :] * z[..., None]
+        if self.field.config.albedo:
+            return None, self.density(film, pts)
+        return self.evaluate(film, pts, rays.directions)
+
+    @staticmethod
+    def _shifted(origins: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+        """Ray origins (B, 3) moved by per-ray offsets (B, R, 3) -> (B, R, 3) (or (B, 1, 3))."""
+        return origins[:, None, :] if offsets is None else origins[:, None, :] + offsets
+
+    def _final(self, film: Film, rays: Rays, rgb, sigma, z, generator, appearance_offsets) -> VolumeOutput:
+        """Integrate the final samples; an albedo field's colour is evaluated here, at the samples'
+        mean-face positions (``appearance_offsets``, None = unbent), where the weights say it counts."""
+        if rgb is not None:
+            out = self._integrate(rgb, sigma, z, generator)
+            return VolumeOutput(out.rgb, out.depth, out.acc, 0)
+        out = self._integrate(None, sigma, z, generator)
+        pts = self._shifted(rays.origins, appearance_offsets)[:, :, None, :] + rays.directions[:, :, None, :] * z[..., None]
+        albedo, n = self.albedo_integral(film, pts, out.weights)
+        return VolumeOutput(albedo, out.depth, out.acc, 0, n)
+
     @torch.no_grad()
     def reference(self, film: Film, rays: Rays, mesh_depth: torch.Tensor | None = None,
                   mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                  offsets: torch.Tensor | None = None) -> VolumeOutput:
+                  offsets: torch.Tensor | None = None, appearance_offsets: torch.Tensor | None = None) -> VolumeOutput:
         """The reference inference schedule. mesh_depth (B, R) and mask (B, R) bool (mouth closed)
         enable near-mesh sampling; evaluations per pixel = 3 S (72 with the defaults). offsets
         (B, R, 3): world displacement added to every point of a ray before the field sees it (the
-        expression deformation of :mod:`.mesh_warp`; None = none)."""
+        expression deformation of :mod:`.mesh_warp`; None = none). appearance_offsets (B, R, 3): for
+        an albedo field, the displacement onto the mean face where its albedo is read."""
         c, cam = self.config, self.camera.config
         b, r = rays.directions.shape[:2]
         s = c.num_steps
-        o = rays.origins[:, None, None, :]
         d = rays.directions
-        shift = o if offsets is None else o + offsets[:, :, None, :]
-        pts = lambda z: shift + d[:, :, None, :] * z[..., None]  # noqa: E731 - tiny local helper
         z_coarse = stratified_depths((b, r), s, cam.ray_start, cam.ray_end, d, True, generator)
-        rgb_c, sig_c = self.evaluate(film, pts(z_coarse), d)
+        rgb_c, sig_c = self._samples(film, rays, z_coarse, offsets)
         evals = b * r * s
         if not c.hierarchical:
-            out = self._integrate(rgb_c, sig_c, z_coarse, generator)
-            return VolumeOutput(out.rgb, out.depth, out.acc, evals)
-        w_c = self._integrate(rgb_c, sig_c, z_coarse, generator, last_back=False).weights
+            out = self._final(film, rays, rgb_c, sig_c, z_coarse, generator, appearance_offsets)
+            out.evaluations = evals
+            return out
+        w_c = self._integrate(None, sig_c, z_coarse, generator, last_back=False).weights
         z_fine = sample_pdf(z_coarse, w_c, s, generator=generator)
-        rgb_f, sig_f = self.evaluate(film, pts(z_fine), d)
+        rgb_f, sig_f = self._samples(film, rays, z_fine, offsets)
         evals += b * r * s
         if c.sample_near_mesh and mesh_depth is not None and mask is not None:
-            w_f = self._integrate(rgb_f, sig_f, z_fine, generator, last_back=False).weights
+            w_f = self._integrate(None, sig_f, z_fine, generator, last_back=False).weights
             z_fine2 = sample_pdf(z_fine, w_f, s, generator=generator)
             thick = c.band_thickness(cam.ray_start, cam.ray_end)
-            offsets = (torch.linspace(0, 1, s, device=d.device) - 0.5) * thick
-            band = mesh_depth[..., None] + offsets
+            band = mesh_depth[..., None] + (torch.linspace(0, 1, s, device=d.device) - 0.5) * thick
             blended = c.narrow_ratio * band + (1 - c.narrow_ratio) * z_fine2
             z2 = torch.where(mask[..., None], blended, z_fine2)
-            rgb_2, sig_2 = self.evaluate(film, pts(z2), d)
+            rgb_2, sig_2 = self._samples(film, rays, z2, offsets)
             evals += b * r * s
-            z_all = torch.cat([z_fine, z2], -1)
-            rgb_all = torch.cat([rgb_f, rgb_2], -2)
-            sig_all = torch.cat([sig_f, sig_2], -1)
+            z_all, parts = torch.cat([z_fine, z2], -1), ((rgb_f, sig_f), (rgb_2, sig_2))
         else:
-            z_all = torch.cat([z_fine, z_coarse], -1)
-            rgb_all = torch.cat([rgb_f, rgb_c], -2)
-            sig_all = torch.cat([sig_f, sig_c], -1)
+            z_all, parts = torch.cat([z_fine, z_coarse], -1), ((rgb_f, sig_f), (rgb_c, sig_c))
         z_all, order = z_all.sort(-1)
-        rgb_all = rgb_all.gather(-2, order[..., None].expand(-1, -1, -1, 3))
-        sig_all = sig_all.gather(-1, order)
-        out = self._integrate(rgb_all, sig_all, z_all, generator)
-        return VolumeOutput(out.rgb, out.depth, out.acc, evals)
+        sig_all = torch.cat([p[1] for p in parts], -1).gather(-1, order)
+        rgb_all = None
+        if parts[0][0] is not None:
+            rgb_all = torch.cat([p[0] for p in parts], -2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
+        out = self._final(film, rays, rgb_all, sig_all, z_all, generator, appearance_offsets)
+        out.evaluations = evals
+        return out
 
     # ---- fast path -----------------------------------------------------------------------------
     def _autocast(self, device: torch.device):
@@ -173,14 +226,14 @@ class VolumeRenderer:
 
     @torch.no_grad()
     def fast(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor,
-             offsets: torch.Tensor | None = None) -> VolumeOutput:
+             offsets: torch.Tensor | None = None, appearance_offsets: torch.Tensor | None = None) -> VolumeOutput:
         """Editor path: band samples on mesh pixels, a few fixed samples elsewhere.
 
         Mesh pixels: ``fast_band_samples`` evenly across ``fast_band_width`` around the mesh depth,
         then ``fast_behind`` offsets behind it; background: ``fast_background_samples`` evenly over
         [ray_start, ray_end] (the last one at ray_end carries last_back's leftover, as in the
-        reference). Evaluations per pixel are at most max(face, background) samples. offsets as in
-        :meth:`reference`.
+        reference). Evaluations per pixel are at most max(face, background) samples. offsets and
+        appearance_offsets as in :meth:`reference`.
         """
         c, cam = self.config, self.camera.config
         b, r = rays.directions.shape[:2]
@@ -195,7 +248,8 @@ class VolumeRenderer:
         bg_z = torch.linspace(cam.ray_start, cam.ray_end, c.fast_background_samples, device=dev)
         edge_z = torch.linspace(cam.ray_start, cam.ray_end, c.fast_edge_samples, device=dev)
         ring = self._silhouette_ring(mask, rays.height, rays.width)
-        evals = 0
+        albedo = self.field.config.albedo
+        evals = albedo_evals = 0
         with self._autocast(dev):
             for i in range(b):
                 f_i = film.index(slice(i, i + 1))
@@ -206,24 +260,38 @@ class VolumeRenderer:
                     idx = sel.nonzero().squeeze(-1)
                     if idx.numel() == 0:
                         continue
-                    z = z_of(idx)[None]  # (1, n, S)
+                    z = z_of(idx)[None].float()  # (1, n, S)
                     d = rays.directions[i:i + 1, idx]
                     off = None if offsets is None else offsets[i:i + 1, idx]
-                    rgb, sigma = self.evaluate(f_i, self._points(rays, i, d, z, off), d)
+                    rgb, sigma = self._evaluate_at(f_i, self._points(rays, i, d, z, off), d)
                     evals += z.numel()
                     if hierarchical:
-                        w = self._integrate(rgb, sigma, z.float(), last_back=False).weights
-                        z_f = sample_pdf(z.float(), w, c.fast_edge_samples, det=True)
-                        rgb_f, sigma_f = self.evaluate(f_i, self._points(rays, i, d, z_f, off), d)
+                        w = self._integrate(None, sigma, z, last_back=False).weights
+                        z_f = sample_pdf(z, w, c.fast_edge_samples, det=True)
+                        rgb_f, sigma_f = self._evaluate_at(f_i, self._points(rays, i, d, z_f, off), d)
                         evals += z_f.numel()
-                        z, order = torch.cat([z.float(), z_f], -1).sort(-1)
-                        rgb = torch.cat([rgb, rgb_f], -2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
+                        z, order = torch.cat([z, z_f], -1).sort(-1)
                         sigma = torch.cat([sigma, sigma_f], -1).gather(-1, order)
-                    out = self._integrate(rgb, sigma, z.float())
-                    rgb_out[i, idx] = out.rgb[0]
+                        if rgb is not None:
+                            rgb = torch.cat([rgb, rgb_f], -2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
+                    out = self._integrate(rgb, sigma, z)
+                    if albedo:
+                        app = None if appearance_offsets is None else appearance_offsets[i:i + 1, idx]
+                        colour, n = self.albedo_integral(f_i, self._points(rays, i, d, z, app), out.weights)
+                        rgb_out[i, idx] = colour[0]
+                        albedo_evals += n
+                    else:
+                        rgb_out[i, idx] = out.rgb[0]
                     depth_out[i, idx] = out.depth[0]
                     acc_out[i, idx] = out.acc[0]
-        return VolumeOutput(rgb_out, depth_out, acc_out, evals)
+        return VolumeOutput(rgb_out, depth_out, acc_out, evals, albedo_evals)
+
+    def _evaluate_at(self, film: Film, points: torch.Tensor, dirs: torch.Tensor):
+        """(rgb (1, n, S, 3) or None for an albedo field, sigma (1, n, S) float32) at points (1, n, S, 3)."""
+        if self.field.config.albedo:
+            return None, self.density(film, points)
+        rgb, sigma = self.evaluate(film, points, dirs)
+        return rgb, sigma
 
     @staticmethod
     def _points(rays: Rays, i: int, d: torch.Tensor, z: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,12 +302,16 @@ class VolumeRenderer:
             o = o + offsets[:, :, None, :]
         return o + d[:, :, None, :] * z[..., None]
 
+    def silhouette_ring_pixels(self, h: int, w: int) -> int:
+        """Width (pixels) of the fast path's silhouette ring at H x W (0 = no ring)."""
+        c = self.config
+        return 0 if c.fast_edge_pixels <= 0 else max(c.fast_edge_pixels, round(c.fast_edge_fraction * max(h, w)))
+
     def _silhouette_ring(self, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, R) mesh mask -> (B, R) background pixels within ``fast_edge_pixels`` of it."""
-        c = self.config
-        if c.fast_edge_pixels <= 0:
+        k = self.silhouette_ring_pixels(h, w)
+        if k <= 0:
             return torch.zeros_like(mask)
-        k = max(c.fast_edge_pixels, round(c.fast_edge_fraction * max(h, w)))
         m = mask.reshape(-1, 1, h, w).float()
         grown = torch.nn.functional.max_pool2d(m, 2 * k + 1, stride=1, padding=k) > 0
         return grown.reshape(mask.shape) & ~mask

@@ -87,7 +87,7 @@ class ColourTrainer:
         self._pool: dict[str, torch.Tensor] | None = None
 
     def field_latent(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layout.field_latent(z, self.field.config.mesh_warp)
+        return self.layout.field_latent(z, self.field.config)
 
     @torch.no_grad()
     def _render(self, b: int) -> dict[str, torch.Tensor]:

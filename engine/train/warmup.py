@@ -281,7 +281,7 @@ class WarmupTrainer:
 
     def field_latent(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D) latents -> what the mapping network sees (exp slice 0 for a mesh_warp field)."""
-        return self.layout.field_latent(z, self.field.config.mesh_warp)
+        return self.layout.field_latent(z, self.field.config)
 
     @staticmethod
     def _ray_origins(batch: Batch) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""Mesh guidance for a batch of faces and views: the one place that turns 3DMM coefficients and
+camera poses into what the field's renderers and trainers need per pixel.
+
+The sequence (cGOF, Sun et al. 2022, Sec. 3.2 "mesh-guided volume sampling"; the official
+``z_to_pigan_depth_image`` + ``close_mouth`` in ``cgof/generators/volumetric_rendering.py``):
+3DMM vertices -> rasterise along the generator's own rays -> close the mouth and other small holes
+(they get their ring's mean depth) -> for a mesh_warp field, per-ray offsets onto the neutral face
+(:mod:`.mesh_warp`) -> for an albedo field, per-ray offsets onto the mean face, where its albedo basis
+lives. The synthesizer, the trainers and eval all call :func:`mesh_conditioning`.
+
+Shapes: B views, R = H * W rays per view (row-major from the top-left pixel, as ``Rays``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..camera import OrbitCamera, Rays
+from ..model.morphable import MorphableModel
+from .holes import close_mouth
+from .mesh_warp import grow_offsets, pixel_normals, ray_offsets, rotate_normals
+from .rasterizer import Fragments, MeshRasterizer
+
+
+@dataclass
+class MeshConditioning:
+    """Per-pixel 3DMM guidance of B views.
+
+    rays: the views' rays. frags: the expression mesh's fragments (H, W). verts (B, N, 3): the
+    expression meshes; neutral (B, N, 3): the same identities without expression (mesh_warp fields;
+    else None). mask (B, R) bool: mesh pixels with the mouth closed; depth (B, R): their axis depth
+    (0 elsewhere). offsets (B, R, 3): mesh_warp ray offsets onto the neutral face (else None).
+    appearance_offsets (B, R, 3): albedo-field ray offsets onto the mean face, grown past the
+    silhouette by ``appearance_grow`` pixels (else None).
+    """
+
+    rays: Rays
+    frags: Fragments
+    verts: torch.Tensor
+    neutral: torch.Tensor | None
+    mask: torch.Tensor
+    depth: torch.Tensor
+    offsets: torch.Tensor | None
+    appearance_offsets: torch.Tensor | None
+    facemodel: MorphableModel
+
+    @property
+    def size(self) -> int:
+        return self.rays.height
+
+    def field_normals(self) -> torch.Tensor:
+        """(B, R, 3) unit mesh normals in the density field's own frame (the neutral face's for a
+        mesh_warp field), 0 off the mesh: what the field's density gradient should point along."""
+        b = self.verts.shape[0]
+        src = self.neutral if self.neutral is not None else self.verts
+        tris = self.facemodel.triangles
+        return pixel_normals(self.frags, self.facemodel.vertex_normals(src), tris).reshape(b, -1, 3)
+
+    def to_view_frame(self, normals: torch.Tensor) -> torch.Tensor:
+        """Field normals (B, R, 3) -> normals of the face as posed: for a mesh_warp field the
+        canonical (neutral) normals turned, per pixel, as the mesh turned there; else unchanged."""
+        if self.neutral is None:
+            return normals
+        b, tris = self.verts.shape[0], self.facemodel.triangles
+        expr = pixel_normals(self.frags, self.facemodel.vertex_normals(self.verts), tris).reshape(b, -1, 3)
+        return rotate_normals(normals, self.field_normals(), expr)
+
+
+def mesh_conditioning(facemodel: MorphableModel, rasterizer: MeshRasterizer, camera: OrbitCamera,
+                      id_z: torch.Tensor, exp_z: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor, size: int,
+                      *, mesh_warp: bool, albedo: bool = False, appearance_grow: int = 0) -> MeshConditioning:
+    """Guidance for faces (id_z, exp_z: (B, K) sigma units) seen at poses (theta, phi: (B,) radians)
+    at size x size pixels. ``mesh_warp`` / ``albedo``: which offsets the field needs."""
+    b = id_z.shape[0]
+    verts = facemodel.vertices(id_z, exp_z)
+    frags = rasterizer.rasterize(verts, facemodel.triangles, camera.cam2world(theta, phi), size)
+    mask, depth = close_mouth(frags.mask, frags.depth)
+    rays = camera.rays(theta, phi, size)
+    neutral = facemodel.vertices(id_z, torch.zeros_like(exp_z)) if mesh_warp else None
+    offsets = None
+    if mesh_warp:
+        offsets = ray_offsets(frags, verts, neutral, facemodel.triangles, mask).reshape(b, -1, 3)
+    app = None
+    if albedo:
+        mean = facemodel.vertices(torch.zeros_like(id_z), torch.zeros_like(exp_z))
+        app = ray_offsets(frags, verts, mean, facemodel.triangles, mask)
+        app = grow_offsets(app, mask, appearance_grow).reshape(b, -1, 3)
+    return MeshConditioning(rays, frags, verts, neutral, mask.reshape(b, -1), depth.reshape(b, -1), offsets, app,
+                            facemodel)
