@@ -228,7 +228,8 @@ class FaceSynthesizer:
             # An albedo field is shaded with its own normals, wherever the field is seen: the mesh
             # pixels and the silhouette ring pixels the field covers.
             where = mask_r | (acc > 0.5) if shaded else mask_r
-            nrm = cond.to_view_frame(self.renderer.normals(films, rays, depth, where, cond.offsets))
+            spread = self.renderer.config.shading_normal_spread if shaded else (0.0,)
+            nrm = cond.to_view_frame(self.renderer.normals(films, rays, depth, where, cond.offsets, spread))
         if shaded:
             gamma = self.facemodel.coefficients("gamma", torch.cat([c["gamma"] for c in coeffs]))
             rgb = sh_shade(rgb, nrm, gamma)

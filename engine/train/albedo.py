@@ -33,7 +33,6 @@ from ..model.field import FieldConfig, OccupancyField
 from ..model.morphable import MorphableModel
 from ..model.surface import sample_surface
 
-BOX_HALF = 0.12  # the field's box, world units
 
 
 @dataclass
@@ -49,6 +48,10 @@ class AlbedoFitConfig:
     pool_points: int = 600_000  # surface points drawn once, batches are drawn from them
     jitter: float = 0.0015  # world units along the normal either side of the surface
     empty_distance: float = 0.006  # world units; farther than this from the mean surface is empty
+    # Half side of the cube empty points are drawn in (world units). Rays end at axis depth 1.12,
+    # up to ~0.17 from the origin when the camera orbits; last_back reads the albedo there, so the
+    # cube is larger than the field's box (0.12) to keep ray ends black.
+    empty_box: float = 0.18
     lr: float = 2e-4
     lr_final: float = 1e-5
     seed: int = 0
@@ -101,7 +104,7 @@ class AlbedoTrainer:
         tree = cKDTree(surface)
         out = []
         while sum(len(x) for x in out) < count:
-            p = self.gen.uniform(-BOX_HALF, BOX_HALF, size=(count, 3))
+            p = self.gen.uniform(-self.cfg.empty_box, self.cfg.empty_box, size=(count, 3))
             # Only "farther than empty_distance?" matters; the bound keeps far queries cheap.
             d, _ = tree.query(p, distance_upper_bound=self.cfg.empty_distance)
             out.append(p[~np.isfinite(d)])

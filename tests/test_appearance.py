@@ -1,0 +1,259 @@
+"""Albedo appearance (FieldConfig.appearance = "albedo"), the appearance metrics and the isosurface
+refinement: each test checks a property that a broken implementation would fail."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.appearance_eval import (compare_surfaces, image_psnr, slider_response, AppearanceEvalConfig,
+                                    facemodel_image)
+from engine.export import mesh as mesh_export
+from engine.model.field import AlbedoField, FieldConfig, Film, OccupancyField
+from engine.model.io import load_facemodel
+from engine.model.latent import FaceSpec, LatentLayout
+from engine.model.sh import sh_shade
+from engine.synthesizer import FaceSynthesizer
+
+
+@pytest.fixture(scope="module")
+def facemodel():
+    return load_facemodel(None)
+
+
+def _albedo_synth(facemodel, constant=None, mesh_warp=True, seed=0):
+    """A small random albedo field on the synthetic face model. ``constant``: (1 + K, 3) basis
+    colours that replace the albedo field's output everywhere (head weights 0)."""
+    layout = LatentLayout.for_sizes(facemodel.sizes, 4, 4)
+    torch.manual_seed(seed)
+    cfg = FieldConfig(z_dim=layout.dim, width=16, film_layers=2, mapping_hidden=32, appearance="albedo",
+                      tex_dim=layout.tex, albedo_width=16, albedo_layers=2,
+                      expression_conditioning="mesh_warp" if mesh_warp else "latent")
+    field = OccupancyField(cfg)
+    if constant is not None:
+        with torch.no_grad():
+            field.albedo_field.head.weight.zero_()
+            field.albedo_field.head.bias.copy_(torch.as_tensor(constant, dtype=torch.float32).reshape(-1))
+    return FaceSynthesizer(field, facemodel, layout, device="cpu")
+
+
+# ---- the albedo field ------------------------------------------------------------------------------
+def test_albedo_is_affine_in_the_texture_code():
+    torch.manual_seed(0)
+    f = AlbedoField(tex_dim=5, width=32, layers=3)
+    with torch.no_grad():
+        f.head.weight.normal_()
+    p = torch.rand(2, 50, 3) * 0.2 - 0.1
+    t1, t2 = torch.randn(2, 5), torch.randn(2, 5)
+    zero = torch.zeros(2, 5)
+    lhs = f(p, t1 + t2) - f(p, t2)
+    rhs = f(p, t1) - f(p, zero)
+    assert torch.allclose(lhs, rhs, atol=1e-4)
+    # ... and the per-face folded head equals the explicit basis sum A_0 + sum_k t_k A_k.
+    basis = f.basis(p)
+    explicit = basis[..., 0, :] + torch.einsum("bk,bnkc->bnc", t1, basis[..., 1:, :])
+    assert torch.allclose(f(p, t1), explicit, atol=1e-4)
+
+
+def test_film_carries_and_truncates_the_texture_code():
+    a = Film(torch.ones(1, 4), torch.zeros(1, 4), torch.tensor([[1.0, -2.0]]))
+    b = Film(torch.zeros(1, 4), torch.ones(1, 4), torch.tensor([[3.0, 4.0]]))
+    both = Film.cat([a, b])
+    assert torch.equal(both.tex, torch.tensor([[1.0, -2.0], [3.0, 4.0]]))
+    assert torch.equal(both.index(slice(1, 2)).tex, b.tex)
+    avg = Film(torch.zeros(1, 4), torch.zeros(1, 4))
+    assert torch.allclose(a.truncate(avg, 0.5).tex, torch.tensor([[0.5, -1.0]]))
+
+
+def test_an_albedo_field_needs_a_texture_code():
+    layout = LatentLayout(id=3, exp=2, bg_geo=2, tex=4, gamma=27, bg_tex=2)
+    f = OccupancyField(FieldConfig(z_dim=layout.dim, width=8, film_layers=1, mapping_hidden=8, appearance="albedo",
+                                   tex_dim=4, albedo_width=8, albedo_layers=1))
+    with pytest.raises(ValueError, match="texture code"):
+        f.film(torch.zeros(1, layout.dim))
+    assert "color_layer_sine.layer.weight" not in f.state_dict()
+    with pytest.raises(ValueError, match="appearance"):
+        FieldConfig(appearance="glossy")
+
+
+def test_the_mapping_network_of_an_albedo_field_sees_no_texture_or_lighting():
+    layout = LatentLayout(id=3, exp=2, bg_geo=2, tex=4, gamma=27, bg_tex=2)
+    z = torch.randn(2, layout.dim)
+    seen = layout.field_latent(z, FieldConfig(z_dim=layout.dim, appearance="albedo", tex_dim=4))
+    s = layout.slices()
+    assert seen[:, s["tex"]].abs().sum() == 0 and seen[:, s["gamma"]].abs().sum() == 0
+    assert torch.equal(seen[:, s["id"]], z[:, s["id"]]) and torch.equal(seen[:, s["exp"]], z[:, s["exp"]])
+    assert torch.equal(layout.field_latent(z, FieldConfig(z_dim=layout.dim)), z)
+
+
+# ---- rendering -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("quality", ["fast", "reference"])
+def test_rendered_colour_is_the_albedo_shaded_by_sh_light_with_the_field_normals(facemodel, quality):
+    k = facemodel.sizes["tex"]
+    basis = np.zeros((1 + k, 3), np.float32)
+    basis[0] = (0.5, 0.4, 0.3)
+    synth = _albedo_synth(facemodel, basis)
+    spec = FaceSpec(identity={0: 1.0}, lighting={0: 1.0, 3: 2.0, 12: -1.5, 20: 1.0}, seed=3)
+    res = synth.render(spec, 15.0, -5.0, size=32, quality=quality, normals=True)
+    gamma = facemodel.coefficients("gamma", synth.coefficients(spec)["gamma"])
+    n = torch.as_tensor(res.normals).reshape(1, -1, 3)
+    # Every ray's weights sum to 1 (last_back), so the integrated albedo is the constant itself; the
+    # rendered normals are zero off the shaded pixels, where only band 0 (ambient) remains.
+    expected = sh_shade(torch.as_tensor(basis[0]).expand(1, n.shape[1], 3), n, gamma)
+    expected = (expected.clamp(0, 1) * 255 + 0.5).floor().reshape(res.image.shape).numpy()
+    on = np.asarray(res.mask)
+    assert on.sum() > 50
+    assert np.abs(res.image[on].astype(int) - expected[on]).max() <= 1
+
+
+def test_texture_and_lighting_edits_keep_geometry_and_reuse_the_mapping(facemodel):
+    synth = _albedo_synth(facemodel)
+    base = FaceSpec(identity={1: -1.0}, expression={0: 1.0}, seed=5)
+    a = synth.render(base, 10.0, 0.0, size=24, normals=True)
+    calls = synth.mapping_calls
+    edited = FaceSpec(identity=base.identity, expression=base.expression, texture={0: 2.0, 3: -1.0},
+                      lighting={3: 1.5}, seed=5)
+    b = synth.render(edited, 10.0, 0.0, size=24, normals=True)
+    assert synth.mapping_calls == calls
+    assert np.array_equal(a.depth, b.depth) and np.array_equal(a.normals, b.normals)
+    assert not np.array_equal(a.image, b.image)
+
+
+def test_a_texture_slider_scales_the_albedo_as_its_basis_says(facemodel):
+    k = facemodel.sizes["tex"]
+    basis = np.zeros((1 + k, 3), np.float32)
+    basis[0] = (0.3, 0.3, 0.3)
+    basis[1 + 2] = (0.1, 0.05, 0.0)  # +1 sigma of texture coefficient 2 adds this colour
+    synth = _albedo_synth(facemodel, basis)
+    imgs = {t: synth.render(FaceSpec(texture={2: t}, seed=1), 0.0, 0.0, size=32).image.astype(float)
+            for t in (-2.0, 2.0)}
+    on = synth.render(FaceSpec(seed=1), 0.0, 0.0, size=32).mask
+    ratio_r = imgs[2.0][on, 0].sum() / imgs[-2.0][on, 0].sum()
+    assert ratio_r == pytest.approx(0.5 / 0.1, rel=0.05)
+    assert imgs[2.0][on, 2].sum() == pytest.approx(imgs[-2.0][on, 2].sum(), rel=0.01)  # blue unchanged
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+class _MeshOracle:
+    """A synthesizer whose render is the face model's own render (what the metrics compare with),
+    optionally ignoring texture (a field that learned one skin tone)."""
+
+    def __init__(self, synth, ignore_texture=False):
+        self._s, self._ignore = synth, ignore_texture
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def render(self, spec, yaw, pitch, size=64, **kw):
+        res = self._s.render(spec, yaw, pitch, size=8, quality="fast", normals=False)
+        if self._ignore:
+            spec = FaceSpec(identity=spec.identity, expression=spec.expression, lighting=spec.lighting, seed=spec.seed)
+        image, _ = facemodel_image(self._s, spec, yaw, pitch, size)
+        res.image = image
+        return res
+
+
+def test_metrics_score_the_face_model_itself_perfectly_and_a_texture_blind_field_poorly(facemodel):
+    synth = _albedo_synth(facemodel)
+    cfg = AppearanceEvalConfig(samples=2, size=32)
+    assert image_psnr(_MeshOracle(synth), cfg)["image_psnr"] > 60
+    assert slider_response(_MeshOracle(synth), "texture", 3, 3.0, faces=1, size=32) == pytest.approx(1.0)
+    assert slider_response(_MeshOracle(synth), "lighting", 3, 2.0, faces=1, size=32) == pytest.approx(1.0)
+    assert slider_response(_MeshOracle(synth, ignore_texture=True), "texture", 3, 3.0, faces=1, size=32) == 0.0
+    assert image_psnr(_MeshOracle(synth, ignore_texture=True), cfg)["image_psnr"] < 40
+
+
+def _sphere(subdivisions=5, radius=0.05, ripple=0.0):
+    import trimesh
+
+    s = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
+    v = np.asarray(s.vertices)
+    if ripple:
+        v = v * (1 + ripple * np.sin(20 * v[:, :1] / radius))  # 16 mm waves
+    return v, np.asarray(s.faces), v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_surface_comparison_sees_ripples_not_just_distance():
+    v, f, n = _sphere()
+    same = compare_surfaces(v, f, v, f, n, samples=50_000)
+    assert same["normal_angle_median_deg"] < 2 and same["surface_distance_median"] < 1e-4
+    rv, rf, _ = _sphere(ripple=0.02)  # 1 mm high
+    rippled = compare_surfaces(rv, rf, v, f, n, samples=50_000)
+    assert rippled["normal_angle_median_deg"] > 5 * same["normal_angle_median_deg"]
+    assert rippled["surface_distance_median"] < 0.0015  # the ripples sit on the surface
+
+
+class _SharpBall:
+    """An occupancy-like density: a step of 2e4 across 0.2 mm at the ball's surface."""
+
+    CENTRE = np.array([0.003, -0.002, 0.001])
+    RADIUS = 0.05
+
+    class _Mesh:
+        vertices = np.array([[-0.07, -0.07, -0.07], [0.07, 0.07, 0.07]], np.float32)
+
+    def mesh(self, spec):
+        return self._Mesh
+
+    def density(self, spec, points):
+        r = np.linalg.norm(np.asarray(points, np.float64) - self.CENTRE, axis=-1)
+        return 2e4 / (1 + np.exp(np.clip((r - self.RADIUS) / 0.0001, -50, 50)))
+
+    def color(self, spec, points):
+        return np.full((len(points), 3), 0.5)
+
+
+def test_refinement_removes_marching_cubes_terraces_on_a_sharp_surface():
+    import trimesh
+
+    ball = _SharpBall()
+    kw = dict(resolution=40, level=1e4)
+    raw = mesh_export.occupancy_isosurface(ball, None, refine=False, **kw)
+    fine = mesh_export.occupancy_isosurface(ball, None, refine=True, **kw)
+
+    def errors(iso):
+        d = iso.vertices - ball.CENTRE
+        radial = np.abs(np.linalg.norm(d, axis=1) - ball.RADIUS)
+        n = np.asarray(trimesh.Trimesh(iso.vertices, iso.triangles, process=False).vertex_normals)
+        angle = np.degrees(np.arccos(np.clip((n * d / np.linalg.norm(d, axis=1, keepdims=True)).sum(1), -1, 1)))
+        return radial.max(), np.median(angle)
+
+    raw_err, raw_angle = errors(raw)
+    fine_err, fine_angle = errors(fine)
+    assert raw_err > 5e-4 and raw_angle > 3  # the grid shows through (voxels are 3.6 mm here)
+    assert fine_err < 5e-5 and fine_angle < raw_angle / 3
+
+
+# ---- the albedo fit --------------------------------------------------------------------------------
+def test_albedo_fit_keeps_geometry_and_learns_the_basis(facemodel, tmp_path):
+    from engine.checkpoint import load_field, save_checkpoint
+    from engine.camera import CameraConfig
+    from engine.render.volume import RenderConfig
+    from engine.train.albedo import AlbedoFitConfig, AlbedoTrainer, albedo_field_from
+
+    layout = LatentLayout.for_sizes(facemodel.sizes, 4, 4)
+    torch.manual_seed(0)
+    base = OccupancyField(FieldConfig(z_dim=layout.dim, width=16, film_layers=2, mapping_hidden=32))
+    cfg = AlbedoFitConfig(width=32, layers=2, steps=60, batch_points=2048, pool_points=20_000, lr=1e-3, log_every=20)
+    field = albedo_field_from(base, layout.tex, cfg)
+    for name, value in base.state_dict().items():
+        if not name.startswith("color_layer"):
+            assert torch.equal(field.state_dict()[name], value), name
+    trainer = AlbedoTrainer(field, facemodel, cfg)
+    pts, tgt = trainer.batch()
+    with torch.no_grad():
+        before = float(((field.albedo_field.basis(pts[None])[0] - tgt) ** 2).mean())
+    trainer.train(log=None)
+    with torch.no_grad():
+        after = float(((field.albedo_field.basis(pts[None])[0] - tgt) ** 2).mean())
+    assert after < 0.5 * before
+    save_checkpoint(tmp_path / "ck", field, layout=layout, facemodel=facemodel, camera_config=CameraConfig(),
+                    render_config=RenderConfig())
+    back, info = load_field(tmp_path / "ck")
+    assert info.field.appearance == "albedo" and info.field.tex_dim == layout.tex
+    film = back.film(torch.zeros(1, layout.dim), tex=torch.randn(1, layout.tex))
+    p = torch.rand(1, 10, 3) * 0.1
+    assert torch.allclose(back.albedo(p, film), field.albedo(p, film))
