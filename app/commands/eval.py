@@ -19,8 +19,7 @@ def register(sub):
 
 
 def _run(args) -> int:
-    from engine.errors import CgofError
-    from engine.eval import EvalConfig, evaluate
+    from engine.api import CgofError, EvalConfig, evaluate
 
     if args.samples < 1 or args.size < 16:
         raise CgofError("--samples must be >= 1 and --size >= 16")

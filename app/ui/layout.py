@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.errors import CgofError
+from engine.api import CgofError
 
 from ..service import ERROR_LIMIT, GIF_FRAMES, GIF_FPS, GIF_KINDS, GIF_VIEWS, FullRender, GifRequest, RenderService
 from ..state import GROUPS, PITCH_LIMIT, PSI_RANGE, QUALITIES, SIZES, SLIDER_SIGMA, YAW_LIMIT, EditorState
