@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch.py: error: --preview-size {args.preview_size}: expected 16..256", file=sys.stderr)
         return 2
 
-    from engine.errors import CgofError
+    from engine.api import CgofError
 
     try:
         synth = _load(args)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    from engine.errors import CgofError
+    from engine.api import CgofError
 
     return text if isinstance(exc, CgofError) else f"{type(exc).__name__}: {text}"
 
@@ -97,7 +97,7 @@ def _one_line(exc: BaseException) -> str:
 def _load(args):
     from pathlib import Path
 
-    from engine.errors import CgofError
+    from engine.api import CgofError
 
     if args.checkpoint is not None:
         p = Path(args.checkpoint)
@@ -111,7 +111,7 @@ def _load(args):
             raise CgofError(f"--facemodel {args.facemodel}: no such file")
     if args.coeff_dist is not None and not Path(args.coeff_dist).is_file():
         raise CgofError(f"--coeff-dist {args.coeff_dist}: no such file")
-    from engine.synthesizer import FaceSynthesizer
+    from engine.api import FaceSynthesizer
 
     return FaceSynthesizer.load(checkpoint=args.checkpoint, facemodel=args.facemodel, device=args.device,
                                 coeff_dist=args.coeff_dist)

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from engine.errors import CgofError
+from engine.api import CgofError
 
 # Module names under app.commands, in help order. A missing module is skipped so a partial
 # checkout still has a working CLI for what it has.

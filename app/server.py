@@ -20,7 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import CgofError
+from engine.api import CgofError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860

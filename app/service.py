@@ -1,6 +1,6 @@
 """The editor's render service: turns an :class:`~app.state.EditorState` into pictures and files.
 
-It talks to the engine only through its public surface (``FaceSynthesizer`` and ``engine.export``)
+It talks to the engine only through its public surface (``engine.api``: ``FaceSynthesizer`` and the exports)
 and holds nothing per session: the synthesizer (read-only model) and an output folder are all it
 keeps. A lock serialises calls into the synthesizer so that the API, the UI and exports never
 run on the device at the same time (the Gradio queue limits concurrency as well).
@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.errors import CgofError
+from engine.api import CgofError
 
 from .state import GROUP_KIND, SH_BANDS, SLIDER_COUNTS, EditorState, parse_json
 
@@ -174,7 +174,7 @@ class RenderService:
 
     def render_full(self, state: EditorState) -> FullRender:
         """Full-size render at the state's size and quality, with depth / error / normal views."""
-        from engine.export.layout import depth_to_image, normals_to_image, signed_error_image
+        from engine.api import depth_to_image, normals_to_image, signed_error_image
 
         t0 = time.perf_counter()
         with self._lock:
@@ -226,7 +226,7 @@ class RenderService:
 
     def error_legend(self, width: int = 256, height: int = 12) -> np.ndarray:
         """The error map's colour scale, -ERROR_LIMIT at the left to +ERROR_LIMIT at the right."""
-        from engine.export.layout import error_legend
+        from engine.api import error_legend
 
         return np.asarray(error_legend(ERROR_LIMIT, width, height))
 
@@ -301,12 +301,12 @@ class RenderService:
 
     def export_gif(self, req: GifRequest, progress: Callable[[float, str], Any] | None = None) -> Path:
         """A looping GIF of a pose / expression / identity sweep around ``req.state``."""
-        from engine.export import sweeps
+        from engine.api import export_sweep_gif
 
         _check_gif(req)
         path = self.new_path(f"cgof-{req.kind}-sweep", ".gif")
         with self._lock:
-            sweeps.export_sweep_gif(
+            export_sweep_gif(
                 self.synth, req.state.spec, path, kind=req.kind, frames=req.frames, size=req.size,
                 fps=req.fps, views=req.views, yaw_deg=req.state.yaw, pitch_deg=req.state.pitch,
                 quality=req.state.quality, progress=progress,
@@ -314,16 +314,16 @@ class RenderService:
         return path
 
     def export_mesh(self, state: EditorState, which: str, progress=None) -> Path:
-        from engine.export import mesh as mesh_export
+        from engine.api import export_3dmm_mesh, export_isosurface
 
         if which not in MESH_KINDS:
             raise CgofError(f"mesh export: unknown kind {which!r}; expected one of {', '.join(MESH_KINDS)}")
         path = self.new_path(f"cgof-{which}", ".ply")
         with self._lock:
             if which == "3dmm":
-                mesh_export.export_3dmm_mesh(self.synth, state.spec, path)
+                export_3dmm_mesh(self.synth, state.spec, path)
             else:
-                mesh_export.export_isosurface(self.synth, state.spec, path)
+                export_isosurface(self.synth, state.spec, path)
         return path
 
     # ---- JSON API -----------------------------------------------------------------------------

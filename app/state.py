@@ -17,8 +17,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from engine.errors import CgofError
-from engine.model.latent import SPEC_GROUPS, FaceSpec, LatentLayout
+from engine.api import SPEC_GROUPS, CgofError, FaceSpec, LatentLayout
 
 # Editable groups, in UI order, with the face-model kind that names their components.
 GROUPS: tuple[str, ...] = ("identity", "expression", "texture", "lighting")

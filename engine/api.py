@@ -26,3 +26,50 @@ __all__ = [
     "parse_assignments", "MorphableModel", "RenderConfig", "FaceSynthesizer", "MeshData", "RenderResult",
     "load_facemodel",
 ]
+
+
+# ---- imported on first use -----------------------------------------------------------------------
+# Exports, training, evaluation, benchmarks and face-model tools are looked up on first access
+# (``from engine.api import run_warmup`` imports engine.train.warmup then), so that importing this
+# module, and with it ``cgof --help``, costs no more than the eager imports above.
+_LAZY: dict[str, tuple[str, ...]] = {
+    ".model.latent": ("SPEC_GROUPS",),
+    ".model.field": ("EXPRESSION_CONDITIONING",),
+    ".model.io": ("save_facemodel",),
+    ".model.morphable": ("default_facemodel_path",),
+    ".model.preview": ("render_facemodel",),
+    ".model.synthetic_face": ("build_synthetic_face",),
+    ".export.layout": ("depth_to_image", "error_legend", "normals_to_image", "signed_error_image"),
+    ".export.mesh": ("MESH_SUFFIXES", "RESOLUTION_RANGE", "export_3dmm_mesh", "export_isosurface",
+                     "occupancy_isosurface", "write_mesh"),
+    ".export.sweeps": ("PSI_DEFAULTS", "check_render_args", "export_sweep_gif", "parse_views", "render_sweep",
+                       "writable_dir"),
+    ".export.video": ("frames2video",),
+    ".eval": ("EvalConfig", "evaluate"),
+    ".appearance_eval": ("APPEARANCE_GOALS", "AppearanceEvalConfig", "evaluate_appearance"),
+    ".official": ("import_official",),
+    ".render.bench_raster": ("bench_raster",),
+    ".render.bench_render": ("bench_render",),
+    ".train.warmup": ("WarmupConfig", "run_warmup"),
+    ".train.colour": ("ColourFitConfig", "run_colour_fit"),
+    ".train.albedo": ("AlbedoFitConfig", "run_albedo_fit"),
+}
+_LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _LAZY_MODULE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __package__), name)
+    globals()[name] = value  # later look-ups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_MODULE))
+
+
+__all__ += list(_LAZY_MODULE)

@@ -45,8 +45,7 @@ def register(sub):
 
 
 def _raster(args) -> int:
-    from engine.errors import CgofError
-    from engine.render.bench_raster import bench_raster
+    from engine.api import CgofError, bench_raster
 
     if args.repeats < 1:
         raise CgofError("--repeats must be >= 1")
@@ -66,8 +65,7 @@ def _raster(args) -> int:
 
 
 def _render(args) -> int:
-    from engine.errors import CgofError
-    from engine.render.bench_render import bench_render  # written separately; import only when used
+    from engine.api import CgofError, bench_render  # imported only when used
 
     if args.repeats < 1 or args.reference_repeats < 1:
         raise CgofError("--repeats and --reference-repeats must be >= 1")

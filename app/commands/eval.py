@@ -27,9 +27,8 @@ def register(sub):
 
 
 def _run(args) -> int:
-    from engine.appearance_eval import APPEARANCE_GOALS, AppearanceEvalConfig, evaluate_appearance
-    from engine.errors import CgofError
-    from engine.eval import EvalConfig, evaluate
+    from engine.api import (APPEARANCE_GOALS, AppearanceEvalConfig, CgofError, EvalConfig, evaluate,
+                            evaluate_appearance)
 
     if args.samples < 1 or args.size < 16 or args.appearance_samples < 1 or args.appearance_size < 16:
         raise CgofError("--samples and --appearance-samples must be >= 1, --size and --appearance-size >= 16")

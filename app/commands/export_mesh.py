@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from engine.errors import CgofError
+from engine.api import CgofError
 
 from .render import add_model_args, add_spec_args, load_synth, spec_from_args
 
@@ -31,24 +31,24 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from engine.export import mesh as mesh_export
+    from engine.api import MESH_SUFFIXES, RESOLUTION_RANGE, export_3dmm_mesh, occupancy_isosurface, write_mesh
 
     out = Path(args.out)
-    if out.suffix.lower() not in mesh_export.MESH_SUFFIXES:
+    if out.suffix.lower() not in MESH_SUFFIXES:
         raise CgofError(f"--out {out}: expected a file name ending in .obj or .ply")
-    lo, hi = mesh_export.RESOLUTION_RANGE
+    lo, hi = RESOLUTION_RANGE
     if args.kind == "occupancy" and not lo <= args.resolution <= hi:
         raise CgofError(f"--resolution {args.resolution}: expected an integer in [{lo}, {hi}]")
     synth = load_synth(args)
     spec = spec_from_args(args, synth.layout)
     t0 = time.perf_counter()
     if args.kind == "3dmm":
-        path = mesh_export.export_3dmm_mesh(synth, spec, out)
+        path = export_3dmm_mesh(synth, spec, out)
         info = {}
     else:
-        iso = mesh_export.occupancy_isosurface(synth, spec, resolution=args.resolution, level=args.level,
-                                               largest_only=not args.all_components)
-        path = mesh_export.write_mesh(iso.vertices, iso.triangles, iso.colors, out)
+        iso = occupancy_isosurface(synth, spec, resolution=args.resolution, level=args.level,
+                                   largest_only=not args.all_components)
+        path = write_mesh(iso.vertices, iso.triangles, iso.colors, out)
         info = {"level": round(iso.level, 4), "density_range": [round(x, 4) for x in iso.density_range],
                 "vertices": int(len(iso.vertices)), "triangles": int(len(iso.triangles))}
     print(json.dumps({"kind": args.kind, "seconds": round(time.perf_counter() - t0, 2), **info}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from engine.errors import CgofError
+from engine.api import CgofError
 
 from .render import add_coefficient_args
 
@@ -50,9 +50,7 @@ def _render(args) -> int:
     import imageio.v3 as iio
     import numpy as np
 
-    from engine.api import load_facemodel, resolve_device
-    from engine.model.latent import parse_assignments
-    from engine.model.preview import render_facemodel
+    from engine.api import load_facemodel, parse_assignments, render_facemodel, resolve_device
 
     if not -90 <= args.yaw <= 90 or not -60 <= args.pitch <= 60:
         raise CgofError(f"--yaw {args.yaw} / --pitch {args.pitch}: expected yaw in [-90, 90] and pitch in [-60, 60] degrees")
@@ -80,9 +78,7 @@ def _render(args) -> int:
 def _build(args) -> int:
     from pathlib import Path
 
-    from engine.model.io import save_facemodel
-    from engine.model.morphable import default_facemodel_path
-    from engine.model.synthetic_face import build_synthetic_face
+    from engine.api import build_synthetic_face, default_facemodel_path, save_facemodel
 
     out = Path(args.out) if args.out else default_facemodel_path()
     model = build_synthetic_face()

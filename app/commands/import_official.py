@@ -15,8 +15,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from engine.model.io import load_facemodel
-    from engine.official import import_official
+    from engine.api import import_official, load_facemodel
 
     fm = load_facemodel(args.facemodel, coeff_dist=args.coeff_dist)
     out = import_official(args.ema, fm, args.out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.errors import CgofError
+from engine.api import CgofError
 
 
 def add_model_args(p) -> None:
@@ -32,7 +32,7 @@ def add_spec_args(p) -> None:
 
 
 def spec_from_args(args, layout, psi_default: float = 1.0):
-    from engine.model.latent import FaceSpec, parse_assignments
+    from engine.api import FaceSpec, parse_assignments
 
     spec = FaceSpec(identity=parse_assignments(args.id, "--id"), expression=parse_assignments(args.exp, "--exp"),
                     texture=parse_assignments(args.tex, "--tex"), lighting=parse_assignments(args.light, "--light"),
@@ -41,7 +41,7 @@ def spec_from_args(args, layout, psi_default: float = 1.0):
 
 
 def load_synth(args):
-    from engine.synthesizer import FaceSynthesizer
+    from engine.api import FaceSynthesizer
 
     return FaceSynthesizer.load(checkpoint=args.checkpoint, facemodel=args.facemodel, device=args.device,
                                 coeff_dist=args.coeff_dist)

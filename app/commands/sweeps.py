@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from engine.errors import CgofError
+from engine.api import CgofError
 
 from .render import add_model_args, add_spec_args, load_synth
 
@@ -57,15 +57,15 @@ def register(sub) -> None:
 
 
 def _run_sweep(args) -> int:
-    from engine.export import sweeps
-    from engine.model.latent import FaceSpec, parse_assignments
+    from engine.api import (PSI_DEFAULTS, FaceSpec, check_render_args, parse_assignments, parse_views, render_sweep,
+                            writable_dir)
 
     # Everything that needs no model is checked first, so a typo fails at once.
-    views = sweeps.parse_views(args.views)
-    sweeps.check_render_args(args.frames, args.size, args.fps, args.quality, args.batch, True)
+    views = parse_views(args.views)
+    check_render_args(args.frames, args.size, args.fps, args.quality, args.batch, True)
     if not 0 <= args.seed < 2**63:
         raise CgofError(f"--seed {args.seed}: expected an integer in [0, 2^63)")
-    out = sweeps.writable_dir(args.output_dir)
+    out = writable_dir(args.output_dir)
     synth = load_synth(args)
     # The subject is the seed's random face (as the reference's z = randn(seed)); explicit
     # --id/--exp/--tex/--light assignments then override single components.
@@ -75,14 +75,14 @@ def _run_sweep(args) -> int:
         getattr(base, group).update(parse_assignments(values, flag))
     base.validate(synth.layout)
     t0 = time.perf_counter()
-    res = sweeps.render_sweep(
+    res = render_sweep(
         synth, args.sweep_kind, base, out, frames=args.frames, size=args.size, fps=args.fps, views=views,
         side_by_side=args.side_by_side, mp4=args.mp4, gif=True, quality=args.quality, yaw_deg=args.yaw,
         pitch_deg=args.pitch, seed=args.keyframe_seed, pose_range=args.pose_range, psi=args.psi, batch=args.batch)
     seconds = time.perf_counter() - t0
     print(json.dumps({
         "kind": args.sweep_kind, "frames": res.count, "size": args.size, "fps": args.fps, "seed": args.seed,
-        "psi": sweeps.PSI_DEFAULTS[args.sweep_kind] if args.psi is None else args.psi, "device": str(synth.device),
+        "psi": PSI_DEFAULTS[args.sweep_kind] if args.psi is None else args.psi, "device": str(synth.device),
         "seconds": round(seconds, 2), "frame_dirs": {k: str(v) for k, v in res.frame_dirs.items()},
         "depth_range": [round(x, 5) for x in res.depth_range], "mp4": str(res.mp4) if res.mp4 else None,
     }))
@@ -91,7 +91,7 @@ def _run_sweep(args) -> int:
 
 
 def _run_frames2video(args) -> int:
-    from engine.export.video import frames2video
+    from engine.api import frames2video
 
     if not args.fps > 0:
         raise CgofError(f"--fps {args.fps}: expected a positive number")

@@ -17,9 +17,7 @@ def register(sub):
     w.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     w.add_argument("--no-eval", action="store_true", help="skip the fidelity evaluation at the end")
     w.add_argument("--init", metavar="DIR", default=None, help="start from this checkpoint's weights (fine-tune)")
-    from engine.train.warmup import WarmupConfig
-
-    from engine.model.field import EXPRESSION_CONDITIONING
+    from engine.api import EXPRESSION_CONDITIONING, WarmupConfig
 
     _numeric_flags(w, WarmupConfig)
     w.add_argument("--expression-conditioning", choices=EXPRESSION_CONDITIONING, default=None,
@@ -27,7 +25,7 @@ def register(sub):
                         "mesh_warp: deform rays onto a neutral field)")
     w.set_defaults(handler=_warmup)
 
-    from engine.train.colour import ColourFitConfig
+    from engine.api import ColourFitConfig
 
     c = tsub.add_parser("colour", help="fit the colour branch of a trained checkpoint (geometry frozen)")
     c.add_argument("--init", metavar="DIR", required=True, help="checkpoint folder to start from")
@@ -39,7 +37,7 @@ def register(sub):
     _numeric_flags(c, ColourFitConfig)
     c.set_defaults(handler=_colour)
 
-    from engine.train.albedo import AlbedoFitConfig
+    from engine.api import AlbedoFitConfig
 
     a = tsub.add_parser("albedo", help="make an albedo field on a checkpoint's geometry and fit its albedo basis "
                                        "(texture and lighting then act as the face model's)")
@@ -65,9 +63,7 @@ def _overrides(args, config_cls) -> dict:
 
 
 def _colour(args) -> int:
-    from engine.device import resolve_device
-    from engine.model.io import load_facemodel
-    from engine.train.colour import ColourFitConfig, run_colour_fit
+    from engine.api import ColourFitConfig, load_facemodel, resolve_device, run_colour_fit
 
     cfg = ColourFitConfig(**_overrides(args, ColourFitConfig))
     fm = load_facemodel(args.facemodel)
@@ -79,9 +75,7 @@ def _colour(args) -> int:
 
 
 def _albedo(args) -> int:
-    from engine.device import resolve_device
-    from engine.model.io import load_facemodel
-    from engine.train.albedo import AlbedoFitConfig, run_albedo_fit
+    from engine.api import AlbedoFitConfig, load_facemodel, resolve_device, run_albedo_fit
 
     cfg = AlbedoFitConfig(**_overrides(args, AlbedoFitConfig))
     fm = load_facemodel(args.facemodel)
@@ -93,9 +87,7 @@ def _albedo(args) -> int:
 
 
 def _warmup(args) -> int:
-    from engine.device import resolve_device
-    from engine.model.io import load_facemodel
-    from engine.train.warmup import WarmupConfig, run_warmup
+    from engine.api import WarmupConfig, load_facemodel, resolve_device, run_warmup
 
     cfg = WarmupConfig(**_overrides(args, WarmupConfig))
     fm = load_facemodel(args.facemodel)

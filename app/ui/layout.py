@@ -8,6 +8,11 @@ device sees one job at a time whatever the number of sessions.
 Slider protocol: ``.input`` (trigger_mode="always_last") renders a small preview while dragging;
 ``.release`` (pointer up, or leaving the number box) renders the full-size views. Handlers never
 raise into Gradio: a problem becomes one line in the status bar and the session keeps its face.
+
+Structure: one ``build_*`` function per panel creates its components and returns them in a small
+dataclass; :class:`Editor` holds the panels and renders; one ``wire_*`` function per panel hooks
+up its events. Handlers return their outputs by name through :class:`~app.ui.outputs.Outputs`,
+which fills in ``gr.skip()`` for every output a handler leaves alone.
 """
 
 from __future__ import annotations
@@ -15,15 +20,17 @@ from __future__ import annotations
 import logging
 import os
 import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
-from engine.errors import CgofError
+from engine.api import CgofError
 
 from ..service import ERROR_LIMIT, GIF_FRAMES, GIF_FPS, GIF_KINDS, GIF_VIEWS, FullRender, GifRequest, RenderService
 from ..state import GROUPS, PITCH_LIMIT, PSI_RANGE, QUALITIES, SIZES, SLIDER_SIGMA, YAW_LIMIT, EditorState
 from .ordering import PreviewGate
+from .outputs import Outputs
 from .plots import error_legend_html, mesh_figure
 
 log = logging.getLogger("cgof.app")
@@ -100,6 +107,533 @@ def seed_value(v) -> int:
     return int(f)
 
 
+def slider_key(group: str, index: int) -> str:
+    """The output name of a 3DMM component slider."""
+    return f"{group}_{index}"
+
+
+# ==================================================================================================
+# panels: each builds its components (in page order) and returns them by name
+# ==================================================================================================
+
+@dataclass
+class PosePanel:
+    frontal: gr.Button
+    yaw: gr.Slider
+    pitch: gr.Slider
+
+
+@dataclass
+class FacePanel:
+    """The four 3DMM groups, one tab each: sliders and the group's Random / Reset buttons."""
+    sliders: dict[str, list[gr.Slider]]
+    random: dict[str, gr.Button]
+    reset: dict[str, gr.Button]
+
+
+@dataclass
+class LatentsPanel:
+    new_seed: gr.Button
+    reset: gr.Button
+    seed: gr.Number
+    psi: gr.Slider
+
+
+@dataclass
+class RenderSettingsPanel:
+    size: gr.Radio
+    quality: gr.Radio
+
+
+@dataclass
+class PresetsPanel:
+    reset_all: gr.Button
+    download: gr.DownloadButton
+    upload: gr.UploadButton
+
+
+@dataclass
+class ViewPanel:
+    """The rendered face, the 3D mesh preview and its landmarks switch."""
+    image: gr.Image
+    plot: gr.Plot
+    show_landmarks: gr.Checkbox
+
+
+@dataclass
+class DepthPanel:
+    """The depth-inspection row: mesh and field on one depth scale, their difference, the normals."""
+    mesh_depth: gr.Image
+    field_depth: gr.Image
+    error: gr.Image
+    normals: gr.Image
+
+
+@dataclass
+class ExportPanel:
+    gif_kind: gr.Radio
+    gif_views: gr.Radio
+    gif_frames: gr.Slider
+    gif_fps: gr.Slider
+    gif_size: gr.Dropdown
+    gif_button: gr.Button
+    gif_preview: gr.Image
+    gif_file: gr.File
+    mesh_3dmm: gr.Button
+    mesh_iso: gr.Button
+    mesh_file: gr.File
+
+
+@dataclass
+class ApiPanel:
+    """Hidden components carrying the public JSON API."""
+    request: gr.Textbox
+    image: gr.Image
+    summary: gr.JSON
+    gif: gr.File
+    render: gr.Button
+    export_gif: gr.Button
+
+
+def build_title() -> None:
+    gr.Markdown(
+        "# cGOF Studio\nControllable 3D faces from a conditional occupancy field. "
+        "Drag a slider for a live preview; release it for the full render.",
+        elem_id="cgof-title",
+    )
+
+
+def build_pose_panel(initial: EditorState) -> PosePanel:
+    with gr.Group():
+        gr.Markdown("Pose", elem_classes="cgof-section-title", padding=True)
+        frontal = gr.Button("↺ Frontal", size="sm", elem_id="btn-frontal")
+        yaw = gr.Slider(-YAW_LIMIT, YAW_LIMIT, value=initial.yaw, step=1, label="Yaw (°)",
+                        info="+ turns the face to the viewer's right", elem_id="slider-yaw")
+        pitch = gr.Slider(-PITCH_LIMIT, PITCH_LIMIT, value=initial.pitch, step=1, label="Pitch (°)",
+                          info="+ looks down on the face from above", elem_id="slider-pitch")
+    return PosePanel(frontal, yaw, pitch)
+
+
+def build_face_panel(service: RenderService, initial: EditorState) -> FacePanel:
+    panel = FacePanel({}, {}, {})
+    with gr.Tabs():
+        for group in GROUPS:
+            with gr.Tab(GROUP_TITLES[group], elem_id=f"tab-{group}"):
+                gr.Markdown(GROUP_HINTS[group], padding=True)
+                with gr.Row(elem_classes="cgof-group-buttons"):
+                    panel.random[group] = gr.Button("Random", size="sm", elem_id=f"btn-random-{group}")
+                    panel.reset[group] = gr.Button("↺ Reset", size="sm", elem_id=f"btn-reset-{group}")
+                panel.sliders[group] = [
+                    gr.Slider(-SLIDER_SIGMA, SLIDER_SIGMA, value=initial.slider_value(group, i), step=0.05,
+                              label=name, elem_id=f"slider-{group}-{i}")
+                    for i, name in enumerate(service.slider_names(group))
+                ]
+    return panel
+
+
+def build_latents_panel(initial: EditorState) -> LatentsPanel:
+    with gr.Group():
+        gr.Markdown("Free latents", elem_classes="cgof-section-title", padding=True)
+        with gr.Row(elem_classes="cgof-group-buttons"):
+            new_seed = gr.Button("New seed", size="sm", elem_id="btn-seed")
+            reset = gr.Button("↺ Reset", size="sm", elem_id="btn-reset-latents")
+        seed = gr.Number(value=initial.spec.seed, precision=0, minimum=0, maximum=SEED_UI_MAX,
+                         label="Seed (hair, background, fine detail)", elem_id="num-seed")
+        psi = gr.Slider(PSI_RANGE[0], PSI_RANGE[1], value=initial.spec.psi, step=0.05,
+                        label="Truncation ψ", info="lower = closer to the average face", elem_id="slider-psi")
+    return LatentsPanel(new_seed, reset, seed, psi)
+
+
+def build_render_settings_panel(initial: EditorState) -> RenderSettingsPanel:
+    with gr.Group():
+        gr.Markdown("Render", elem_classes="cgof-section-title", padding=True)
+        with gr.Row():
+            size = gr.Radio(list(SIZES), value=initial.size, label="Full render size (px)", elem_id="radio-size")
+            quality = gr.Radio(list(QUALITIES), value=initial.quality, label="Quality", elem_id="radio-quality")
+    return RenderSettingsPanel(size, quality)
+
+
+def build_presets_panel(service: RenderService, initial: EditorState) -> PresetsPanel:
+    reset_all = gr.Button("↺ Reset everything", variant="stop", size="sm", elem_id="btn-reset-all")
+    with gr.Accordion("Presets", open=True):
+        with gr.Row():
+            download = gr.DownloadButton("⬇ Save preset (.json)", value=str(service.save_preset(initial)),
+                                         size="sm", elem_id="btn-save-preset")
+            upload = gr.UploadButton("⬆ Load preset", file_types=[".json"], size="sm", elem_id="btn-load-preset")
+    return PresetsPanel(reset_all, download, upload)
+
+
+def build_view_panel(first: FullRender, first_mesh: Any) -> ViewPanel:
+    with gr.Row(equal_height=True):
+        image = gr.Image(value=first.image, label="Rendered face (occupancy field)", type="numpy", format="png",
+                         interactive=False, height=360, elem_id="main-image", buttons=["download", "fullscreen"],
+                         scale=1)
+        with gr.Column(scale=1, min_width=260):
+            plot = gr.Plot(value=first_mesh, label="3DMM mesh — drag to orbit", elem_id="mesh-plot")
+            show_landmarks = gr.Checkbox(value=False, label="Show the 68 landmarks", elem_id="chk-landmarks")
+    return ViewPanel(image, plot, show_landmarks)
+
+
+def build_depth_panel(first: FullRender, legend: str) -> DepthPanel:
+    gr.Markdown("**Depth inspection** — the 3DMM mesh and the occupancy field on one depth scale "
+                "(near = bright), their signed difference inside the mesh, and the field's normals.",
+                elem_classes="cgof-caption")
+    with gr.Row(equal_height=True):
+        view_kw = dict(type="numpy", format="png", interactive=False, height=190,
+                       elem_classes="cgof-view", buttons=["download", "fullscreen"], min_width=150)
+        mesh_depth = gr.Image(value=first.mesh_depth, label="Mesh depth", elem_id="view-mesh-depth", **view_kw)
+        field_depth = gr.Image(value=first.field_depth, label="Field depth", elem_id="view-field-depth", **view_kw)
+        with gr.Column(min_width=150):
+            error = gr.Image(value=first.error, label="Depth error", elem_id="view-error", **view_kw)
+            gr.HTML(legend, elem_id="error-legend")
+        normals = gr.Image(value=first.normals, label="Normals", elem_id="view-normals", **view_kw)
+    return DepthPanel(mesh_depth, field_depth, error, normals)
+
+
+def build_export_panel() -> ExportPanel:
+    with gr.Accordion("Export", open=True):
+        with gr.Tabs():
+            with gr.Tab("GIF sweep", elem_id="tab-gif"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            kind = gr.Radio(list(GIF_KINDS), value="pose", label="Sweep", elem_id="gif-kind")
+                            views = gr.Radio(list(GIF_VIEWS), value="rgb", label="Views", elem_id="gif-views")
+                        with gr.Row():
+                            frames = gr.Slider(GIF_FRAMES[0], GIF_FRAMES[1], value=12, step=1, label="Frames",
+                                               elem_id="gif-frames")
+                            fps = gr.Slider(GIF_FPS[0], GIF_FPS[1], value=10, step=1, label="FPS", elem_id="gif-fps")
+                            size = gr.Dropdown(list(GIF_UI_SIZES), value=64, label="Frame size (px)",
+                                               elem_id="gif-size", min_width=110)
+                        button = gr.Button("Export GIF", variant="primary", elem_id="btn-gif")
+                    with gr.Column(scale=2, min_width=200):
+                        preview = gr.Image(label="Sweep preview", type="filepath", interactive=False, height=170,
+                                           elem_id="gif-preview", buttons=[])
+                        gif_file = gr.File(label="Download GIF", interactive=False, elem_id="gif-file", visible=False)
+            with gr.Tab("Meshes", elem_id="tab-mesh"):
+                gr.Markdown("Export the current face as a mesh (PLY): the 3DMM mesh, or the isosurface "
+                            "of the occupancy field.", padding=True)
+                with gr.Row():
+                    mesh_3dmm = gr.Button("3DMM mesh (.ply)", elem_id="btn-mesh-3dmm")
+                    mesh_iso = gr.Button("Occupancy isosurface (.ply)", elem_id="btn-mesh-iso")
+                mesh_file = gr.File(label="Mesh", interactive=False, elem_id="mesh-file", visible=False)
+    return ExportPanel(kind, views, frames, fps, size, button, preview, gif_file, mesh_3dmm, mesh_iso, mesh_file)
+
+
+def build_model_note(service: RenderService) -> None:
+    model = service.facemodel.summary()
+    gr.Markdown(
+        f"<small>Face model: {model.get('source', '?')} · {model.get('vertices', 0):,} vertices · "
+        f"{model.get('identity_components')} identity / {model.get('expression_components')} expression "
+        f"components · device `{service.device_name}` · API: `/render`, `/export_gif` "
+        "(see “Use via API” below)</small>"
+    )
+
+
+def build_api_panel() -> ApiPanel:
+    return ApiPanel(
+        request=gr.Textbox(visible=False, label="request (JSON)"),
+        image=gr.Image(visible=False, type="numpy", format="png", label="image"),
+        summary=gr.JSON(visible=False, label="summary"),
+        gif=gr.File(visible=False, label="gif"),
+        render=gr.Button(visible=False),
+        export_gif=gr.Button(visible=False),
+    )
+
+
+# ==================================================================================================
+# the editor: panels, the session state and the two renders every edit ends in
+# ==================================================================================================
+
+# UI events are private: only /render and /export_gif make up the public API.
+EVENT = dict(concurrency_id=DEVICE_QUEUE, api_visibility="private")
+DRAG = dict(trigger_mode="always_last", show_progress="hidden", **EVENT)
+SETTLE = dict(trigger_mode="always_last", show_progress="minimal", **EVENT)
+
+
+@dataclass
+class Editor:
+    """The built page's panels and the session state, the named output sets the handlers answer
+    with (``full_outs``, ``preview_outs``, ``controls``) and the two renders behind every edit."""
+    service: RenderService
+    state: gr.State
+    pose: PosePanel
+    face: FacePanel
+    latents: LatentsPanel
+    render: RenderSettingsPanel
+    presets: PresetsPanel
+    view: ViewPanel
+    depth: DepthPanel
+    status: gr.Markdown
+    export: ExportPanel
+    api: ApiPanel
+    gate: PreviewGate = field(default_factory=PreviewGate)
+
+    def __post_init__(self):
+        self.counts = {g: self.service.slider_count(g) for g in GROUPS}
+        # what a full render updates, and what a drag preview updates
+        self.full_outs = Outputs(
+            state=self.state, image=self.view.image, mesh_depth=self.depth.mesh_depth,
+            field_depth=self.depth.field_depth, error=self.depth.error, normals=self.depth.normals,
+            plot=self.view.plot, status=self.status, preset=self.presets.download)
+        self.preview_outs = Outputs(state=self.state, image=self.view.image, status=self.status)
+        # every control that shows a part of the state
+        self.controls = self.group_sliders(*GROUPS) + Outputs(
+            yaw=self.pose.yaw, pitch=self.pose.pitch, seed=self.latents.seed, psi=self.latents.psi,
+            size=self.render.size, quality=self.render.quality)
+
+    def group_sliders(self, *groups: str) -> Outputs:
+        return Outputs({slider_key(g, i): sl for g in groups for i, sl in enumerate(self.face.sliders[g])})
+
+    def slider_values(self, st: EditorState, *groups: str) -> dict[str, Any]:
+        return {slider_key(g, i): st.slider_value(g, i) for g in groups for i in range(self.counts[g])}
+
+    def control_values(self, st: EditorState) -> dict[str, Any]:
+        return self.slider_values(st, *GROUPS) | dict(yaw=st.yaw, pitch=st.pitch, seed=st.spec.seed,
+                                                       psi=st.spec.psi, size=st.size, quality=st.quality)
+
+    def full(self, st: EditorState, landmarks: bool, request: gr.Request | None, mesh_changed: bool = True,
+             note: str = "") -> dict[str, Any]:
+        """Values for ``full_outs`` (by name) after a settled edit to ``st``."""
+        sid = getattr(request, "session_hash", None)
+        if sid is not None:
+            self.gate.full_started(sid, st)
+        try:
+            fr = self.service.render_full(st)
+            mesh = {"plot": mesh_figure(self.service.preview_mesh(st), landmarks)} if mesh_changed else {}
+            preset = str(self.service.save_preset(st))
+        except Exception as exc:
+            # The edit is kept (the sliders show it); only the pictures stay as they were.
+            return {"state": st, "status": user_error(exc)}
+        return dict(state=st, image=fr.image, mesh_depth=fr.mesh_depth, field_depth=fr.field_depth, error=fr.error,
+                    normals=fr.normals, status=status_full(fr, note), preset=preset, **mesh)
+
+    def preview(self, st: EditorState, request: gr.Request | None) -> dict[str, Any]:
+        """Values for ``preview_outs`` (by name) while a control is dragged; none for a stale preview."""
+        sid = getattr(request, "session_hash", None)
+        ticket = self.gate.preview_started()
+        if sid is not None and self.gate.preview_is_stale(sid, ticket, st):
+            return {}
+        try:
+            fr = self.service.render_preview(st)
+        except Exception as exc:
+            return {"state": st, "status": user_error(exc)}
+        if sid is not None and self.gate.preview_is_stale(sid, ticket, st):
+            return {}
+        return dict(state=st, image=fr.image, status=status_preview(fr.ms, fr.size, self.service.device_name))
+
+    def drag_and_release(self, control, edit, mesh_changed: bool = True, name: str = "on") -> None:
+        """A control that previews while dragged and renders in full on release; ``edit(st, value)``
+        is the new state. The handlers are called ``<name>_drag`` / ``<name>_release`` (Gradio
+        derives the events' private api names from them)."""
+        def on_drag(st, value, request: gr.Request):
+            return self.preview_outs.pack(self.preview(edit(st, value), request))
+
+        def on_release(st, value, landmarks, request: gr.Request):
+            return self.full_outs.pack(self.full(edit(st, value), landmarks, request, mesh_changed=mesh_changed))
+
+        on_drag.__name__ = on_drag.__qualname__ = f"{name}_drag"
+        on_release.__name__ = on_release.__qualname__ = f"{name}_release"
+
+        control.input(on_drag, [self.state, control], self.preview_outs.components, **DRAG)
+        control.release(on_release, [self.state, control, self.view.show_landmarks], self.full_outs.components,
+                        **SETTLE)
+
+
+# ==================================================================================================
+# wiring, one function per panel (in the order the events were always registered)
+# ==================================================================================================
+
+def wire_face_sliders(ed: Editor) -> None:
+    for group in GROUPS:
+        for i, sl in enumerate(ed.face.sliders[group]):
+            ed.drag_and_release(sl, lambda st, value, _g=group, _i=i: st.with_slider(_g, _i, value))
+
+
+def wire_pose(ed: Editor) -> None:
+    # the spec object is kept, so the mapping cache hits and the mesh preview (which does not
+    # depend on the pose) is left alone
+    ed.drag_and_release(ed.pose.yaw, lambda st, value: st.with_pose(yaw=value), mesh_changed=False, name="pose")
+    ed.drag_and_release(ed.pose.pitch, lambda st, value: st.with_pose(pitch=value), mesh_changed=False, name="pose")
+    outs = Outputs(yaw=ed.pose.yaw, pitch=ed.pose.pitch) + ed.full_outs
+
+    def on_frontal(st, landmarks, request: gr.Request):
+        new = st.with_pose(yaw=0.0, pitch=0.0)
+        return outs.pack(ed.full(new, landmarks, request, mesh_changed=False), yaw=0.0, pitch=0.0)
+
+    ed.pose.frontal.click(on_frontal, [ed.state, ed.view.show_landmarks], outs.components, **EVENT)
+
+
+def wire_latents(ed: Editor) -> None:
+    # truncation and seed change the field only, not the mesh
+    lat, show_lm = ed.latents, ed.view.show_landmarks
+    ed.drag_and_release(lat.psi, lambda st, value: st.with_psi(value), mesh_changed=False, name="psi")
+
+    def seed_set(st, value, landmarks, request: gr.Request):
+        try:
+            new = st.with_seed(seed_value(value))
+        except CgofError as exc:
+            return ed.full_outs.pack(state=st, status=f"⚠ {exc}")
+        if new is st:  # Enter then leaving the box: render once
+            return ed.full_outs.pack()
+        return ed.full_outs.pack(ed.full(new, landmarks, request, mesh_changed=False))
+
+    lat.seed.submit(seed_set, [ed.state, lat.seed, show_lm], ed.full_outs.components, **SETTLE)
+    lat.seed.blur(seed_set, [ed.state, lat.seed, show_lm], ed.full_outs.components, **SETTLE)
+
+    seed_outs = Outputs(seed=lat.seed) + ed.full_outs
+
+    def new_seed(st, landmarks, request: gr.Request):
+        s = random.randrange(0, 2**31 - 1)
+        return seed_outs.pack(ed.full(st.with_seed(s), landmarks, request, mesh_changed=False), seed=s)
+
+    lat.new_seed.click(new_seed, [ed.state, show_lm], seed_outs.components, **EVENT)
+    reset_outs = Outputs(seed=lat.seed, psi=lat.psi) + ed.full_outs
+
+    def on_latents_reset(st, landmarks, request: gr.Request):
+        base = EditorState()
+        new = st.with_seed(base.spec.seed).with_psi(base.spec.psi)
+        return reset_outs.pack(ed.full(new, landmarks, request, mesh_changed=False), seed=new.spec.seed,
+                               psi=new.spec.psi)
+
+    lat.reset.click(on_latents_reset, [ed.state, show_lm], reset_outs.components, **EVENT)
+
+
+def wire_render_settings(ed: Editor) -> None:
+    def size_set(st, value, landmarks, request: gr.Request):
+        return ed.full_outs.pack(ed.full(st.with_view(size=int(value)), landmarks, request, mesh_changed=False))
+
+    def quality_set(st, value, landmarks, request: gr.Request):
+        return ed.full_outs.pack(ed.full(st.with_view(quality=str(value)), landmarks, request, mesh_changed=False))
+
+    show_lm = ed.view.show_landmarks
+    ed.render.size.input(size_set, [ed.state, ed.render.size, show_lm], ed.full_outs.components, **SETTLE)
+    ed.render.quality.input(quality_set, [ed.state, ed.render.quality, show_lm], ed.full_outs.components, **SETTLE)
+
+
+def wire_group_buttons(ed: Editor) -> None:
+    for group in GROUPS:
+        outs = ed.group_sliders(group) + ed.full_outs
+
+        def on_random(st, landmarks, request: gr.Request, _g=group, _outs=outs):
+            new = st.randomized(_g, range(ed.counts[_g]))
+            return _outs.pack(ed.full(new, landmarks, request), **ed.slider_values(new, _g))
+
+        def on_reset(st, landmarks, request: gr.Request, _g=group, _outs=outs):
+            new = st.reset_group(_g)
+            return _outs.pack(ed.full(new, landmarks, request), **ed.slider_values(new, _g))
+
+        ed.face.random[group].click(on_random, [ed.state, ed.view.show_landmarks], outs.components, **EVENT)
+        ed.face.reset[group].click(on_reset, [ed.state, ed.view.show_landmarks], outs.components, **EVENT)
+
+
+def wire_presets(ed: Editor) -> None:
+    outs = ed.controls + ed.full_outs
+    show_lm = ed.view.show_landmarks
+
+    def on_reset_all(st, landmarks, request: gr.Request):
+        new = st.reset_all()
+        return outs.pack(ed.full(new, landmarks, request), **ed.control_values(new))
+
+    ed.presets.reset_all.click(on_reset_all, [ed.state, show_lm], outs.components, **EVENT)
+
+    def on_upload(st, path, landmarks, request: gr.Request):
+        name = os.path.basename(str(path or ""))
+        try:
+            new = ed.service.load_preset(path, st)
+        except CgofError as exc:
+            # Nothing changes but the status line: the user's current face is kept.
+            return outs.pack(status=f"⚠ {exc} — kept the current face")
+        return outs.pack(ed.full(new, landmarks, request, note=f" · loaded `{name}`"), **ed.control_values(new))
+
+    ed.presets.upload.upload(on_upload, [ed.state, ed.presets.upload, show_lm], outs.components, **EVENT)
+
+
+def wire_landmarks(ed: Editor) -> None:
+    outs = Outputs(plot=ed.view.plot)
+
+    def on_landmarks(st, landmarks):
+        try:
+            return outs.pack(plot=mesh_figure(ed.service.preview_mesh(st), landmarks))
+        except Exception as exc:  # cosmetic: keep the plot as it is
+            log.warning("mesh preview failed: %s", exc)
+            return outs.pack()
+
+    ed.view.show_landmarks.input(on_landmarks, [ed.state, ed.view.show_landmarks], outs.components[0], **EVENT)
+
+
+def wire_exports(ed: Editor) -> None:
+    ex = ed.export
+    gif_outs = Outputs(preview=ex.gif_preview, file=ex.gif_file, status=ed.status)
+
+    def on_gif(st, kind, views, frames, fps, gsize, progress=gr.Progress()):
+        progress(0.0, desc=f"{kind} sweep: starting")
+
+        def report(fraction: float, message: str = ""):
+            progress(float(fraction), desc=message or f"{kind} sweep")
+
+        try:
+            req = GifRequest(kind=kind, frames=int(frames), size=int(gsize), fps=int(fps), views=views, state=st)
+            path = ed.service.export_gif(req, progress=report)
+        except Exception as exc:
+            return gif_outs.pack(status=user_error(exc))
+        return gif_outs.pack(preview=str(path), file=gr.update(value=str(path), visible=True),
+                             status=f"✓ GIF ready: {req.frames} frames of a {kind} sweep at {req.size} px, {req.fps} fps")
+
+    ex.gif_button.click(on_gif, [ed.state, ex.gif_kind, ex.gif_views, ex.gif_frames, ex.gif_fps, ex.gif_size],
+                        gif_outs.components, **EVENT)
+    mesh_outs = Outputs(file=ex.mesh_file, status=ed.status)
+
+    def mesh_export(st, which):
+        try:
+            path = ed.service.export_mesh(st, which)
+        except Exception as exc:
+            return mesh_outs.pack(status=user_error(exc))
+        return mesh_outs.pack(file=gr.update(value=str(path), visible=True),
+                              status=f"✓ {which} mesh exported: `{path.name}`")
+
+    def on_mesh_3dmm(st):
+        return mesh_export(st, "3dmm")
+
+    def on_mesh_iso(st):
+        return mesh_export(st, "isosurface")
+
+    ex.mesh_3dmm.click(on_mesh_3dmm, [ed.state], mesh_outs.components, **EVENT)
+    ex.mesh_iso.click(on_mesh_iso, [ed.state], mesh_outs.components, **EVENT)
+
+
+def wire_api(ed: Editor) -> None:
+    """The public JSON API: /render -> (image, summary), /export_gif -> gif."""
+    service = ed.service
+
+    def render(request: str):
+        """Render one face. `request`: a JSON object with the keys of a preset file (identity,
+        expression, texture, lighting as {index: sigma}; yaw, pitch in degrees; seed; psi; size;
+        optional quality). Returns the image and a JSON summary."""
+        try:
+            return service.api_render(request)
+        except Exception as exc:
+            raise api_error(exc) from None
+
+    def export_gif(request: str):
+        """Export a GIF sweep. `request`: a JSON object with kind (pose|expression|identity),
+        frames, size (of a frame), optional fps and views, plus any face-state keys of a preset.
+        Returns the GIF file."""
+        try:
+            return str(service.api_export_gif(request))
+        except Exception as exc:
+            raise api_error(exc) from None
+
+    ed.api.render.click(render, [ed.api.request], [ed.api.image, ed.api.summary], api_name="render",
+                        concurrency_id=DEVICE_QUEUE)
+    ed.api.export_gif.click(export_gif, [ed.api.request], [ed.api.gif], api_name="export_gif",
+                            concurrency_id=DEVICE_QUEUE)
+
+
+WIRING = (wire_face_sliders, wire_pose, wire_latents, wire_render_settings, wire_group_buttons, wire_presets,
+          wire_landmarks, wire_exports, wire_api)
+
+
 def build_blocks(service: RenderService, initial: EditorState | None = None) -> gr.Blocks:
     """Build the editor's Blocks over ``service`` (app.server prepares Gradio's folders first)."""
     initial = initial or EditorState()
@@ -107,361 +641,25 @@ def build_blocks(service: RenderService, initial: EditorState | None = None) -> 
     first = service.render_full(initial)
     first_mesh = mesh_figure(service.preview_mesh(initial), False)
     legend = error_legend_html(service.error_legend(), ERROR_LIMIT)
-    counts = {g: service.slider_count(g) for g in GROUPS}
-    model = service.facemodel.summary()
 
     with gr.Blocks(title="cGOF Studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         state = gr.State(initial)
-
         with gr.Row(equal_height=False):
-            # ------------------------------------------------------------------ controls
-            with gr.Column(scale=4, min_width=340):
-                gr.Markdown(
-                    "# cGOF Studio\nControllable 3D faces from a conditional occupancy field. "
-                    "Drag a slider for a live preview; release it for the full render.",
-                    elem_id="cgof-title",
-                )
-                with gr.Group():
-                    gr.Markdown("Pose", elem_classes="cgof-section-title", padding=True)
-                    frontal_btn = gr.Button("↺ Frontal", size="sm", elem_id="btn-frontal")
-                    yaw = gr.Slider(-YAW_LIMIT, YAW_LIMIT, value=initial.yaw, step=1, label="Yaw (°)",
-                                    info="+ turns the face to the viewer's right", elem_id="slider-yaw")
-                    pitch = gr.Slider(-PITCH_LIMIT, PITCH_LIMIT, value=initial.pitch, step=1, label="Pitch (°)",
-                                      info="+ looks down on the face from above", elem_id="slider-pitch")
-
-                sliders: dict[str, list[gr.Slider]] = {}
-                group_buttons: dict[str, tuple[gr.Button, gr.Button]] = {}
-                with gr.Tabs():
-                    for group in GROUPS:
-                        with gr.Tab(GROUP_TITLES[group], elem_id=f"tab-{group}"):
-                            gr.Markdown(GROUP_HINTS[group], padding=True)
-                            with gr.Row(elem_classes="cgof-group-buttons"):
-                                rnd = gr.Button("Random", size="sm", elem_id=f"btn-random-{group}")
-                                rst = gr.Button("↺ Reset", size="sm", elem_id=f"btn-reset-{group}")
-                            group_buttons[group] = (rnd, rst)
-                            sliders[group] = [
-                                gr.Slider(-SLIDER_SIGMA, SLIDER_SIGMA, value=initial.slider_value(group, i), step=0.05,
-                                          label=name, elem_id=f"slider-{group}-{i}")
-                                for i, name in enumerate(service.slider_names(group))
-                            ]
-
-                with gr.Group():
-                    gr.Markdown("Free latents", elem_classes="cgof-section-title", padding=True)
-                    with gr.Row(elem_classes="cgof-group-buttons"):
-                        seed_btn = gr.Button("New seed", size="sm", elem_id="btn-seed")
-                        latents_reset = gr.Button("↺ Reset", size="sm", elem_id="btn-reset-latents")
-                    seed = gr.Number(value=initial.spec.seed, precision=0, minimum=0, maximum=SEED_UI_MAX,
-                                     label="Seed (hair, background, fine detail)", elem_id="num-seed")
-                    psi = gr.Slider(PSI_RANGE[0], PSI_RANGE[1], value=initial.spec.psi, step=0.05,
-                                    label="Truncation ψ", info="lower = closer to the average face",
-                                    elem_id="slider-psi")
-
-                with gr.Group():
-                    gr.Markdown("Render", elem_classes="cgof-section-title", padding=True)
-                    with gr.Row():
-                        size = gr.Radio(list(SIZES), value=initial.size, label="Full render size (px)",
-                                        elem_id="radio-size")
-                        quality = gr.Radio(list(QUALITIES), value=initial.quality, label="Quality",
-                                           elem_id="radio-quality")
-
-                reset_all = gr.Button("↺ Reset everything", variant="stop", size="sm", elem_id="btn-reset-all")
-                with gr.Accordion("Presets", open=True):
-                    with gr.Row():
-                        preset_dl = gr.DownloadButton("⬇ Save preset (.json)", value=str(service.save_preset(initial)),
-                                                      size="sm", elem_id="btn-save-preset")
-                        preset_ul = gr.UploadButton("⬆ Load preset", file_types=[".json"], size="sm",
-                                                    elem_id="btn-load-preset")
-
-            # ------------------------------------------------------------------ views
-            with gr.Column(scale=7, min_width=480):
-                with gr.Row(equal_height=True):
-                    main_img = gr.Image(value=first.image, label="Rendered face (occupancy field)", type="numpy",
-                                        format="png", interactive=False, height=360, elem_id="main-image",
-                                        buttons=["download", "fullscreen"], scale=1)
-                    with gr.Column(scale=1, min_width=260):
-                        plot = gr.Plot(value=first_mesh, label="3DMM mesh — drag to orbit", elem_id="mesh-plot")
-                        show_lm = gr.Checkbox(value=False, label="Show the 68 landmarks", elem_id="chk-landmarks")
-                gr.Markdown("**Depth inspection** — the 3DMM mesh and the occupancy field on one depth scale "
-                            "(near = bright), their signed difference inside the mesh, and the field's normals.",
-                            elem_classes="cgof-caption")
-                with gr.Row(equal_height=True):
-                    view_kw = dict(type="numpy", format="png", interactive=False, height=190,
-                                   elem_classes="cgof-view", buttons=["download", "fullscreen"], min_width=150)
-                    mesh_depth_img = gr.Image(value=first.mesh_depth, label="Mesh depth", elem_id="view-mesh-depth",
-                                              **view_kw)
-                    field_depth_img = gr.Image(value=first.field_depth, label="Field depth",
-                                               elem_id="view-field-depth", **view_kw)
-                    with gr.Column(min_width=150):
-                        error_img = gr.Image(value=first.error, label="Depth error",
-                                             elem_id="view-error", **view_kw)
-                        gr.HTML(legend, elem_id="error-legend")
-                    normals_img = gr.Image(value=first.normals, label="Normals", elem_id="view-normals", **view_kw)
+            with gr.Column(scale=4, min_width=340):  # controls
+                build_title()
+                pose = build_pose_panel(initial)
+                face = build_face_panel(service, initial)
+                latents = build_latents_panel(initial)
+                render = build_render_settings_panel(initial)
+                presets = build_presets_panel(service, initial)
+            with gr.Column(scale=7, min_width=480):  # views
+                view = build_view_panel(first, first_mesh)
+                depth = build_depth_panel(first, legend)
                 status = gr.Markdown(status_full(first), elem_id="status")
-
-                with gr.Accordion("Export", open=True):
-                    with gr.Tabs():
-                        with gr.Tab("GIF sweep", elem_id="tab-gif"):
-                            with gr.Row(equal_height=False):
-                                with gr.Column(scale=3):
-                                    with gr.Row():
-                                        gif_kind = gr.Radio(list(GIF_KINDS), value="pose", label="Sweep",
-                                                            elem_id="gif-kind")
-                                        gif_views = gr.Radio(list(GIF_VIEWS), value="rgb", label="Views",
-                                                             elem_id="gif-views")
-                                    with gr.Row():
-                                        gif_frames = gr.Slider(GIF_FRAMES[0], GIF_FRAMES[1], value=12, step=1,
-                                                               label="Frames", elem_id="gif-frames")
-                                        gif_fps = gr.Slider(GIF_FPS[0], GIF_FPS[1], value=10, step=1, label="FPS",
-                                                            elem_id="gif-fps")
-                                        gif_size = gr.Dropdown(list(GIF_UI_SIZES), value=64, label="Frame size (px)",
-                                                               elem_id="gif-size", min_width=110)
-                                    gif_btn = gr.Button("Export GIF", variant="primary", elem_id="btn-gif")
-                                with gr.Column(scale=2, min_width=200):
-                                    gif_preview = gr.Image(label="Sweep preview", type="filepath", interactive=False,
-                                                           height=170, elem_id="gif-preview", buttons=[])
-                                    gif_file = gr.File(label="Download GIF", interactive=False, elem_id="gif-file",
-                                                       visible=False)
-                        with gr.Tab("Meshes", elem_id="tab-mesh"):
-                            gr.Markdown("Export the current face as a mesh (PLY): the 3DMM mesh, or the isosurface "
-                                        "of the occupancy field.", padding=True)
-                            with gr.Row():
-                                mesh3dmm_btn = gr.Button("3DMM mesh (.ply)", elem_id="btn-mesh-3dmm")
-                                iso_btn = gr.Button("Occupancy isosurface (.ply)", elem_id="btn-mesh-iso")
-                            mesh_file = gr.File(label="Mesh", interactive=False, elem_id="mesh-file", visible=False)
-                gr.Markdown(
-                    f"<small>Face model: {model.get('source', '?')} · {model.get('vertices', 0):,} vertices · "
-                    f"{model.get('identity_components')} identity / {model.get('expression_components')} expression "
-                    f"components · device `{service.device_name}` · API: `/render`, `/export_gif` "
-                    "(see “Use via API” below)</small>"
-                )
-
-        # ---- hidden components carrying the public JSON API ------------------------------------
-        api_req = gr.Textbox(visible=False, label="request (JSON)")
-        api_img = gr.Image(visible=False, type="numpy", format="png", label="image")
-        api_summary = gr.JSON(visible=False, label="summary")
-        api_gif = gr.File(visible=False, label="gif")
-        api_render_btn = gr.Button(visible=False)
-        api_gif_btn = gr.Button(visible=False)
-
-        # ---- wiring ---------------------------------------------------------------------------------
-        all_sliders = [s for g in GROUPS for s in sliders[g]]
-        controls = all_sliders + [yaw, pitch, seed, psi, size, quality]
-        full_outs = [state, main_img, mesh_depth_img, field_depth_img, error_img, normals_img, plot, status, preset_dl]
-        preview_outs = [state, main_img, status]
-        # UI events are private: only /render and /export_gif make up the public API.
-        ev = dict(concurrency_id=DEVICE_QUEUE, api_visibility="private")
-        drag = dict(trigger_mode="always_last", show_progress="hidden", **ev)
-        settle = dict(trigger_mode="always_last", show_progress="minimal", **ev)
-
-        def control_values(st: EditorState) -> list[Any]:
-            vals = [st.slider_value(g, i) for g in GROUPS for i in range(counts[g])]
-            return vals + [st.yaw, st.pitch, st.spec.seed, st.spec.psi, st.size, st.quality]
-
-        def unchanged() -> list[Any]:
-            return [gr.skip()] * len(full_outs)
-
-        gate = PreviewGate()
-
-        def session_of(request: gr.Request | None) -> str | None:
-            return getattr(request, "session_hash", None)
-
-        def full(st: EditorState, landmarks: bool, request: gr.Request | None, mesh_changed: bool = True,
-                 note: str = "") -> list[Any]:
-            """Outputs for ``full_outs`` after a settled edit to ``st``."""
-            sid = session_of(request)
-            if sid is not None:
-                gate.full_started(sid, st)
-            try:
-                fr = service.render_full(st)
-                fig = mesh_figure(service.preview_mesh(st), landmarks) if mesh_changed else gr.skip()
-                preset = str(service.save_preset(st))
-            except Exception as exc:
-                # The edit is kept (the sliders show it); only the pictures stay as they were.
-                return [st] + [gr.skip()] * 6 + [user_error(exc), gr.skip()]
-            return [st, fr.image, fr.mesh_depth, fr.field_depth, fr.error, fr.normals, fig, status_full(fr, note), preset]
-
-        def preview(st: EditorState, request: gr.Request | None) -> list[Any]:
-            sid = session_of(request)
-            ticket = gate.preview_started()
-            if sid is not None and gate.preview_is_stale(sid, ticket, st):
-                return [gr.skip()] * len(preview_outs)
-            try:
-                fr = service.render_preview(st)
-            except Exception as exc:
-                return [st, gr.skip(), user_error(exc)]
-            if sid is not None and gate.preview_is_stale(sid, ticket, st):
-                return [gr.skip()] * len(preview_outs)
-            return [st, fr.image, status_preview(fr.ms, fr.size, service.device_name)]
-
-        # 3DMM component sliders
-        for group in GROUPS:
-            for i, sl in enumerate(sliders[group]):
-                def on_drag(st, value, request: gr.Request, _g=group, _i=i):
-                    return preview(st.with_slider(_g, _i, value), request)
-
-                def on_release(st, value, landmarks, request: gr.Request, _g=group, _i=i):
-                    return full(st.with_slider(_g, _i, value), landmarks, request)
-
-                sl.input(on_drag, [state, sl], preview_outs, **drag)
-                sl.release(on_release, [state, sl, show_lm], full_outs, **settle)
-
-        # pose: same protocol; the spec object is kept, so the mapping cache hits and the mesh
-        # preview (which does not depend on the pose) is left alone
-        for sl, key in ((yaw, "yaw"), (pitch, "pitch")):
-            def pose_drag(st, value, request: gr.Request, _k=key):
-                return preview(st.with_pose(**{_k: value}), request)
-
-            def pose_release(st, value, landmarks, request: gr.Request, _k=key):
-                return full(st.with_pose(**{_k: value}), landmarks, request, mesh_changed=False)
-
-            sl.input(pose_drag, [state, sl], preview_outs, **drag)
-            sl.release(pose_release, [state, sl, show_lm], full_outs, **settle)
-
-        def on_frontal(st, landmarks, request: gr.Request):
-            return [0.0, 0.0] + full(st.with_pose(yaw=0.0, pitch=0.0), landmarks, request, mesh_changed=False)
-
-        frontal_btn.click(on_frontal, [state, show_lm], [yaw, pitch] + full_outs, **ev)
-
-        # truncation and seed change the field only, not the mesh
-        def psi_drag(st, value, request: gr.Request):
-            return preview(st.with_psi(value), request)
-
-        def psi_release(st, value, landmarks, request: gr.Request):
-            return full(st.with_psi(value), landmarks, request, mesh_changed=False)
-
-        psi.input(psi_drag, [state, psi], preview_outs, **drag)
-        psi.release(psi_release, [state, psi, show_lm], full_outs, **settle)
-
-        def seed_set(st, value, landmarks, request: gr.Request):
-            try:
-                new = st.with_seed(seed_value(value))
-            except CgofError as exc:
-                return [st] + [gr.skip()] * 6 + [f"⚠ {exc}", gr.skip()]
-            if new is st:  # Enter then leaving the box: render once
-                return unchanged()
-            return full(new, landmarks, request, mesh_changed=False)
-
-        seed.submit(seed_set, [state, seed, show_lm], full_outs, **settle)
-        seed.blur(seed_set, [state, seed, show_lm], full_outs, **settle)
-
-        def new_seed(st, landmarks, request: gr.Request):
-            s = random.randrange(0, 2**31 - 1)
-            return [s] + full(st.with_seed(s), landmarks, request, mesh_changed=False)
-
-        seed_btn.click(new_seed, [state, show_lm], [seed] + full_outs, **ev)
-
-        def on_latents_reset(st, landmarks, request: gr.Request):
-            base = EditorState()
-            new = st.with_seed(base.spec.seed).with_psi(base.spec.psi)
-            return [new.spec.seed, new.spec.psi] + full(new, landmarks, request, mesh_changed=False)
-
-        latents_reset.click(on_latents_reset, [state, show_lm], [seed, psi] + full_outs, **ev)
-
-        def size_set(st, value, landmarks, request: gr.Request):
-            return full(st.with_view(size=int(value)), landmarks, request, mesh_changed=False)
-
-        def quality_set(st, value, landmarks, request: gr.Request):
-            return full(st.with_view(quality=str(value)), landmarks, request, mesh_changed=False)
-
-        size.input(size_set, [state, size, show_lm], full_outs, **settle)
-        quality.input(quality_set, [state, quality, show_lm], full_outs, **settle)
-
-        # group Random / Reset
-        for group in GROUPS:
-            rnd, rst = group_buttons[group]
-
-            def on_random(st, landmarks, request: gr.Request, _g=group):
-                new = st.randomized(_g, range(counts[_g]))
-                return [new.slider_value(_g, i) for i in range(counts[_g])] + full(new, landmarks, request)
-
-            def on_reset(st, landmarks, request: gr.Request, _g=group):
-                new = st.reset_group(_g)
-                return [new.slider_value(_g, i) for i in range(counts[_g])] + full(new, landmarks, request)
-
-            rnd.click(on_random, [state, show_lm], sliders[group] + full_outs, **ev)
-            rst.click(on_reset, [state, show_lm], sliders[group] + full_outs, **ev)
-
-        def on_reset_all(st, landmarks, request: gr.Request):
-            new = st.reset_all()
-            return control_values(new) + full(new, landmarks, request)
-
-        reset_all.click(on_reset_all, [state, show_lm], controls + full_outs, **ev)
-
-        def on_upload(st, path, landmarks, request: gr.Request):
-            name = os.path.basename(str(path or ""))
-            try:
-                new = service.load_preset(path, st)
-            except CgofError as exc:
-                # Nothing changes but the status line: the user's current face is kept.
-                return [gr.skip()] * len(controls) + [gr.skip()] * 7 + [f"⚠ {exc} — kept the current face", gr.skip()]
-            return control_values(new) + full(new, landmarks, request, note=f" · loaded `{name}`")
-
-        preset_ul.upload(on_upload, [state, preset_ul, show_lm], controls + full_outs, **ev)
-
-        def on_landmarks(st, landmarks):
-            try:
-                return mesh_figure(service.preview_mesh(st), landmarks)
-            except Exception as exc:  # cosmetic: keep the plot as it is
-                log.warning("mesh preview failed: %s", exc)
-                return gr.skip()
-
-        show_lm.input(on_landmarks, [state, show_lm], plot, **ev)
-
-        # exports
-        def on_gif(st, kind, views, frames, fps, gsize, progress=gr.Progress()):
-            progress(0.0, desc=f"{kind} sweep: starting")
-
-            def report(fraction: float, message: str = ""):
-                progress(float(fraction), desc=message or f"{kind} sweep")
-
-            try:
-                req = GifRequest(kind=kind, frames=int(frames), size=int(gsize), fps=int(fps), views=views, state=st)
-                path = service.export_gif(req, progress=report)
-            except Exception as exc:
-                return gr.skip(), gr.skip(), user_error(exc)
-            return (str(path), gr.update(value=str(path), visible=True),
-                    f"✓ GIF ready: {req.frames} frames of a {kind} sweep at {req.size} px, {req.fps} fps")
-
-        gif_btn.click(on_gif, [state, gif_kind, gif_views, gif_frames, gif_fps, gif_size],
-                      [gif_preview, gif_file, status], **ev)
-
-        def mesh_export(st, which):
-            try:
-                path = service.export_mesh(st, which)
-            except Exception as exc:
-                return gr.skip(), user_error(exc)
-            return gr.update(value=str(path), visible=True), f"✓ {which} mesh exported: `{path.name}`"
-
-        def on_mesh_3dmm(st):
-            return mesh_export(st, "3dmm")
-
-        def on_mesh_iso(st):
-            return mesh_export(st, "isosurface")
-
-        mesh3dmm_btn.click(on_mesh_3dmm, [state], [mesh_file, status], **ev)
-        iso_btn.click(on_mesh_iso, [state], [mesh_file, status], **ev)
-
-        # public JSON API
-        def render(request: str):
-            """Render one face. `request`: a JSON object with the keys of a preset file (identity,
-            expression, texture, lighting as {index: sigma}; yaw, pitch in degrees; seed; psi; size;
-            optional quality). Returns the image and a JSON summary."""
-            try:
-                return service.api_render(request)
-            except Exception as exc:
-                raise api_error(exc) from None
-
-        def export_gif(request: str):
-            """Export a GIF sweep. `request`: a JSON object with kind (pose|expression|identity),
-            frames, size (of a frame), optional fps and views, plus any face-state keys of a preset.
-            Returns the GIF file."""
-            try:
-                return str(service.api_export_gif(request))
-            except Exception as exc:
-                raise api_error(exc) from None
-
-        api_render_btn.click(render, [api_req], [api_img, api_summary], api_name="render",
-                             concurrency_id=DEVICE_QUEUE)
-        api_gif_btn.click(export_gif, [api_req], [api_gif], api_name="export_gif", concurrency_id=DEVICE_QUEUE)
-
+                export = build_export_panel()
+                build_model_note(service)
+        api = build_api_panel()
+        editor = Editor(service, state, pose, face, latents, render, presets, view, depth, status, export, api)
+        for wire in WIRING:
+            wire(editor)
     return demo
