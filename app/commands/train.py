@@ -47,6 +47,8 @@ def register(sub):
     a.add_argument("--device", default="auto")
     a.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     a.add_argument("--no-eval", action="store_true", help="skip the appearance evaluation at the end")
+    a.add_argument("--albedo-from", metavar="DIR", default=None,
+                   help="albedo checkpoint whose albedo field starts the fit (e.g. onto retrained geometry)")
     _numeric_flags(a, AlbedoFitConfig)
     a.set_defaults(handler=_albedo)
 
@@ -80,7 +82,7 @@ def _albedo(args) -> int:
     cfg = AlbedoFitConfig(**_overrides(args, AlbedoFitConfig))
     fm = load_facemodel(args.facemodel)
     report = run_albedo_fit(args.out, args.init, cfg, fm, device=resolve_device(args.device),
-                            time_budget_s=args.time_budget, evaluate=not args.no_eval)
+                            time_budget_s=args.time_budget, evaluate=not args.no_eval, albedo_from=args.albedo_from)
     print(json.dumps({"steps": report["steps"], "train_seconds": report["train_seconds"],
                       "appearance": report.get("appearance"), "out": str(args.out)}))
     return 0

@@ -168,9 +168,11 @@ def albedo_field_from(init: OccupancyField, tex_dim: int, config: AlbedoFitConfi
 
 def run_albedo_fit(out_dir: str | Path, init: str | Path, config: AlbedoFitConfig | None = None,
                    facemodel: MorphableModel | None = None, device="cpu", log=print, evaluate: bool = True,
-                   time_budget_s: float | None = None) -> dict:
+                   time_budget_s: float | None = None, albedo_from: str | Path | None = None) -> dict:
     """Fit an albedo field on ``init``'s geometry; write the checkpoint and ``albedo_fit.json`` (recipe,
-    loss history and, with ``evaluate``, the appearance metrics of :mod:`engine.appearance_eval`)."""
+    loss history and, with ``evaluate``, the appearance metrics of :mod:`engine.appearance_eval`).
+    ``albedo_from``: an albedo checkpoint whose albedo field starts the fit (its geometry is ignored;
+    with ``steps`` 0 it is carried over as it is, e.g. onto retrained geometry)."""
     from ..checkpoint import check_facemodel, load_field, save_checkpoint
     from ..model.io import load_facemodel
     from ..render.volume import RenderConfig
@@ -180,6 +182,15 @@ def run_albedo_fit(out_dir: str | Path, init: str | Path, config: AlbedoFitConfi
     fm = facemodel if facemodel is not None else load_facemodel(None)
     check_facemodel(info, fm)
     field = albedo_field_from(base, fm.sizes["tex"], cfg)
+    if albedo_from is not None:
+        from ..errors import CgofError
+
+        source, _ = load_field(albedo_from, device="cpu")
+        shape = lambda c: (c.albedo, c.tex_dim, c.albedo_width, c.albedo_layers, c.albedo_omega)  # noqa: E731
+        if shape(source.config) != shape(field.config):
+            raise CgofError(f"{albedo_from}: not an albedo checkpoint with this fit's albedo field "
+                            f"(tex {fm.sizes['tex']}, width {cfg.width}, {cfg.layers} layers, omega {cfg.omega})")
+        field.albedo_field.load_state_dict(source.albedo_field.state_dict())
     trainer = AlbedoTrainer(field, fm, cfg, device=device)
     t0 = time.perf_counter()
     trainer.train(log=log, time_budget_s=time_budget_s)
@@ -188,6 +199,7 @@ def run_albedo_fit(out_dir: str | Path, init: str | Path, config: AlbedoFitConfi
     provenance = {
         "kind": "albedo fit (engine.train.albedo) on the geometry of init",
         "init": str(init),
+        "albedo_from": None if albedo_from is None else str(albedo_from),
         "init_provenance": {k: v for k, v in info.provenance.items() if k != "recipe"},
         "steps": trainer.step,
         "train_seconds": round(seconds, 1),
