@@ -53,6 +53,8 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".train.warmup": ("WarmupConfig", "run_warmup"),
     ".train.colour": ("ColourFitConfig", "run_colour_fit"),
     ".train.albedo": ("AlbedoFitConfig", "run_albedo_fit"),
+    ".train.loop": ("STATE_FILE", "read_state"),
+    ".config": ("from_dict", "help_text"),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 

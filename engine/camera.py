@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import option
+
 FRONTAL = math.pi / 2
 
 
@@ -32,17 +34,25 @@ FRONTAL = math.pi / 2
 class CameraConfig:
     """Camera and sampling range; defaults are the reference curriculum's."""
 
-    fov_deg: float = 12.0  # full field of view, degrees
-    radius: float = 1.0  # camera distance from the world origin, world units
-    ray_start: float = 0.88  # near bound of the sampled axis depth
-    ray_end: float = 1.12  # far bound of the sampled axis depth
-    h_mean: float = FRONTAL
-    v_mean: float = FRONTAL
-    h_stddev: float = 0.3  # training pose distribution (radians)
-    v_stddev: float = 0.155
+    fov_deg: float = option(12.0, help="full field of view, degrees", range=(0, 180), open_low=True)
+    radius: float = option(1.0, help="camera distance from the world origin, world units", range=(0, None),
+                           open_low=True)
+    ray_start: float = option(0.88, help="near bound of the sampled axis depth, world units", range=(0, None),
+                              open_low=True)
+    ray_end: float = option(1.12, help="far bound of the sampled axis depth, world units", range=(0, None),
+                            open_low=True)
+    h_mean: float = option(FRONTAL, help="training pose prior: mean yaw angle theta, radians")
+    v_mean: float = option(FRONTAL, help="training pose prior: mean polar angle phi, radians")
+    h_stddev: float = option(0.3, help="training pose prior: std of theta, radians", range=(0, None))
+    v_stddev: float = option(0.155, help="training pose prior: std of phi, radians", range=(0, None))
     # The reference adds (0, -0.012, 0) at inference only; we keep one consistent camera for the
     # mesh and the field (zero) and let callers opt in.
-    camera_shift: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    camera_shift: tuple[float, float, float] = option((0.0, 0.0, 0.0), help="translation added to the camera "
+                                                      "after the look-at, world units")
+
+    def __post_init__(self):
+        if self.ray_end <= self.ray_start:
+            raise ValueError(f"ray_end {self.ray_end} must be beyond ray_start {self.ray_start}")
 
     @property
     def tan_half_fov(self) -> float:

@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 
 from .camera import CameraConfig
+from .config import from_dict
 from .errors import CgofError, FileFormatError
 from .model.field import FieldConfig, OccupancyField
 from .model.latent import LatentLayout
 from .model.morphable import MorphableModel
+from .render.volume import RenderConfig
 
 FORMAT = "cgof-studio-checkpoint"
 VERSION = 1
@@ -118,19 +120,21 @@ def read_info(path: str | Path) -> CheckpointInfo:
         raise FileFormatError(f"{where}: not a cGOF Studio checkpoint (expected format {FORMAT!r})")
     if cfg.get("version") != VERSION:
         raise FileFormatError(f"{where}: checkpoint version {cfg.get('version')!r}; this build reads version {VERSION}")
+    # Architecture, camera and render settings are read strictly (engine.config): an unknown key, a
+    # wrong type or an out-of-range value is one line naming the key. Provenance is free-form.
+    field_cfg = from_dict(FieldConfig, _need(cfg, "field", dict, where), where, prefix="field.")
+    camera = from_dict(CameraConfig, _need(cfg, "camera", dict, where), where, prefix="camera.")
+    render = _need(cfg, "render", dict, where)
+    from_dict(RenderConfig, render, where, prefix="render.")
     try:
-        field_cfg = FieldConfig(**_need(cfg, "field", dict, where))
         layout = LatentLayout(**_need(cfg, "layout", dict, where))
-        cam = dict(_need(cfg, "camera", dict, where))
-        cam["camera_shift"] = tuple(cam.get("camera_shift", (0.0, 0.0, 0.0)))
-        camera = CameraConfig(**cam)
     except (TypeError, ValueError) as exc:
-        raise FileFormatError(f"{where}: unexpected architecture/camera fields ({exc})") from None
+        raise FileFormatError(f"{where}: unexpected latent layout fields ({exc})") from None
     if field_cfg.z_dim != layout.dim:
         raise FileFormatError(f"{where}: field z_dim {field_cfg.z_dim} does not match the latent layout ({layout.dim})")
     fm = _need(cfg, "facemodel", dict, where)
     _need(fm, "fingerprint", str, where + " facemodel")
-    return CheckpointInfo(p, field_cfg, layout, camera, _need(cfg, "render", dict, where), fm,
+    return CheckpointInfo(p, field_cfg, layout, camera, render, fm,
                           cfg.get("provenance", {}), bool(cfg.get("weights", {}).get("ema", False)))
 
 

@@ -82,5 +82,34 @@ def test_ema_effective_decay():
         m.weight.add_(1.0)
     ema.update(m)
     d = min(0.999, 2 / 11)
-    w0 = ema.shadow[0]
+    w0 = ema.shadow["weight"]  # shadows are keyed by parameter name
     assert torch.allclose(w0, (m.weight - 1) * d + m.weight * (1 - d), atol=1e-6)
+
+
+def test_ema_tracks_parameters_by_name_whatever_is_frozen():
+    """A frozen parameter between trainable ones keeps its own shadow (its value), and the
+    trainable ones after it are averaged into their own shadows, not shifted by one."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    ema = EMA(m, decay=0.5)
+    assert ema.names == [n for n, _ in m.named_parameters()]
+    m[1].requires_grad_(False)  # frozen, in the middle
+    start = {n: p.detach().clone() for n, p in m.named_parameters()}
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)  # the frozen one changes too (say, loaded): its shadow follows it exactly
+    ema.update(m)
+    d = ema.effective_decay()
+    for n, p in m.named_parameters():
+        if n.startswith("1."):
+            assert torch.equal(ema.shadow[n], p.detach()), n
+        else:
+            assert torch.allclose(ema.shadow[n], start[n] * d + p.detach() * (1 - d), atol=1e-6), n
+    copy = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    copy[0].requires_grad_(False)  # which parameters train in the copy does not matter either
+    ema.copy_to(copy)
+    for n, p in copy.named_parameters():
+        assert torch.equal(p.detach(), ema.shadow[n]), n
+    restored = EMA(copy, decay=0.5)
+    restored.load_state_dict(ema.state_dict(), num_updates=ema.num_updates)
+    assert all(torch.equal(restored.shadow[n], ema.shadow[n]) for n in ema.names)

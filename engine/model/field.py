@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..config import option
+
 FREQ_SCALE = 15.0  # f = 15 f_raw + 30, after truncation
 FREQ_SHIFT = 30.0
 EXPRESSION_CONDITIONING = ("latent", "mesh_warp")
@@ -26,26 +28,31 @@ APPEARANCES = ("radiance", "albedo")
 class FieldConfig:
     """Architecture. Defaults are the reference's (256 wide, 8 FiLM layers, z 411)."""
 
-    z_dim: int = 411
-    width: int = 256
-    film_layers: int = 8
-    mapping_hidden: int = 256
-    box_size: float = 0.24  # UniformBoxWarp side length, world units
+    z_dim: int = option(411, help="length of the latent z the mapping network reads", range=(1, None))
+    width: int = option(256, help="hidden width of the density trunk's FiLM-SIREN layers", range=(1, None))
+    film_layers: int = option(8, help="FiLM-SIREN layers of the density trunk", range=(1, None))
+    mapping_hidden: int = option(256, help="hidden width of the mapping network (z -> FiLM)", range=(1, None))
+    box_size: float = option(0.24, help="side of the field's box (UniformBoxWarp), world units",
+                             range=(0, None), open_low=True)
     # How an expression reaches the field: "latent" (the reference: the expression slice of z feeds
     # the mapping network like every other slice) or "mesh_warp" (the field is a neutral-expression
     # face and the expression deforms the rays onto it; engine.render.mesh_warp says why and how).
-    expression_conditioning: str = "latent"
+    expression_conditioning: str = option(
+        "latent", help="how an expression reaches the field: latent (through z) or mesh_warp (rays deformed "
+        "onto a neutral-expression field)", choices=EXPRESSION_CONDITIONING)
     # What the colour output means: "radiance" (the reference: a view-dependent colour from the FiLM
     # colour branch, lighting baked in) or "albedo" (an :class:`AlbedoField` in the mean face's frame,
     # affine in the texture coefficients as the 3DMM's albedo is; renderers shade it with the SH
     # lighting coefficients and the field's own normals, so light and texture sliders act as the
     # 3DMM's do). In "albedo" the mapping network sees neither texture nor lighting: they cannot
     # change the geometry.
-    appearance: str = "radiance"
-    tex_dim: int = 0  # albedo: texture coefficients (sigma units) the albedo basis spans
-    albedo_width: int = 128
-    albedo_layers: int = 4  # sine layers of the albedo field
-    albedo_omega: float = 30.0  # SIREN's omega_0, on box coordinates in [-1, 1]
+    appearance: str = option("radiance", help="what the colour output is: radiance (view-dependent, lighting "
+                             "baked in) or albedo (shaded by the renderer)", choices=APPEARANCES)
+    tex_dim: int = option(0, help="albedo fields: texture coefficients the albedo basis spans", range=(0, None))
+    albedo_width: int = option(128, help="albedo fields: hidden width of the albedo SIREN", range=(1, None))
+    albedo_layers: int = option(4, help="albedo fields: sine layers of the albedo SIREN", range=(1, None))
+    albedo_omega: float = option(30.0, help="albedo fields: SIREN omega_0 on box coordinates in [-1, 1]",
+                                 range=(0, None), open_low=True)
 
     def __post_init__(self):
         if self.expression_conditioning not in EXPRESSION_CONDITIONING:
@@ -304,6 +311,41 @@ class OccupancyField(nn.Module):
         if self.config.albedo:
             return self.albedo(points, film), self.final_layer(x)
         return self.colour(x, dirs, freqs, film.phases), self.final_layer(x)
+
+    def features(self, points: torch.Tensor, film: Film) -> torch.Tensor:
+        """The density trunk's output features (B, N, W) at points (B, N, 3): what ``final_layer``
+        turns into density and the colour branch reads (:meth:`colour_from_features`)."""
+        return self._trunk(points, film)[0]
+
+    def colour_from_features(self, features: torch.Tensor, dirs: torch.Tensor, film: Film) -> torch.Tensor:
+        """Radiance fields: the colour branch on trunk ``features`` (B, N, W) and dirs (B, N, 3) for
+        ``film`` (raw, as from :meth:`film`) -> rgb (B, N, 3) in [0, 1]; equals ``forward``'s rgb."""
+        freqs = film.freqs * FREQ_SCALE + FREQ_SHIFT
+        return self.colour(features, dirs, freqs, film.phases)
+
+    @property
+    def mapping_output(self) -> nn.Linear:
+        """The mapping network's last layer: its output rows are the FiLM frequencies and phases."""
+        return self.mapping_network.network[-1]
+
+    def colour_film_rows(self) -> torch.Tensor:
+        """(2 * film_dim,) bool over :attr:`mapping_output`'s rows: True for the rows that feed only
+        the colour branch (its FiLM frequencies and phases), False for the density trunk's."""
+        w, k, half = self.config.width, self.config.film_layers, self.config.film_dim
+        rows = torch.zeros(2 * half, dtype=torch.bool, device=self.mapping_output.weight.device)
+        rows[k * w:half] = True  # colour frequencies
+        rows[half + k * w:] = True  # colour phases
+        return rows
+
+    def colour_parameter_names(self) -> list[str]:
+        """Names of the parameters that can change the colour of a radiance field but not its
+        density: the colour branch, and :attr:`mapping_output` (only its :meth:`colour_film_rows`
+        rows must change)."""
+        if self.config.albedo:
+            return [n for n, _ in self.named_parameters() if n.startswith("albedo_field.")]
+        out = [n for n, _ in self.named_parameters() if n.startswith(("color_layer_sine.", "color_layer_linear."))]
+        last = f"mapping_network.network.{len(self.mapping_network.network) - 1}."
+        return out + [n for n, _ in self.named_parameters() if n.startswith(last)]
 
     def albedo(self, points: torch.Tensor, film: Film) -> torch.Tensor:
         """"albedo" fields: unshaded albedo (B, N, 3) at mean-face points (B, N, 3) for film.tex."""

@@ -22,11 +22,12 @@ autograd, optional fp16 on CUDA.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 
 from ..camera import OrbitCamera, Rays
+from ..config import from_dict, option
 from ..model.field import Film, OccupancyField
 from .integration import integrate, sample_pdf, stratified_depths
 
@@ -35,30 +36,41 @@ from .integration import integrate, sample_pdf, stratified_depths
 class RenderConfig:
     """Sampling and integration settings; defaults are the reference render scripts'."""
 
-    num_steps: int = 24  # samples per pass: 12 x ray_step_multiplier 2 (facts §4.4)
-    hierarchical: bool = True
-    sample_near_mesh: bool = True
-    thick_ratio: float = 0.005  # band thickness = (ray_end - ray_start) * thick_ratio
-    narrow_ratio: float = 1.0  # share of the band in the fine2 samples on mesh pixels
-    last_back: bool = True
-    white_back: bool = False
-    clamp_mode: str = "relu"
-    nerf_noise: float = 0.0
-    chunk_points: int = 50_000  # field evaluations per call (reference max_batch_size)
-    fast_band_samples: int = 5
-    fast_band_width: float = 0.003  # world units; wider than the band so small surface offsets still hit
-    fast_behind: tuple[float, ...] = (0.004, 0.010)  # extra samples behind the band (solid interior)
-    fast_background_samples: int = 4
+    num_steps: int = option(24, help="samples per pass of the reference schedule (12 x ray_step_multiplier 2)",
+                            range=(1, None))
+    hierarchical: bool = option(True, help="reference schedule: add the hierarchical (importance) passes")
+    sample_near_mesh: bool = option(True, help="reference schedule: blend the last pass into the band around "
+                                    "the mesh depth on mesh pixels")
+    thick_ratio: float = option(0.005, help="near-mesh band thickness as a fraction of ray_end - ray_start",
+                                range=(0, None))
+    narrow_ratio: float = option(1.0, help="share of the near-mesh band in the last pass on mesh pixels",
+                                 range=(0, 1))
+    last_back: bool = option(True, help="give each ray's leftover transmittance to its last sample")
+    white_back: bool = option(False, help="composite on white instead of black")
+    clamp_mode: str = option("relu", help="raw density -> density", choices=("relu", "softplus"))
+    nerf_noise: float = option(0.0, help="std of the noise added to raw densities", range=(0, None))
+    chunk_points: int = option(50_000, help="field evaluations per call (memory bound)", range=(1, None))
+    fast_band_samples: int = option(5, help="fast path: samples across the band on mesh pixels", range=(1, None))
+    fast_band_width: float = option(0.003, help="fast path: band width, world units (wider than the reference "
+                                    "band so small surface offsets still hit)", range=(0, None), open_low=True)
+    fast_behind: tuple[float, ...] = option((0.004, 0.010), help="fast path: extra samples this far behind the "
+                                            "band, world units (the solid interior)")
+    fast_background_samples: int = option(4, help="fast path: samples on background pixels", range=(1, None))
     # Width of the silhouette ring: the field's edge may sit a fixed distance in world units off
     # the mesh's, so the ring is a fraction of the image side (at least fast_edge_pixels; 0 = none).
-    fast_edge_pixels: int = 2
-    fast_edge_fraction: float = 1 / 32
-    fast_edge_samples: int = 12  # coarse and again fine samples per ring pixel
-    fast_half_precision: bool = True  # CUDA only
-    # Albedo fields are shaded with the field's normals averaged over these axis-depth offsets
-    # (world units) around the rendered depth: a single point's gradient is occasionally thrown by
-    # sub-millimetre structure inside the surface band, which shows as a wrongly lit speck.
-    shading_normal_spread: tuple[float, ...] = (-0.0005, 0.0, 0.0005)
+    fast_edge_pixels: int = option(2, help="fast path: least width of the silhouette ring, pixels (0 = no ring)",
+                                   range=(0, None))
+    fast_edge_fraction: float = option(1 / 32, help="fast path: silhouette ring width as a fraction of the "
+                                       "image side", range=(0, 1))
+    fast_edge_samples: int = option(12, help="fast path: coarse and again fine samples per ring pixel",
+                                    range=(1, None))
+    fast_half_precision: bool = option(True, help="fast path: fp16 autocast (CUDA only)")
+    # Albedo fields are shaded with the field's normals averaged over these axis-depth offsets around
+    # the rendered depth: a single point's gradient is occasionally thrown by sub-millimetre
+    # structure inside the surface band, which shows as a wrongly lit speck.
+    shading_normal_spread: tuple[float, ...] = option((-0.0005, 0.0, 0.0005), help="albedo fields: axis-depth "
+                                                      "offsets (world units) around the rendered depth whose unit "
+                                                      "normals are averaged for shading")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -67,13 +79,10 @@ class RenderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RenderConfig":
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
-        for key in ("fast_behind", "shading_normal_spread"):
-            if key in kw:
-                kw[key] = tuple(kw[key])
-        return cls(**kw)
+    def from_dict(cls, data: dict, where: str = "render config") -> "RenderConfig":
+        """Strict (:func:`engine.config.from_dict`): an unknown key, a wrong type or an out-of-range
+        value is a one-line :class:`~engine.errors.FileFormatError` naming ``where`` and the key."""
+        return from_dict(cls, data, where)
 
     def band_thickness(self, ray_start: float, ray_end: float) -> float:
         return (ray_end - ray_start) * self.thick_ratio

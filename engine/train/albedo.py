@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..config import option, to_dict, validate
 from ..model.field import FieldConfig, OccupancyField
 from ..model.morphable import MorphableModel
 from ..model.surface import sample_surface
+from .loop import STATE_FILE, RunOptions, TrainLoop, cosine_schedule, fold_seed, make_generator, seeded_init
 
 
 
@@ -39,23 +40,29 @@ from ..model.surface import sample_surface
 class AlbedoFitConfig:
     """Recipe of the albedo fit; defaults fit the embedded default's albedo on a 2-core CPU."""
 
-    width: int = 128
-    layers: int = 4
-    omega: float = 30.0
-    steps: int = 3000
-    batch_points: int = 8192
-    empty_fraction: float = 0.2  # share of each batch from empty space
-    pool_points: int = 600_000  # surface points drawn once, batches are drawn from them
-    jitter: float = 0.0015  # world units along the normal either side of the surface
-    empty_distance: float = 0.006  # world units; farther than this from the mean surface is empty
-    # Half side of the cube empty points are drawn in (world units). Rays end at axis depth 1.12,
-    # up to ~0.17 from the origin when the camera orbits; last_back reads the albedo there, so the
-    # cube is larger than the field's box (0.12) to keep ray ends black.
-    empty_box: float = 0.18
-    lr: float = 2e-4
-    lr_final: float = 1e-5
-    seed: int = 0
-    log_every: int = 100
+    width: int = option(128, help="albedo SIREN: hidden width", range=(1, None))
+    layers: int = option(4, help="albedo SIREN: sine layers", range=(1, None))
+    omega: float = option(30.0, help="albedo SIREN: omega_0 on box coordinates in [-1, 1]", range=(0, None),
+                          open_low=True)
+    steps: int = option(3000, help="training steps of the run", range=(0, None))
+    batch_points: int = option(8192, help="points per step", range=(1, None))
+    empty_fraction: float = option(0.2, help="share of each batch from empty space", range=(0, 1))
+    pool_points: int = option(600_000, help="surface points drawn once; batches are drawn from them",
+                              range=(4, None))
+    jitter: float = option(0.0015, help="surface points' shift along the normal either side of the surface, "
+                           "world units", range=(0, None))
+    empty_distance: float = option(0.006, help="points farther than this from the mean surface are empty, world "
+                                   "units", range=(0, None), open_low=True)
+    # Rays end at axis depth 1.12, up to ~0.17 from the origin when the camera orbits; last_back reads
+    # the albedo there, so empty points fill a cube larger than the field's box (0.12) to keep ray ends black.
+    empty_box: float = option(0.18, help="half side of the cube empty points are drawn in, world units",
+                              range=(0, None), open_low=True)
+    lr: float = option(2e-4, help="initial learning rate (cosine-annealed to lr_final over the run)",
+                       range=(0, None), open_low=True)
+    lr_final: float = option(1e-5, help="learning rate at the end of the run", range=(0, None))
+    seed: int = option(0, help="seed of the albedo field's init, the point pool and the batches",
+                       range=(0, 2**31 - 1))
+    log_every: int = option(100, help="steps per log line (mean loss over the window)", range=(1, None))
 
     def field_config(self, base: FieldConfig, tex_dim: int) -> FieldConfig:
         return replace(base, appearance="albedo", tex_dim=tex_dim, albedo_width=self.width,
@@ -76,35 +83,45 @@ class AlbedoTrainer:
     """Fits ``field.albedo_field`` to the face model's albedo basis on its mean surface."""
 
     def __init__(self, field: OccupancyField, facemodel: MorphableModel, config: AlbedoFitConfig | None = None,
-                 device="cpu"):
-        self.cfg = c = config or AlbedoFitConfig()
+                 device="cpu", options: RunOptions | None = None, rank: int = 0):
+        self.cfg = c = validate(config or AlbedoFitConfig(), "albedo-fit config")
         self.device = torch.device(device)
         self.field = field.to(self.device)
-        self.gen = np.random.default_rng(c.seed)
+        # The point pools are drawn once, from the seed (a resumed run draws the same ones); the
+        # batches come from a private torch generator whose state travels with the run.
+        pool_gen = np.random.default_rng(fold_seed(c.seed, rank))
         fm = facemodel.to("cpu")
         mean = fm.vertices(torch.zeros(1, fm.sizes["id"]), torch.zeros(1, fm.sizes["exp"]))[0].double().numpy()
         tris = fm.triangles.numpy()
         basis = albedo_basis(fm).double().numpy()
         normals = fm.vertex_normals(torch.as_tensor(mean)[None].float())[0].double().numpy()
-        smp = sample_surface(mean, tris, c.pool_points, self.gen, {"basis": basis, "normal": normals})
+        smp = sample_surface(mean, tris, c.pool_points, pool_gen, {"basis": basis, "normal": normals})
         n = smp.attributes["normal"]
         self.surface = torch.as_tensor(smp.points, dtype=torch.float32)
         self.normals = torch.as_tensor(n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12), dtype=torch.float32)
         self.targets = torch.as_tensor(smp.attributes["basis"], dtype=torch.float32)
-        self.empty = torch.as_tensor(self._empty_points(smp.points, c.pool_points // 4), dtype=torch.float32)
-        params = list(self.field.albedo_field.parameters())
-        self.opt = torch.optim.Adam(params, lr=c.lr)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(c.steps, 1), eta_min=c.lr_final)
-        self.step = 0
-        self.history: list[dict] = []
+        self.empty = torch.as_tensor(self._empty_points(smp.points, c.pool_points // 4, pool_gen), dtype=torch.float32)
+        self.loop = TrainLoop(self.field, steps=c.steps, log_every=c.log_every, device=self.device,
+                              recipe=self.recipe(), options=options)
+        self.loop.add_optimizer(torch.optim.Adam(self.field.albedo_field.parameters(), lr=c.lr),
+                                cosine_schedule(c.lr, c.lr_final))
+        self.gen = self.loop.add_generator("data", make_generator(c.seed, rank))
 
-    def _empty_points(self, surface: np.ndarray, count: int) -> np.ndarray:
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def history(self) -> list[dict]:
+        return self.loop.history
+
+    def _empty_points(self, surface: np.ndarray, count: int, gen: np.random.Generator) -> np.ndarray:
         from scipy.spatial import cKDTree
 
         tree = cKDTree(surface)
         out = []
         while sum(len(x) for x in out) < count:
-            p = self.gen.uniform(-self.cfg.empty_box, self.cfg.empty_box, size=(count, 3))
+            p = gen.uniform(-self.cfg.empty_box, self.cfg.empty_box, size=(count, 3))
             # Only "farther than empty_distance?" matters; the bound keeps far queries cheap.
             d, _ = tree.query(p, distance_upper_bound=self.cfg.empty_distance)
             out.append(p[~np.isfinite(d)])
@@ -115,48 +132,45 @@ class AlbedoTrainer:
         c = self.cfg
         n_empty = int(round(c.batch_points * c.empty_fraction))
         n_surf = c.batch_points - n_empty
-        i = torch.as_tensor(self.gen.integers(0, len(self.surface), n_surf))
-        shift = torch.as_tensor(self.gen.uniform(-c.jitter, c.jitter, (n_surf, 1)), dtype=torch.float32)
+        i = torch.randint(len(self.surface), (n_surf,), generator=self.gen)
+        shift = (torch.rand(n_surf, 1, generator=self.gen) * 2 - 1) * c.jitter
         pts = self.surface[i] + shift * self.normals[i]
-        j = torch.as_tensor(self.gen.integers(0, len(self.empty), n_empty))
+        j = torch.randint(len(self.empty), (n_empty,), generator=self.gen)
         pts = torch.cat([pts, self.empty[j]])
         tgt = torch.cat([self.targets[i], torch.zeros(n_empty, *self.targets.shape[1:])])
         return pts.to(self.device), tgt.to(self.device)
 
-    def train_step(self) -> float:
-        pts, tgt = self.batch()
+    def loss(self, pts: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         pred = self.field.albedo_field.basis(pts[None])[0]
-        loss = ((pred - tgt) ** 2).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
-        self.step += 1
-        return float(loss.detach())
+        return ((pred - tgt) ** 2).mean()
 
-    def train(self, log=print, time_budget_s: float | None = None) -> dict:
-        start = time.perf_counter()
-        running = 0.0
-        while self.step < self.cfg.steps:
-            running += self.train_step()
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                n = self.cfg.log_every if self.step % self.cfg.log_every == 0 else self.step % self.cfg.log_every
-                row = {"step": self.step, "basis_mse": running / n, "basis_psnr": 10 * math.log10(1 / max(running / n, 1e-12)),
-                       "lr": self.sched.get_last_lr()[0], "elapsed_s": round(time.perf_counter() - start, 1)}
-                self.history.append(row)
-                if log:
-                    log(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}))
-                running = 0.0
-            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-                break
-        return {"steps": self.step, "seconds": round(time.perf_counter() - start, 1)}
+    def train_step(self) -> float:
+        stats = self.loop.step_once(lambda: {"basis_mse": self.loss(*self.batch())}, loss_key="basis_mse")
+        return stats["basis_mse"]
+
+    def _summarize(self, row: dict) -> dict:
+        mse = row["basis_mse"]
+        return {"step": row["step"], "basis_mse": mse, "basis_psnr": 10 * math.log10(1 / max(mse, 1e-12)),
+                "lr": self.loop.lrs()[0], "elapsed_s": row["elapsed_s"]}
+
+    def train(self, log=print, time_budget_s: float | None = None, steps: int | None = None) -> dict:
+        """Train until ``steps`` (default: the recipe's) or the time budget; see :meth:`TrainLoop.run`."""
+        return self.loop.run(lambda: {"basis_mse": self.train_step()}, steps, log, time_budget_s, self._summarize)
+
+    def resume(self, path: str | Path) -> None:
+        """Continue the run whose training state is at ``path`` (same recipe)."""
+        self.loop.load(path)
+
+    def recipe(self) -> dict:
+        return {"albedo_fit_config": to_dict(self.cfg)}
 
 
 def albedo_field_from(init: OccupancyField, tex_dim: int, config: AlbedoFitConfig) -> OccupancyField:
     """A new albedo field with ``init``'s geometry (density trunk, mapping network) and a fresh albedo
     basis; an albedo ``init`` keeps its albedo field too (the fit then continues it)."""
     cfg = config.field_config(init.config, tex_dim)
-    field = OccupancyField(cfg)
+    with seeded_init(config.seed):  # the fresh albedo basis's init
+        field = OccupancyField(cfg)
     mine = field.state_dict()
     theirs = init.state_dict()
     keep = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
@@ -168,19 +182,28 @@ def albedo_field_from(init: OccupancyField, tex_dim: int, config: AlbedoFitConfi
 
 def run_albedo_fit(out_dir: str | Path, init: str | Path, config: AlbedoFitConfig | None = None,
                    facemodel: MorphableModel | None = None, device="cpu", log=print, evaluate: bool = True,
-                   time_budget_s: float | None = None, albedo_from: str | Path | None = None) -> dict:
+                   time_budget_s: float | None = None, resume: bool = False, save_every: int = 0,
+                   tensorboard_dir: str | Path | None = None, progress_bar: bool | None = None,
+                   albedo_from: str | Path | None = None) -> dict:
     """Fit an albedo field on ``init``'s geometry; write the checkpoint and ``albedo_fit.json`` (recipe,
     loss history and, with ``evaluate``, the appearance metrics of :mod:`engine.appearance_eval`).
-    ``albedo_from``: an albedo checkpoint whose albedo field starts the fit (its geometry is ignored;
-    with ``steps`` 0 it is carried over as it is, e.g. onto retrained geometry)."""
+    ``save_every`` / ``resume``: the training state ``out_dir/train_state.pt`` as in
+    :func:`~.warmup.run_warmup`. ``albedo_from``: an albedo checkpoint whose albedo field starts
+    the fit (its geometry is ignored; with ``steps`` 0 it is carried over as it is, e.g. onto retrained
+    geometry)."""
     from ..checkpoint import check_facemodel, load_field, save_checkpoint
     from ..model.io import load_facemodel
     from ..render.volume import RenderConfig
 
-    cfg = config or AlbedoFitConfig()
+    cfg = validate(config or AlbedoFitConfig(), "albedo-fit config")
     base, info = load_field(init, device="cpu")
     fm = facemodel if facemodel is not None else load_facemodel(None)
     check_facemodel(info, fm)
+    out = Path(out_dir)
+    state = out / STATE_FILE
+    options = RunOptions(state_path=state if (save_every > 0 or resume) else None, save_every=save_every,
+                         tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir),
+                         progress_bar=progress_bar)
     field = albedo_field_from(base, fm.sizes["tex"], cfg)
     if albedo_from is not None:
         from ..errors import CgofError
@@ -191,10 +214,10 @@ def run_albedo_fit(out_dir: str | Path, init: str | Path, config: AlbedoFitConfi
             raise CgofError(f"{albedo_from}: not an albedo checkpoint with this fit's albedo field "
                             f"(tex {fm.sizes['tex']}, width {cfg.width}, {cfg.layers} layers, omega {cfg.omega})")
         field.albedo_field.load_state_dict(source.albedo_field.state_dict())
-    trainer = AlbedoTrainer(field, fm, cfg, device=device)
-    t0 = time.perf_counter()
+    trainer = AlbedoTrainer(field, fm, cfg, device=device, options=options)
+    if resume:
+        trainer.resume(state)
     trainer.train(log=log, time_budget_s=time_budget_s)
-    seconds = time.perf_counter() - t0
     field = trainer.field.cpu().eval()
     provenance = {
         "kind": "albedo fit (engine.train.albedo) on the geometry of init",
@@ -202,15 +225,14 @@ def run_albedo_fit(out_dir: str | Path, init: str | Path, config: AlbedoFitConfi
         "albedo_from": None if albedo_from is None else str(albedo_from),
         "init_provenance": {k: v for k, v in info.provenance.items() if k != "recipe"},
         "steps": trainer.step,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(trainer.loop.elapsed(), 1),
         "device": str(trainer.device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "recipe": {"albedo_fit_config": asdict(cfg)},
+        "recipe": trainer.recipe(),
     }
-    out = Path(out_dir)
     save_checkpoint(out, field, layout=info.layout, facemodel=fm, camera_config=info.camera,
-                    render_config=RenderConfig.from_dict(info.render), provenance=provenance)
+                    render_config=RenderConfig.from_dict(info.render, str(info.path)), provenance=provenance)
     report = dict(provenance, history=trainer.history)
     if evaluate:
         from ..appearance_eval import evaluate_appearance

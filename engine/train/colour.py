@@ -11,80 +11,104 @@ Only parameters that cannot change the density train: ``color_layer_sine``, ``co
 and the rows of the mapping network's last layer that produce the colour layer's frequencies and
 phases (their other rows are masked, so every FiLM input of the density trunk stays bit-identical).
 The trunk runs without autograd. Poses, targets and mesh_warp offsets are the warm-up's own
-(:func:`.warmup.render_targets`), so the same field is fitted to the same images.
+(:func:`.data.render_targets`), so the same field is fitted to the same images. The loop around a
+step (optimiser, schedule, EMA, logging, checkpoint/resume) is :class:`.loop.TrainLoop`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..camera import CameraConfig, OrbitCamera
-from ..model.field import FREQ_SCALE, FREQ_SHIFT, OccupancyField
+from ..config import option, to_dict, validate
+from ..errors import CgofError
+from ..model.field import OccupancyField
 from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
 from ..render.rasterizer import MeshRasterizer
-from .ema import EMA
-from .warmup import random_poses, render_targets
+from .data import random_latents, random_poses, render_targets
+from .loop import STATE_FILE, RunOptions, TrainLoop, cosine_schedule, make_generator
+
+POOL_VIEW = ("z", "theta", "phi")  # what a pool view is rendered from (saved for resume; the rest re-rendered)
 
 
 @dataclass
 class ColourFitConfig:
-    steps: int = 6000
-    faces_per_step: int = 8
-    points_per_face: int = 768  # surface points on face pixels
-    background_points: int = 128  # per face, anywhere along background rays (target black)
-    img_size: int = 64
+    steps: int = option(6000, help="training steps of the run", range=(0, None))
+    faces_per_step: int = option(8, help="views per step", range=(1, None))
+    points_per_face: int = option(768, help="surface points per view on face pixels", range=(1, None))
+    background_points: int = option(128, help="points per view anywhere along background rays (target black)",
+                                    range=(0, None))
+    img_size: int = option(64, help="side of the target renders, pixels", range=(2, None))
     # Rasterising the targets costs ~50x a step of this fit on a CPU, so views come from a pool of
     # rendered faces (pool_size views) of which faces_per_step are re-rendered every refresh_every steps.
-    pool_size: int = 512
-    refresh_every: int = 8
+    pool_size: int = option(512, help="rendered views kept in the pool", range=(1, None))
+    refresh_every: int = option(8, help="steps between re-rendering faces_per_step views of the pool (0: never)",
+                                range=(0, None))
     # Surface points are jittered this far (world units) along the ray either side of the mesh
     # depth: renderers integrate over the shell's thickness, not at one depth.
-    jitter: float = 0.001
-    lr: float = 2e-3
-    lr_final: float = 1e-4
-    yaw_range_deg: float = 50.0
-    pitch_range_deg: float = 30.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    log_every: int = 100
+    jitter: float = option(0.001, help="surface points' jitter along the ray either side of the mesh depth, "
+                           "world units", range=(0, None))
+    lr: float = option(2e-3, help="initial learning rate (cosine-annealed to lr_final over the run)",
+                       range=(0, None), open_low=True)
+    lr_final: float = option(1e-4, help="learning rate at the end of the run", range=(0, None))
+    yaw_range_deg: float = option(50.0, help="training yaw range (+-, degrees) of the uniform half of the poses",
+                                  range=(0, 180))
+    pitch_range_deg: float = option(30.0, help="training pitch range (+-, degrees) of the uniform half of the poses",
+                                    range=(0, 90))
+    ema_decay: float = option(0.999, help="EMA decay of the shipped weights", range=(0, 1))
+    seed: int = option(0, help="seed of the data generator", range=(0, 2**31 - 1))
+    log_every: int = option(100, help="steps per log line (mean loss over the window)", range=(1, None))
 
 
 class ColourTrainer:
     """Fits the colour branch of ``field`` (trained geometry) to the face model's shaded renders."""
 
     def __init__(self, field: OccupancyField, facemodel: MorphableModel, layout: LatentLayout,
-                 config: ColourFitConfig | None = None, camera: OrbitCamera | None = None, device="cpu"):
-        self.cfg = config or ColourFitConfig()
+                 config: ColourFitConfig | None = None, camera: OrbitCamera | None = None, device="cpu",
+                 options: RunOptions | None = None, rank: int = 0):
+        self.cfg = c = validate(config or ColourFitConfig(), "colour-fit config")
+        if field.config.albedo:
+            raise CgofError("the colour fit trains a radiance field's colour branch; an albedo field's appearance "
+                            "is fitted by `cgof train albedo`")
         self.device = torch.device(device)
         self.field = field.to(self.device)
         self.facemodel = facemodel.to(self.device)
         self.layout = layout
         self.camera = camera or OrbitCamera(CameraConfig())
         self.rasterizer = MeshRasterizer(self.camera, device=self.device)
+        # Geometry is frozen: only the colour branch and the mapping output layer train, and of the
+        # latter only the rows feeding the colour branch change (their gradient alone is kept).
+        names = set(self.field.colour_parameter_names())
         self.field.requires_grad_(False)
-        last = self.field.mapping_network.network[-1]
-        self.trainable = [*self.field.color_layer_sine.parameters(), *self.field.color_layer_linear.parameters(),
-                          last.weight, last.bias]
+        self.trainable = [p for n, p in self.field.named_parameters() if n in names]
         for p in self.trainable:
             p.requires_grad_(True)
-        w, k, half = field.config.width, field.config.film_layers, field.config.film_dim
-        rows = torch.zeros(last.weight.shape[0], dtype=torch.bool, device=self.device)
-        rows[k * w:half] = True  # colour frequencies
-        rows[half + k * w:] = True  # colour phases
-        self.colour_rows = rows
-        self.opt = torch.optim.Adam(self.trainable, lr=self.cfg.lr, betas=(0.9, 0.99))
-        self.ema = EMA(self.field, self.cfg.ema_decay)  # over the trainable parameters only
-        self.gen = torch.Generator().manual_seed(self.cfg.seed + 7)
-        self.step = 0
-        self.history: list[dict] = []
+        self.colour_rows = self.field.colour_film_rows()
+        self.loop = TrainLoop(self.field, steps=c.steps, log_every=c.log_every, ema_decay=c.ema_decay,
+                              device=self.device, recipe=self.recipe(), options=options)
+        self.loop.add_optimizer(torch.optim.Adam(self.trainable, lr=c.lr, betas=(0.9, 0.99)),
+                                cosine_schedule(c.lr, c.lr_final))
+        self.gen = self.loop.add_generator("data", make_generator(c.seed + 7, rank))
+        self.loop.set_extra_state(self._pool_state, self._load_pool_state)
         self._pool: dict[str, torch.Tensor] | None = None
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def history(self) -> list[dict]:
+        return self.loop.history
+
+    @property
+    def ema(self):
+        return self.loop.ema
 
     def field_latent(self, z: torch.Tensor) -> torch.Tensor:
         return self.layout.field_latent(z, self.field.config)
@@ -92,15 +116,19 @@ class ColourTrainer:
     @torch.no_grad()
     def _render(self, b: int) -> dict[str, torch.Tensor]:
         c = self.cfg
-        z = torch.randn(b, self.layout.dim, generator=self.gen).to(self.device)
+        z = random_latents(b, self.layout, self.gen, self.device)
         theta, phi = random_poses(b, c.yaw_range_deg, c.pitch_range_deg, self.gen, self.device)
-        t = render_targets(self.facemodel, self.layout, self.rasterizer, self.camera, z, theta, phi, c.img_size,
-                           self.field.config.mesh_warp)
+        return self._render_views(z, theta, phi)
+
+    @torch.no_grad()
+    def _render_views(self, z: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor) -> dict[str, torch.Tensor]:
+        t = render_targets(self.facemodel, self.layout, self.rasterizer, self.camera, z, theta, phi,
+                           self.cfg.img_size, self.field.config.mesh_warp)
         origins = t.origins[:, None, :].expand_as(t.dirs)
         if t.offsets is not None:
             origins = origins + t.offsets  # the ray origin in the field's space
-        return {"z": z, "origins": origins.contiguous(), "dirs": t.dirs, "image": t.image, "depth": t.depth,
-                "mask": t.mask}
+        return {"z": z, "theta": theta, "phi": phi, "origins": origins.contiguous(), "dirs": t.dirs,
+                "image": t.image, "depth": t.depth, "mask": t.mask}
 
     def _views(self) -> dict[str, torch.Tensor]:
         """faces_per_step views from the pool (filled on first use, partly re-rendered as it goes)."""
@@ -116,6 +144,22 @@ class ColourTrainer:
                 self._pool[k][slot] = v
         pick = torch.randint(self._pool["z"].shape[0], (b,), generator=self.gen).to(self.device)
         return {k: v[pick] for k, v in self._pool.items()}
+
+    def _pool_state(self) -> dict:
+        """The pool as the latents and poses its views were rendered from (renders are deterministic)."""
+        if self._pool is None:
+            return {}
+        return {f"pool_{k}": self._pool[k].cpu() for k in POOL_VIEW}
+
+    @torch.no_grad()
+    def _load_pool_state(self, state: dict) -> None:
+        if not state:
+            self._pool = None
+            return
+        view = {k: state[f"pool_{k}"].to(self.device) for k in POOL_VIEW}
+        b = self.cfg.faces_per_step
+        parts = [self._render_views(*(view[k][i:i + b] for k in POOL_VIEW)) for i in range(0, len(view["z"]), b)]
+        self._pool = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     @torch.no_grad()
     def make_batch(self) -> dict[str, torch.Tensor]:
@@ -144,91 +188,75 @@ class ColourTrainer:
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         film = self.field.film(self.field_latent(batch["z"]))
         with torch.no_grad():
-            x, _ = self.field._trunk(batch["points"], film.detach())
-        freqs = film.freqs * FREQ_SCALE + FREQ_SHIFT
-        rgb = self.field.colour(x, batch["dirs"], freqs, film.phases)
+            x = self.field.features(batch["points"], film.detach())
+        rgb = self.field.colour_from_features(x, batch["dirs"], film)
         return ((rgb - batch["target"]) ** 2).mean()
 
-    def _set_lr(self, t: float) -> None:
-        c = self.cfg
-        lr = c.lr_final + (c.lr - c.lr_final) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        for g in self.opt.param_groups:
-            g["lr"] = lr
+    def _keep_density_rows(self) -> None:
+        """The density trunk's FiLM inputs stay as they are: only the colour rows' gradient is kept."""
+        last = self.field.mapping_output
+        last.weight.grad[~self.colour_rows] = 0
+        last.bias.grad[~self.colour_rows] = 0
+
+    def train_step(self) -> dict[str, float]:
+        return self.loop.step_once(lambda: {"rgb": self.loss(self.make_batch())}, self._keep_density_rows,
+                                   loss_key="rgb")
 
     def train(self, steps: int | None = None, log=print, time_budget_s: float | None = None) -> dict:
-        steps = self.cfg.steps if steps is None else steps
-        start = time.perf_counter()
-        running, n = 0.0, 0
-        while self.step < steps:
-            elapsed = time.perf_counter() - start
-            t = self.step / max(steps, 1)
-            if time_budget_s:
-                t = max(t, elapsed / time_budget_s)
-            self._set_lr(t)
-            loss = self.loss(self.make_batch())
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            last = self.field.mapping_network.network[-1]
-            last.weight.grad[~self.colour_rows] = 0  # the density trunk's FiLM inputs stay as they are
-            last.bias.grad[~self.colour_rows] = 0
-            self.opt.step()
-            self.ema.update(self.field)
-            self.step += 1
-            running, n = running + float(loss.detach()), n + 1
-            if self.step % self.cfg.log_every == 0 or self.step == steps:
-                entry = {"rgb": running / n, "step": self.step, "elapsed_s": round(time.perf_counter() - start, 1)}
-                self.history.append(entry)
-                if log:
-                    log(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in entry.items()}))
-                running, n = 0.0, 0
-            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-                break
-        return {"steps": self.step, "seconds": round(time.perf_counter() - start, 1)}
+        """Train until ``steps`` (default: the recipe's) or the time budget; see :meth:`TrainLoop.run`."""
+        return self.loop.run(self.train_step, steps, log, time_budget_s)
+
+    def resume(self, path: str | Path) -> None:
+        """Continue the run whose training state is at ``path`` (same recipe)."""
+        self.loop.load(path)
 
     def ema_field(self) -> OccupancyField:
-        """A copy of the field with the EMA of the trained parameters (the rest as loaded)."""
+        """A copy of the field with the EMA weights (frozen parameters as loaded)."""
         f = OccupancyField(self.field.config).to(self.device)
         f.load_state_dict(self.field.state_dict())
-        f.requires_grad_(False)
-        for p in [*f.color_layer_sine.parameters(), *f.color_layer_linear.parameters(),
-                  f.mapping_network.network[-1].weight, f.mapping_network.network[-1].bias]:
-            p.requires_grad_(True)
         self.ema.copy_to(f)
-        f.requires_grad_(True)
         f.invalidate_cache()
         f.eval()
         return f
 
     def recipe(self) -> dict:
-        return {"colour_fit_config": asdict(self.cfg)}
+        return {"colour_fit_config": to_dict(self.cfg)}
 
 
 def run_colour_fit(init: str | Path, out_dir: str | Path, config: ColourFitConfig | None = None,
                    facemodel: MorphableModel | None = None, device="cpu", time_budget_s: float | None = None,
-                   log=print, evaluate: bool = True) -> dict:
+                   log=print, evaluate: bool = True, resume: bool = False, save_every: int = 0,
+                   tensorboard_dir: str | Path | None = None, progress_bar: bool | None = None) -> dict:
     """Load ``init`` (a checkpoint folder), fit its colour, write a checkpoint to ``out_dir`` with the
-    init's provenance plus this stage, and ``colour_fit.json`` (recipe, time, history, metrics)."""
-    from ..checkpoint import load_field, save_checkpoint
+    init's provenance plus this stage, and ``colour_fit.json`` (recipe, time, history, metrics).
+    ``save_every`` / ``resume``: the training state ``out_dir/train_state.pt`` as in
+    :func:`~.warmup.run_warmup`."""
+    from ..checkpoint import check_facemodel, load_field, save_checkpoint
     from ..model.io import load_facemodel
     from ..render.volume import RenderConfig
 
+    cfg = validate(config or ColourFitConfig(), "colour-fit config")
     field, info = load_field(init, device=device)
     fm = facemodel if facemodel is not None else load_facemodel(None)
-    from ..checkpoint import check_facemodel
-
     check_facemodel(info, fm)
-    trainer = ColourTrainer(field, fm, info.layout, config, OrbitCamera(info.camera), device)
-    t0 = time.perf_counter()
+    out = Path(out_dir)
+    state = out / STATE_FILE
+    options = RunOptions(state_path=state if (save_every > 0 or resume) else None, save_every=save_every,
+                         tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir),
+                         progress_bar=progress_bar)
+    trainer = ColourTrainer(field, fm, info.layout, cfg, OrbitCamera(info.camera), device, options=options)
+    if resume:
+        trainer.resume(state)
     trainer.train(log=log, time_budget_s=time_budget_s)
-    seconds = time.perf_counter() - t0
-    stage = {"kind": "colour fit (engine.train.colour)", "steps": trainer.step, "train_seconds": round(seconds, 1),
-             "device": str(trainer.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-             "recipe": trainer.recipe(), "init": str(init)}
+    stage = {"kind": "colour fit (engine.train.colour)", "steps": trainer.step,
+             "train_seconds": round(trainer.loop.elapsed(), 1), "device": str(trainer.device),
+             "torch": torch.__version__, "threads": torch.get_num_threads(), "recipe": trainer.recipe(),
+             "init": str(init)}
     provenance = dict(info.provenance)
     provenance["stages"] = list(provenance.get("stages", [])) + [stage]
-    out = Path(out_dir)
     save_checkpoint(out, trainer.ema_field(), ema_state=None, layout=info.layout, facemodel=fm,
-                    camera_config=info.camera, render_config=RenderConfig.from_dict(info.render), provenance=provenance)
+                    camera_config=info.camera, render_config=RenderConfig.from_dict(info.render, str(info.path)),
+                    provenance=provenance)
     report = dict(stage, history=trainer.history)
     if evaluate:
         from ..eval import evaluate_checkpoint

@@ -33,97 +33,153 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ..camera import CameraConfig, OrbitCamera, angles_from_degrees
-from ..model.field import FieldConfig, OccupancyField
+from ..camera import CameraConfig, OrbitCamera
+from ..config import option, to_dict, validate
+from ..model.field import EXPRESSION_CONDITIONING, FieldConfig, OccupancyField
 from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
-from ..render.holes import close_mouth
-from ..render.mesh_warp import pixel_normals, ray_offsets
 from ..render.integration import band_depths, integrate, stratified_depths
 from ..render.rasterizer import MeshRasterizer
-from .ema import EMA
+from .data import random_latents, random_poses, render_targets
 from .losses import band_thickness, dist_depr
+from .loop import STATE_FILE, RunOptions, TrainLoop, cosine_schedule, make_generator, seeded_init
+from .schedule import Ramp, ramp_value, weighted_total
 from .warp import expression_flow, resample_expression, signed_log, warp_consistency, warp_depth_agreement
 
-MOUTH_COLOUR = (0.12, 0.04, 0.04)
 NORMAL_GRAD_FLOOR = 1e3
+GRAD_CLIP = 10.0  # max gradient norm over the field's parameters
+LOSS_TERMS = ("rgb", "bg_rgb", "occupancy", "front", "depth", "dist", "normal", "warp", "warp_depth")
+# Ramps a recipe may set (WarmupConfig.ramps): one per loss term (its weight's factor), "band" (the
+# dist_depr band's narrowing, 0 = 0.24 -> 1 = 0.0012 world units) and "noise" (std of the density
+# noise while integrating).
+RAMP_NAMES = LOSS_TERMS + ("band", "noise")
+GEOMETRY_TERMS = ("depth", "dist", "normal", "warp", "warp_depth")  # ramped in by occupancy_only
 
 
 @dataclass
 class WarmupConfig:
     """Recipe of the warm-up. Defaults train the embedded default (64 wide) on a 2-core CPU."""
 
-    width: int = 64
-    film_layers: int = 8
-    mapping_hidden: int = 256
-    free_latent: int = 80  # bg_geo and bg_tex sizes (reference: 80 each)
-    steps: int = 8000
-    faces_per_step: int = 4
-    rays_per_face: int = 384
-    face_ray_fraction: float = 0.75
-    img_size: int = 64
-    band_samples: int = 8
-    front_samples: int = 4  # per ray, uniform in [band edge, band edge + front_range] in front of the mesh
-    front_range: float = 0.01  # world units
+    width: int = option(64, help="field: hidden width of the density trunk", range=(1, None))
+    film_layers: int = option(8, help="field: FiLM-SIREN layers of the density trunk", range=(1, None))
+    mapping_hidden: int = option(256, help="field: hidden width of the mapping network", range=(1, None))
+    free_latent: int = option(80, help="sizes of the free latent slices bg_geo and bg_tex (reference: 80 each)",
+                              range=(0, None))
+    steps: int = option(8000, help="training steps of the run", range=(0, None))
+    faces_per_step: int = option(4, help="random faces (views) per step", range=(1, None))
+    rays_per_face: int = option(384, help="rays trained per view", range=(1, None))
+    face_ray_fraction: float = option(0.75, help="share of each view's rays on the (mouth-closed) mesh", range=(0, 1))
+    img_size: int = option(64, help="side of the target renders, pixels", range=(2, None))
+    band_samples: int = option(8, help="samples per face ray across the near-mesh band (jittered)", range=(1, None))
+    front_samples: int = option(4, help="samples per face ray uniform in [band edge, band edge + front_range] in "
+                                "front of the mesh", range=(0, None))
+    front_range: float = option(0.01, help="depth range of the front samples, world units", range=(0, None))
     # Emptiness of the front samples on their own: inside the "outside" mean they are a few of ~50
     # samples per ray, and a shell that sits 1-2 mm proud of the mesh goes unpunished (the band
     # renderers and the rendered-depth loss do not look there; the warping3d term even favours an
     # all-solid band). 0 keeps the recipe of stages 1-6.
-    lambda_front: float = 0.0
-    free_samples: int = 16
-    shrink_steps: int = 300  # band tolerance 0.24 -> 0.0012 (reference: 200 GAN steps)
-    lr: float = 4e-4
-    lr_final: float = 4e-5
+    lambda_front: float = option(0.0, help="weight of the emptiness of the front samples on their own "
+                                 "(0: stages 1-6)", range=(0, None))
+    free_samples: int = option(16, help="stratified samples per ray over [ray_start, ray_end]", range=(1, None))
+    shrink_steps: int = option(300, help="steps over which the dist_depr band narrows from 0.24 to 0.0012 world "
+                               "units (the 'band' ramp; reference: 200 GAN steps)", range=(0, None))
+    lr: float = option(4e-4, help="initial learning rate (cosine-annealed to lr_final over the run)",
+                       range=(0, None), open_low=True)
+    lr_final: float = option(4e-5, help="learning rate at the end of the run", range=(0, None))
     # The surface must be opaque within ~1 mm (densities of O(1000)); the density layer's init and
     # learning rate are scaled by this factor, i.e. trained as if its output were multiplied by it.
-    density_scale: float = 100.0
-    inside_density: float = 2000.0  # target density just behind the surface
-    inside_depth: float = 0.02  # world units behind the surface treated as solid (inside the head)
-    lambda_rgb: float = 5.0
-    lambda_depth: float = 10.0
-    lambda_dist: float = 1.0
-    lambda_occupancy: float = 1.0
+    density_scale: float = option(100.0, help="factor on the density layer's init and learning rate",
+                                  range=(0, None), open_low=True)
+    inside_density: float = option(2000.0, help="target density just behind the surface", range=(0, None),
+                                   open_low=True)
+    inside_depth: float = option(0.02, help="depth behind the surface trained solid, world units", range=(0, None))
+    lambda_rgb: float = option(5.0, help="weight of the photometric MSE of the integrated colour", range=(0, None))
+    lambda_depth: float = option(10.0, help="weight of the L1 between integrated and mesh depth on face rays",
+                                 range=(0, None))
+    lambda_dist: float = option(1.0, help="weight of the dist_depr density regulariser", range=(0, None))
+    lambda_occupancy: float = option(1.0, help="weight of the occupancy term (empty in front, solid behind)",
+                                     range=(0, None))
     # Density gradients are the field's normals: supervising them with the mesh normals at the surface
     # keeps the shell smooth (an occupancy step alone leaves high-frequency ripples that show as noise).
-    lambda_normal: float = 0.5
-    normal_points: int = 96  # surface points per face for the normal term (second-order autograd)
+    lambda_normal: float = option(0.5, help="weight of 1 - cos between density-gradient and mesh normals",
+                                  range=(0, None))
+    normal_points: int = option(96, help="surface points per face for the normal term (second-order autograd)",
+                                range=(0, None))
     # Every sample on a background ray gets the background colour, not only the integrated pixel:
     # renderers with other sample placements (the reference schedule's last hierarchical sample
     # carries last_back's leftover) then agree with the fast path on background pixels.
-    lambda_bg_rgb: float = 1.0
+    lambda_bg_rgb: float = option(1.0, help="weight of the background colour on every sample of background rays",
+                                  range=(0, None))
     # warping3d consistency between expression pairs (reference weight 10 on its own scale).
-    lambda_warp: float = 1.0
-    warp_pairs: int = 2  # expression pairs per step
-    warp_rays: int = 256  # rays per pair, 3/4 of them on mesh 1
-    warp_samples: int = 16  # per ray: half in the near-mesh band, half stratified
+    lambda_warp: float = option(1.0, help="weight of warping3d consistency between expression pairs",
+                                range=(0, None))
+    warp_pairs: int = option(2, help="expression pairs per step", range=(0, None))
+    warp_rays: int = option(256, help="rays per pair, 3/4 of them on mesh 1", range=(1, None))
+    warp_samples: int = option(16, help="samples per warp ray: half in the near-mesh band, half stratified",
+                               range=(2, None))
     # Width (world units) of the band the warp term's first half samples, centred on mesh 1's depth;
     # 0 = the dist_depr band (1.2 mm once narrowed: stages 3-6). A field whose surface sits a few mm
     # off the mesh is solid (or empty) all across that narrow band, so the term never sees the
     # surface that moves; a band as wide as that offset does.
-    warp_band: float = 0.0
+    warp_band: float = option(0.0, help="width of the warp term's near-mesh band, world units (0: the dist_depr "
+                              "band)", range=(0, None))
     # Rendered-depth agreement of the warp pairs: the warp samples of each ray, integrated once with
     # z1 and once with z0 at the moved points, must give the same expected depth (L1, world units).
     # The per-sample term asks every density along the ray to agree, solid interior included; this
     # one asks for what expression_leak measures: that the depth a renderer sees does not move where
     # the mesh does not. 0 keeps the recipe of stages 1-6.
-    lambda_warp_depth: float = 0.0
-    expression_conditioning: str = "latent"  # or "mesh_warp" (FieldConfig.expression_conditioning)
-    occupancy_only: float = 0.2  # fraction of the run before the depth/dist terms ramp in (over as long again)
-    yaw_range_deg: float = 50.0
-    pitch_range_deg: float = 30.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    log_every: int = 50
+    lambda_warp_depth: float = option(0.0, help="weight of the rendered-depth agreement of the warp pairs "
+                                      "(0: stages 1-6)", range=(0, None))
+    expression_conditioning: str = option("latent", help="how the expression reaches the field: latent, or "
+                                          "mesh_warp (deform rays onto a neutral field)",
+                                          choices=EXPRESSION_CONDITIONING)
+    occupancy_only: float = option(0.2, help="fraction of the run on the occupancy terms before the depth, dist, "
+                                   "normal and warp terms ramp in (over as long again)", range=(0, 1))
+    yaw_range_deg: float = option(50.0, help="training yaw range (+-, degrees) of the uniform half of the poses",
+                                  range=(0, 180))
+    pitch_range_deg: float = option(30.0, help="training pitch range (+-, degrees) of the uniform half of the poses",
+                                    range=(0, 90))
+    ema_decay: float = option(0.999, help="EMA decay of the shipped weights", range=(0, 1))
+    seed: int = option(0, help="seed of the parameter init and of the data generators", range=(0, 2**31 - 1))
+    log_every: int = option(50, help="steps per log line (mean losses over the window)", range=(1, None))
+    # Schedules as data (engine.train.schedule.Ramp), by name: a loss term (its weight's factor),
+    # "band" or "noise". Empty = the defaults :meth:`ramp` derives from occupancy_only and
+    # shrink_steps, so recorded recipes without this key mean what they meant.
+    ramps: dict[str, Ramp] = option(help="per-name ramps overriding the defaults (loss terms, band, noise)",
+                                    default_factory=dict)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.ramps) - set(RAMP_NAMES))
+        if unknown:
+            raise ValueError(f"ramps: unknown name {unknown[0]!r} (expected one of {', '.join(RAMP_NAMES)})")
 
     def field_config(self, layout: LatentLayout) -> FieldConfig:
         return FieldConfig(z_dim=layout.dim, width=self.width, film_layers=self.film_layers,
                            mapping_hidden=self.mapping_hidden, expression_conditioning=self.expression_conditioning)
+
+    def default_ramps(self) -> dict[str, Ramp]:
+        """The recipe's ramps before ``ramps`` overrides: the geometry terms ramp in over
+        [occupancy_only, 2 occupancy_only] of the run (the rendered-depth terms fight the occupancy
+        term while densities are still small), the band narrows over shrink_steps steps, and the
+        density noise falls from 1 to 0 over the first half of the run."""
+        geo = Ramp(self.occupancy_only, 2 * self.occupancy_only, "progress")
+        out = {k: geo for k in GEOMETRY_TERMS}
+        out["band"] = Ramp(0.0, float(self.shrink_steps), "step")
+        out["noise"] = Ramp(0.0, 0.5, "progress", value_from=1.0, value_to=0.0)
+        return out
+
+    def ramp(self, name: str) -> Ramp | None:
+        """The ramp named ``name`` (None: constant 1)."""
+        return self.ramps.get(name, self.default_ramps().get(name))
+
+    def loss_weights(self) -> dict[str, tuple[float, Ramp | None]]:
+        """{loss term: (weight, ramp)} of the total loss."""
+        return {k: (getattr(self, f"lambda_{k}"), self.ramp(k)) for k in LOSS_TERMS}
 
 
 @dataclass
@@ -139,6 +195,7 @@ class Batch:
     normals: torch.Tensor  # (B, R, 3) unit mesh normals, world axes; 0 where no mesh (mouth cavity, background)
     warp: "WarpBatch | None" = None
     offsets: torch.Tensor | None = None  # (B, R, 3) mesh_warp ray offsets onto the neutral mesh
+    sample_seed: int = 0  # seeds the losses' own draws (sample depths, jitter, noise): losses(batch) is repeatable
 
 
 @dataclass
@@ -152,97 +209,66 @@ class WarpBatch:
     depth1: torch.Tensor  # (P, R) mesh 1 depth, 0 where mesh 1 misses the ray
     flow: torch.Tensor  # (P, R, 3) world X0 - X1, 0 where mesh 1 misses the ray
     valid: torch.Tensor  # (P, R) bool
-
-
-@dataclass
-class Targets:
-    """SH-shaded renders of B random faces, flattened to N = H * W pixels per view.
-
-    origins (B, 3); dirs (B, N, 3); image (B, N, 3) in [0, 1] (black background, MOUTH_COLOUR on
-    the holes close_mouth fills); depth (B, N) axis depth (0 on background); mask (B, N) bool (mouth
-    closed); normals (B, N, 3) unit mesh normals in the field's space (0 off the mesh);
-    offsets (B, N, 3) mesh_warp ray offsets or None.
-    """
-
-    origins: torch.Tensor
-    dirs: torch.Tensor
-    image: torch.Tensor
-    depth: torch.Tensor
-    mask: torch.Tensor
-    normals: torch.Tensor
-    offsets: torch.Tensor | None
-
-
-def random_poses(b: int, yaw_range_deg: float, pitch_range_deg: float, gen: torch.Generator, device):
-    """B training poses (radians): half uniform over +-range, half ~ the reference's Gaussian pose
-    prior (stddevs 17 and 9 degrees)."""
-    u = torch.rand(b, 2, generator=gen) * 2 - 1
-    g = torch.randn(b, 2, generator=gen) * torch.tensor([17.0, 9.0])
-    pick = torch.rand(b, 1, generator=gen) < 0.5
-    deg = torch.where(pick, u * torch.tensor([yaw_range_deg, pitch_range_deg]), g)
-    return angles_from_degrees(deg[:, 0], deg[:, 1], device=device)
-
-
-@torch.no_grad()
-def render_targets(facemodel: MorphableModel, layout: LatentLayout, rasterizer: MeshRasterizer, camera: OrbitCamera,
-                   z: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor, size: int, mesh_warp: bool) -> Targets:
-    """What the field is fitted to, for latents z (B, D) seen at poses (theta, phi) (B,) radians."""
-    fm = facemodel
-    b = z.shape[0]
-    parts = layout.split(z)
-    verts = fm.vertices(parts["id"], parts["exp"])
-    colours = fm.shade(verts, parts["tex"], parts["gamma"])
-    c2w = camera.cam2world(theta, phi)
-    frags = rasterizer.rasterize(verts, fm.triangles, c2w, size)
-    image = rasterizer.interpolate(frags, colours, fm.triangles)  # (B, H, W, 3)
-    neutral = fm.vertices(parts["id"], torch.zeros_like(parts["exp"])) if mesh_warp else None
-    # The field's gradient is taken in its own space: the neutral face's, for a mesh_warp field.
-    normals = pixel_normals(frags, fm.vertex_normals(neutral if mesh_warp else verts), fm.triangles)
-    mask, depth = close_mouth(frags.mask, frags.depth)
-    cavity = mask & ~frags.mask
-    image = torch.where(cavity[..., None], torch.tensor(MOUTH_COLOUR, device=image.device), image)
-    rays = camera.rays(theta, phi, size)
-    n = size * size
-    offsets = ray_offsets(frags, verts, neutral, fm.triangles, mask).reshape(b, n, 3) if mesh_warp else None
-    return Targets(rays.origins, rays.directions, image.reshape(b, n, 3), depth.reshape(b, n), mask.reshape(b, n),
-                   normals.reshape(b, n, 3), offsets)
+    sample_seed: int = 0  # seeds warp_depths' draws when no generator is given
 
 
 class WarmupTrainer:
-    """Composes the engine's face model, camera, rasterizer and field; owns optimiser and EMA."""
+    """Composes the engine's face model, camera, rasterizer and field; trains in a :class:`TrainLoop`
+    (optimiser, schedule, EMA, logging, checkpoint/resume)."""
 
     def __init__(self, facemodel: MorphableModel, config: WarmupConfig | None = None, device="cpu",
-                 camera: OrbitCamera | None = None, init: str | Path | None = None):
+                 camera: OrbitCamera | None = None, init: str | Path | None = None,
+                 options: RunOptions | None = None, rank: int = 0):
         """``init``: a checkpoint folder whose (EMA) field weights start this run (a fine-tune); its
-        architecture and latent layout must match this config's."""
-        self.cfg = config or WarmupConfig()
+        architecture and latent layout must match this config's. ``options``: how the run is driven
+        (training-state file, TensorBoard, progress bar); ``rank``: folded into the data seed."""
+        self.cfg = c = validate(config or WarmupConfig(), "warm-up config")
         self.device = torch.device(device)
         self.facemodel = facemodel.to(self.device)
-        self.layout = LatentLayout.for_sizes(facemodel.sizes, self.cfg.free_latent, self.cfg.free_latent)
+        self.layout = LatentLayout.for_sizes(facemodel.sizes, c.free_latent, c.free_latent)
         self.camera = camera or OrbitCamera(CameraConfig())
         self.rasterizer = MeshRasterizer(self.camera, device=self.device)
-        torch.manual_seed(self.cfg.seed)  # parameter init only; data uses the private generator
-        self.field = OccupancyField(self.cfg.field_config(self.layout)).to(self.device)
+        with seeded_init(c.seed):  # parameter init only; data uses the private generators
+            self.field = OccupancyField(c.field_config(self.layout))
+        self.field.to(self.device)
         if init is not None:
             self._load_init(init)
         else:
             with torch.no_grad():
                 for p in self.field.final_layer.parameters():
-                    p.mul_(self.cfg.density_scale)
+                    p.mul_(c.density_scale)
         density = list(self.field.final_layer.parameters())
         others = [p for n, p in self.field.named_parameters() if not n.startswith("final_layer.")]
-        self.opt = torch.optim.Adam(
-            [{"params": others, "lr": self.cfg.lr},
-             {"params": density, "lr": self.cfg.lr * self.cfg.density_scale}],
+        opt = torch.optim.Adam(
+            [{"params": others, "lr": c.lr},
+             {"params": density, "lr": c.lr * c.density_scale}],
             betas=(0.9, 0.99),
         )
-        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
-        self.ema = EMA(self.field, self.cfg.ema_decay)
-        self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
-        self.step = 0
-        self.history: list[dict] = []
-        self._start = time.perf_counter()
-        self._budget: float | None = None
+        self.loop = TrainLoop(self.field, steps=c.steps, log_every=c.log_every, ema_decay=c.ema_decay,
+                              clip_grad_norm=GRAD_CLIP, device=self.device, recipe=self.recipe(), options=options)
+        self.loop.add_optimizer(opt, cosine_schedule(c.lr, c.lr_final))
+        self.gen = self.loop.add_generator("data", make_generator(c.seed + 1, rank))
+
+    # The loop owns the run's state; these are views on it.
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.loop.step = value
+
+    @property
+    def history(self) -> list[dict]:
+        return self.loop.history
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        return self.loop.optimizers["main"]
+
+    @property
+    def ema(self):
+        return self.loop.ema
 
     def _load_init(self, init) -> None:
         from ..checkpoint import load_field
@@ -264,7 +290,7 @@ class WarmupTrainer:
     @torch.no_grad()
     def make_batch(self) -> Batch:
         c, b = self.cfg, self.cfg.faces_per_step
-        z = torch.randn(b, self.layout.dim, generator=self.gen).to(self.device)
+        z = random_latents(b, self.layout, self.gen, self.device)
         theta, phi = self._poses(b)
         t = render_targets(self.facemodel, self.layout, self.rasterizer, self.camera, z, theta, phi, c.img_size,
                            self.field.config.mesh_warp)
@@ -277,7 +303,14 @@ class WarmupTrainer:
         wants_warp = (c.lambda_warp > 0 or c.lambda_warp_depth > 0) and t.offsets is None
         warp = self._warp_batch() if wants_warp and c.warp_pairs > 0 else None
         return Batch(z, t.origins, take(t.dirs), take(t.image), t.depth.gather(1, idx), t.mask.gather(1, idx),
-                     take(t.normals), warp, offsets)
+                     take(t.normals), warp, offsets, self._draw_seed())
+
+    def _draw_seed(self) -> int:
+        """A seed for draws made later from what is drawn now (the losses' sample depths)."""
+        return int(torch.randint(0, 2**31, (1,), generator=self.gen))
+
+    def _sample_generator(self, seed: int) -> torch.Generator:
+        return make_generator(seed, device=self.device)
 
     def field_latent(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D) latents -> what the mapping network sees (exp slice 0 for a mesh_warp field)."""
@@ -306,7 +339,7 @@ class WarmupTrainer:
 
     def _warp_batch(self) -> WarpBatch:
         c, p = self.cfg, self.cfg.warp_pairs
-        z0 = torch.randn(p, self.layout.dim, generator=self.gen).to(self.device)
+        z0 = random_latents(p, self.layout, self.gen, self.device)
         z1 = resample_expression(self.layout, z0, self.gen)
         theta, phi = self._poses(p)
         c2w = self.camera.cam2world(theta, phi)
@@ -320,26 +353,31 @@ class WarmupTrainer:
             return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
 
         return WarpBatch(z0=z0, z1=z1, origins=rays.origins, dirs=take(rays.directions),
-                         depth1=take(fl.depth1[..., None])[..., 0], flow=take(fl.flow), valid=take(fl.valid[..., None])[..., 0])
+                         depth1=take(fl.depth1[..., None])[..., 0], flow=take(fl.flow), valid=take(fl.valid[..., None])[..., 0],
+                         sample_seed=self._draw_seed())
 
     # ---- one step ----------------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The loss terms and their weighted "total" (weights and ramps: :meth:`WarmupConfig.loss_weights`).
+        Random draws come from a generator seeded by the batch, so the same batch gives the same losses."""
         c, cam = self.cfg, self.camera.config
         b, r = batch.face.shape
-        narrow = min(self.step / max(c.shrink_steps, 1), 1.0)
+        gen = self._sample_generator(batch.sample_seed)
+        step, progress = self.step, self.progress()
+        narrow = ramp_value(c.ramp("band"), step, progress)
         thick = band_thickness(narrow, cam.ray_start, cam.ray_end, 0.005)
         # Band samples spread over the current tolerance so the shell is learned at every scale.
         band_width = max(thick, (cam.ray_end - cam.ray_start) * 0.005)
         like = batch.dirs
-        free = stratified_depths((b, r), c.free_samples, cam.ray_start, cam.ray_end, like, True, None)
+        free = stratified_depths((b, r), c.free_samples, cam.ray_start, cam.ray_end, like, True, gen)
         centre = torch.where(batch.face, batch.mesh_depth, torch.full_like(batch.mesh_depth, cam.ray_end))
         band = band_depths(centre, c.band_samples, band_width)
-        band = band + (torch.rand(band.shape, device=like.device) - 0.5) * band_width / max(c.band_samples - 1, 1)
+        band = band + (self._rand(band.shape, gen, like) - 0.5) * band_width / max(c.band_samples - 1, 1)
         band = band.clamp(cam.ray_start, cam.ray_end)
         # The few millimetres in front of the surface: the band is too narrow and the free samples
         # too sparse to ever land there, so without these the field grows solid in front of the mesh
         # (the band renderers hide it; the reference schedule's hierarchical samples find it).
-        near = band_width / 2 + torch.rand((b, r, c.front_samples), device=like.device) * c.front_range
+        near = band_width / 2 + self._rand((b, r, c.front_samples), gen, like) * c.front_range
         front = (centre[..., None] - near).clamp(cam.ray_start, cam.ray_end)
         z = torch.cat([free, band, front], dim=-1).sort(-1).values  # (B, R, S)
         pts = self._ray_origins(batch)[:, :, None, :] + batch.dirs[:, :, None, :] * z[..., None]
@@ -349,8 +387,8 @@ class WarmupTrainer:
         rgb, sigma = self.field(pts.reshape(b, r * s, 3), dirs.reshape(b, r * s, 3), film)
         rgb = rgb.reshape(b, r, s, 3)
         sigma = sigma.reshape(b, r, s)
-        noise = max(0.0, 1.0 - 2 * self.progress())
-        out = integrate(rgb, sigma, z, noise_std=noise, last_back=True)
+        noise = ramp_value(c.ramp("noise"), step, progress)
+        out = integrate(rgb, sigma, z, noise_std=noise, last_back=True, generator=gen)
         face = batch.face
         loss = {}
         loss["rgb"] = ((out.rgb - batch.target) ** 2).mean()
@@ -378,39 +416,40 @@ class WarmupTrainer:
         loss["front"] = torch.relu(slog)[front_sel].mean() if bool(front_sel.any()) else sigma.sum() * 0
         loss["normal"] = self._normal_loss(batch, film)
         if batch.warp is not None:
-            loss["warp"], loss["warp_depth"] = self._warp_loss(batch.warp, band_width)
+            loss["warp"], loss["warp_depth"] = self._warp_loss(batch.warp, band_width, gen)
         else:
             loss["warp"] = loss["warp_depth"] = sigma.sum() * 0
         # Occupancy first: the rendered-depth terms fight it while densities are still small, so they
-        # ramp in once a solid shape exists.
-        ramp = min(max((self.progress() - c.occupancy_only) / max(c.occupancy_only, 1e-6), 0.0), 1.0)
-        loss["total"] = (c.lambda_rgb * loss["rgb"] + c.lambda_bg_rgb * loss["bg_rgb"]
-                         + c.lambda_occupancy * loss["occupancy"] + c.lambda_front * loss["front"]
-                         + ramp * (c.lambda_depth * loss["depth"] + c.lambda_dist * loss["dist"]
-                                   + c.lambda_normal * loss["normal"] + c.lambda_warp * loss["warp"]
-                                   + c.lambda_warp_depth * loss["warp_depth"]))
+        # ramp in once a solid shape exists (WarmupConfig.default_ramps).
+        loss["total"] = weighted_total(loss, c.loss_weights(), step, progress)
         return loss
 
-    def warp_depths(self, w: WarpBatch, band_width: float) -> torch.Tensor:
+    @staticmethod
+    def _rand(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+        return torch.rand(shape, generator=gen, device=gen.device, dtype=like.dtype).to(like.device)
+
+    def warp_depths(self, w: WarpBatch, band_width: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """(P, R, warp_samples) axis depths of the warp term: the first half across a band around
         mesh 1's depth (``warp_band`` wide, else ``band_width``; jittered), the rest stratified over
-        the whole ray."""
+        the whole ray. Draws from ``generator`` (default: one seeded by the pair batch)."""
         c, cam = self.cfg, self.camera.config
+        gen = generator if generator is not None else self._sample_generator(w.sample_seed)
         p, r = w.valid.shape
         half = c.warp_samples // 2
         hit = w.depth1 > 0
         centre = torch.where(hit, w.depth1, torch.full_like(w.depth1, cam.ray_end))
         width = c.warp_band if c.warp_band > 0 else band_width
         band = band_depths(centre, c.warp_samples - half, width)
-        band = band + (torch.rand(band.shape, device=band.device) - 0.5) * width / max(c.warp_samples - half - 1, 1)
-        free = stratified_depths((p, r), half, cam.ray_start, cam.ray_end, w.dirs, True, None)
+        band = band + (self._rand(band.shape, gen, band) - 0.5) * width / max(c.warp_samples - half - 1, 1)
+        free = stratified_depths((p, r), half, cam.ray_start, cam.ray_end, w.dirs, True, gen)
         return torch.cat([band.clamp(cam.ray_start, cam.ray_end), free], dim=-1)
 
-    def _warp_loss(self, w: WarpBatch, band_width: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _warp_loss(self, w: WarpBatch, band_width: float,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """warping3d (see :mod:`.warp`) at :meth:`warp_depths` on the rays of mesh 1: the per-sample
         consistency and the expected-depth agreement (:func:`~.warp.warp_depth_agreement`)."""
         p, r = w.valid.shape
-        z = self.warp_depths(w, band_width).sort(-1).values  # sorted for the depth agreement
+        z = self.warp_depths(w, band_width, generator).sort(-1).values  # sorted for the depth agreement
         s = z.shape[-1]
         pts = w.origins[:, None, None, :] + w.dirs[:, :, None, :] * z[..., None]
         moved = pts + w.flow[:, :, None, :]
@@ -444,51 +483,18 @@ class WarmupTrainer:
 
     def progress(self) -> float:
         """Fraction of the run done: by steps, or by time when a time budget is the tighter bound."""
-        t = self.step / max(self.cfg.steps, 1)
-        if self._budget:
-            t = max(t, (time.perf_counter() - self._start) / self._budget)
-        return min(t, 1.0)
-
-    def _set_lr(self) -> None:
-        c = self.cfg
-        t = self.progress()
-        factor = (c.lr_final / c.lr) + (1 - c.lr_final / c.lr) * 0.5 * (1 + math.cos(math.pi * t))
-        for g, base in zip(self.opt.param_groups, self.base_lrs):
-            g["lr"] = base * factor
+        return self.loop.progress()
 
     def train_step(self) -> dict[str, float]:
-        self.field.train()
-        self._set_lr()
-        batch = self.make_batch()
-        loss = self.losses(batch)
-        self.opt.zero_grad(set_to_none=True)
-        loss["total"].backward()
-        torch.nn.utils.clip_grad_norm_(self.field.parameters(), 10.0)
-        self.opt.step()
-        self.ema.update(self.field)
-        self.step += 1
-        return {k: float(v.detach()) for k, v in loss.items()}
+        return self.loop.step_once(lambda: self.losses(self.make_batch()))
 
     def train(self, steps: int | None = None, log=print, time_budget_s: float | None = None) -> dict:
-        steps = self.cfg.steps if steps is None else steps
-        start = self._start = time.perf_counter()
-        self._budget = time_budget_s
-        running: dict[str, float] = {}
-        while self.step < steps:
-            stats = self.train_step()
-            for k, v in stats.items():
-                running[k] = running.get(k, 0.0) + v
-            if self.step % self.cfg.log_every == 0 or self.step == steps:
-                n = self.cfg.log_every if self.step % self.cfg.log_every == 0 else (self.step % self.cfg.log_every)
-                avg = {k: v / n for k, v in running.items()}
-                avg.update(step=self.step, elapsed_s=round(time.perf_counter() - start, 1))
-                self.history.append(avg)
-                if log:
-                    log(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in avg.items()}))
-                running = {}
-            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-                break
-        return {"steps": self.step, "seconds": round(time.perf_counter() - start, 1)}
+        """Train until ``steps`` (default: the recipe's) or the time budget; see :meth:`TrainLoop.run`."""
+        return self.loop.run(self.train_step, steps, log, time_budget_s)
+
+    def resume(self, path: str | Path) -> None:
+        """Continue the run whose training state is at ``path`` (same recipe)."""
+        self.loop.load(path)
 
     def ema_field(self) -> OccupancyField:
         """A copy of the field carrying the EMA weights (what we ship)."""
@@ -499,29 +505,39 @@ class WarmupTrainer:
         return f
 
     def recipe(self) -> dict:
-        return {"warmup_config": asdict(self.cfg), "layout": self.layout.to_dict()}
+        return {"warmup_config": to_dict(self.cfg), "layout": self.layout.to_dict()}
 
 
 def run_warmup(out_dir: str | Path, config: WarmupConfig | None = None, facemodel: MorphableModel | None = None,
                device="cpu", time_budget_s: float | None = None, log=print, evaluate: bool = True,
-               init: str | Path | None = None) -> dict:
+               init: str | Path | None = None, resume: bool = False, save_every: int = 0,
+               tensorboard_dir: str | Path | None = None, progress_bar: bool | None = None) -> dict:
     """Train, then write a checkpoint folder (weights + config) and ``warmup.json`` (recipe, time,
-    loss history, fidelity metrics) next to the weights. Returns the warmup.json content."""
+    loss history, fidelity metrics) next to the weights. Returns the warmup.json content.
+
+    ``save_every`` > 0 writes the resumable training state ``out_dir/train_state.pt`` every that many
+    steps and at the end; ``resume`` continues from it (the recipe must be the saved one, but for
+    steps and log_every). ``time_budget_s`` bounds the whole run, earlier sessions included."""
     from ..checkpoint import save_checkpoint
     from ..model.io import load_facemodel
     from ..render.volume import RenderConfig
 
-    fm = facemodel if facemodel is not None else load_facemodel(None)
-    trainer = WarmupTrainer(fm, config, device=device, init=init)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    t0 = time.perf_counter()
-    trainer.train(log=log, time_budget_s=time_budget_s)
-    seconds = time.perf_counter() - t0
     out = Path(out_dir)
+    cfg = validate(config or WarmupConfig(), "warm-up config")
+    state = out / STATE_FILE
+    options = RunOptions(state_path=state if (save_every > 0 or resume) else None, save_every=save_every,
+                         tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir),
+                         progress_bar=progress_bar)
+    fm = facemodel if facemodel is not None else load_facemodel(None)
+    trainer = WarmupTrainer(fm, cfg, device=device, init=init, options=options)
+    if resume:
+        trainer.resume(state)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    trainer.train(log=log, time_budget_s=time_budget_s)
     provenance = {
         "kind": "supervised warm-up (engine.train.warmup)",
         "steps": trainer.step,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(trainer.loop.elapsed(), 1),
         "device": str(trainer.device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
