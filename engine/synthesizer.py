@@ -32,6 +32,7 @@ from .render.rasterizer import MeshRasterizer
 from .render.volume import RenderConfig, VolumeRenderer
 
 QUALITIES = ("fast", "reference")
+SHADE_MIN_OPACITY = 0.05  # albedo fields: pixels the field covers at least this much get a shading normal
 FILM_CACHE_SIZE = 64
 
 
@@ -209,7 +210,8 @@ class FaceSynthesizer:
         t["raster"] = time.perf_counter()
         if quality == "fast":
             out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets)
-            rgb, depth, acc, evals, albedo_evals = out.rgb, out.depth, out.acc, out.evaluations, out.albedo_evaluations
+            rgb, depth, acc, surf = out.rgb, out.depth, out.acc, out.surface_depth
+            evals, albedo_evals = out.evaluations, out.albedo_evaluations
         else:
             outs = []
             for i, s in enumerate(specs):
@@ -218,21 +220,31 @@ class FaceSynthesizer:
                 pick = (lambda x: None if x is None else x[i:i + 1])  # noqa: E731 - one view of a batch
                 outs.append(self.renderer.reference(films.index(slice(i, i + 1)), _rays_index(rays, i), depth_r[i:i + 1],
                                                     mask_r[i:i + 1], g, pick(cond.offsets), pick(cond.appearance_offsets)))
-            rgb, depth, acc = (torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "depth", "acc"))
+            rgb, depth, acc, surf = (torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "depth", "acc", "surface_depth"))
             evals, albedo_evals = sum(o.evaluations for o in outs), sum(o.albedo_evaluations for o in outs)
         sync()
         t["volume"] = time.perf_counter()
         shaded = self.field.config.albedo
         nrm = None
         if normals or shaded:
-            # An albedo field is shaded with its own normals, wherever the field is seen: the mesh
-            # pixels and the silhouette ring pixels the field covers.
-            where = mask_r | (acc > 0.5) if shaded else mask_r
-            spread = self.renderer.config.shading_normal_spread if shaded else (0.0,)
-            nrm = cond.to_view_frame(self.renderer.normals(films, rays, depth, where, cond.offsets, spread))
+            # An albedo field is shaded with its own normals wherever the field is seen (mesh pixels
+            # and silhouette pixels it partly covers), taken where the seen surface is: on a partly
+            # covered pixel the rendered depth is pulled towards the far plane by last_back.
+            if shaded:
+                where = mask_r | (acc > SHADE_MIN_OPACITY)
+                nrm = self.renderer.normals(films, rays, surf, where, cond.offsets,
+                                            self.renderer.config.shading_normal_spread)
+            else:
+                nrm = self.renderer.normals(films, rays, depth, mask_r, cond.offsets)
+            nrm = cond.to_view_frame(nrm)
         if shaded:
+            # Colour only where the mesh guidance says the face can be seen (its pixels and the
+            # silhouette ring); elsewhere the black background, as in the face model's own render.
+            # The field's density off the face is not trained to look like anything, and a random
+            # reference sample that meets it would otherwise read some surface's albedo there.
+            seen = mask_r | self.renderer.silhouette_ring(mask_r, size, size)
             gamma = self.facemodel.coefficients("gamma", torch.cat([c["gamma"] for c in coeffs]))
-            rgb = sh_shade(rgb, nrm, gamma)
+            rgb = sh_shade(rgb * seen[..., None], nrm, gamma)
             if not normals:
                 nrm = None
         sync()

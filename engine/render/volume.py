@@ -101,13 +101,34 @@ ALBEDO_MIN_WEIGHT = 1e-4
 class VolumeOutput:
     """rgb (B, R, 3): colour in [0, 1] for a radiance field, the integrated (unshaded) albedo for an
     albedo field; depth (B, R) axis depth; acc (B, R) opacity before last_back; evaluations: density
-    (trunk) evaluations spent (points); albedo_evaluations: albedo-field evaluations (albedo fields)."""
+    (trunk) evaluations spent (points); albedo_evaluations: albedo-field evaluations (albedo fields);
+    surface_depth (B, R): the opacity-weighted depth of what the ray hit, without last_back's leftover
+    (= depth on opaque pixels; on a silhouette pixel, where the partly seen surface is)."""
 
     rgb: torch.Tensor
     depth: torch.Tensor
     acc: torch.Tensor
     evaluations: int
     albedo_evaluations: int = 0
+    surface_depth: torch.Tensor | None = None
+
+
+def seen_weights(out, last_back: bool) -> torch.Tensor:
+    """The rendering weights (..., S) without last_back's leftover on the last sample: what an albedo
+    field's colour is integrated with, the unseen remainder showing the (black) background, as in
+    the face model's own render, rather than whatever albedo the last sample happens to read."""
+    if not last_back:
+        return out.weights
+    w = out.weights.clone()
+    w[..., -1] = w[..., -1] - (1 - out.acc)
+    return w.clamp(min=0)
+
+
+def surface_depth(out, z: torch.Tensor, last_back: bool) -> torch.Tensor:
+    """Integrated (depth, acc, weights) of samples at depths z (..., S) -> (...) depth of the seen
+    surface: sum of the weights before last_back times z, over their sum (the depth where nothing is seen)."""
+    seen = out.depth - (1 - out.acc) * z[..., -1] if last_back else out.depth
+    return torch.where(out.acc > 1e-6, seen / out.acc.clamp(min=1e-6), out.depth)
 
 
 class VolumeRenderer:
@@ -144,7 +165,7 @@ class VolumeRenderer:
     def albedo_integral(self, film: Film, points: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, int]:
         """sum_s w_s albedo(p_s) -> ((B, R, 3), albedo evaluations) for an albedo field, evaluated
         only at samples with w > ``ALBEDO_MIN_WEIGHT``. points (B, R, S, 3) mean-face positions;
-        weights (B, R, S) after last_back."""
+        weights (B, R, S) (renderers pass :func:`seen_weights`)."""
         b, r, s = weights.shape
         out = torch.zeros(b, r, 3, device=weights.device)
         evals = 0
@@ -155,7 +176,10 @@ class VolumeRenderer:
             chunk = self.config.chunk_points
             for start in range(0, ray.numel(), chunk):
                 rr, ss = ray[start:start + chunk], smp[start:start + chunk]
-                alb = self.field.albedo(points[i, rr, ss][None], f_i)[0].float()
+                # An albedo is a reflectance in [0, 1]; where the field is unconstrained (a little in
+                # front of the surface, where samples still carry some weight) the SIREN can read
+                # anything, and a clamp bounds what such a sample adds.
+                alb = self.field.albedo(points[i, rr, ss][None], f_i)[0].float().clamp(0, 1)
                 out[i].index_put_((rr,), weights[i, rr, ss, None] * alb, accumulate=True)
         return out, evals
 
@@ -182,11 +206,11 @@ class VolumeRenderer:
         mean-face positions (``appearance_offsets``, None = unbent), where the weights say it counts."""
         if rgb is not None:
             out = self._integrate(rgb, sigma, z, generator)
-            return VolumeOutput(out.rgb, out.depth, out.acc, 0)
+            return VolumeOutput(out.rgb, out.depth, out.acc, 0, 0, surface_depth(out, z, self.config.last_back))
         out = self._integrate(None, sigma, z, generator)
         pts = self._shifted(rays.origins, appearance_offsets)[:, :, None, :] + rays.directions[:, :, None, :] * z[..., None]
-        albedo, n = self.albedo_integral(film, pts, out.weights)
-        return VolumeOutput(albedo, out.depth, out.acc, 0, n)
+        albedo, n = self.albedo_integral(film, pts, seen_weights(out, self.config.last_back))
+        return VolumeOutput(albedo, out.depth, out.acc, 0, n, surface_depth(out, z, self.config.last_back))
 
     @torch.no_grad()
     def reference(self, film: Film, rays: Rays, mesh_depth: torch.Tensor | None = None,
@@ -256,13 +280,14 @@ class VolumeRenderer:
         rgb_out = torch.zeros(b, r, 3, device=dev)
         depth_out = torch.zeros(b, r, device=dev)
         acc_out = torch.zeros(b, r, device=dev)
+        surf_out = torch.zeros(b, r, device=dev)
         half = c.fast_band_width / 2
         band_off = torch.linspace(-half, half, c.fast_band_samples, device=dev)
         behind = torch.tensor([half + x for x in c.fast_behind], device=dev)
         face_off = torch.cat([band_off, behind])
         bg_z = torch.linspace(cam.ray_start, cam.ray_end, c.fast_background_samples, device=dev)
         edge_z = torch.linspace(cam.ray_start, cam.ray_end, c.fast_edge_samples, device=dev)
-        ring = self._silhouette_ring(mask, rays.height, rays.width)
+        ring = self.silhouette_ring(mask, rays.height, rays.width)
         albedo = self.field.config.albedo
         evals = albedo_evals = 0
         with self._autocast(dev):
@@ -292,14 +317,15 @@ class VolumeRenderer:
                     out = self._integrate(rgb, sigma, z)
                     if albedo:
                         app = None if appearance_offsets is None else appearance_offsets[i:i + 1, idx]
-                        colour, n = self.albedo_integral(f_i, self._points(rays, i, d, z, app), out.weights)
+                        colour, n = self.albedo_integral(f_i, self._points(rays, i, d, z, app), seen_weights(out, c.last_back))
                         rgb_out[i, idx] = colour[0]
                         albedo_evals += n
                     else:
                         rgb_out[i, idx] = out.rgb[0]
                     depth_out[i, idx] = out.depth[0]
                     acc_out[i, idx] = out.acc[0]
-        return VolumeOutput(rgb_out, depth_out, acc_out, evals, albedo_evals)
+                    surf_out[i, idx] = surface_depth(out, z, c.last_back)[0]
+        return VolumeOutput(rgb_out, depth_out, acc_out, evals, albedo_evals, surf_out)
 
     def _evaluate_at(self, film: Film, points: torch.Tensor, dirs: torch.Tensor):
         """(rgb (1, n, S, 3) or None for an albedo field, sigma (1, n, S) float32) at points (1, n, S, 3)."""
@@ -322,7 +348,7 @@ class VolumeRenderer:
         c = self.config
         return 0 if c.fast_edge_pixels <= 0 else max(c.fast_edge_pixels, round(c.fast_edge_fraction * max(h, w)))
 
-    def _silhouette_ring(self, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def silhouette_ring(self, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, R) mesh mask -> (B, R) background pixels within ``fast_edge_pixels`` of it."""
         k = self.silhouette_ring_pixels(h, w)
         if k <= 0:
