@@ -120,7 +120,7 @@ class RenderService:
                 chosen, self.preview_ms = size, ms
         return chosen
 
-    # ---- model facts ------------------------------------------------------------------------
+    # ---- about the loaded model ---------------------------------------------------------------
     @property
     def layout(self):
         return self.synth.layout

@@ -1,6 +1,6 @@
 """Exponential moving average of parameters (the reference's torch_ema semantics, no pickling).
 
-Effective decay = min(decay, (1 + n) / (10 + n)) where n counts updates (facts §7).
+Effective decay = min(decay, (1 + n) / (10 + n)) where n counts updates (docs/reference.md, 'EMA').
 """
 
 from __future__ import annotations
