@@ -1,7 +1,7 @@
 """The repository's docs are self-contained.
 
-* No ``.py`` or ``.md`` file cites the old out-of-tree notes (a "facts" section sign or the notes'
-  folder name): what the code follows is written in docs/reference.md and in the code itself.
+* No ``.py`` or ``.md`` file cites the old out-of-tree notes (their section signs or their folder
+  name): what the code follows is written in docs/reference.md and in the code itself.
 * Every pointer into docs/reference.md (its path, a comma, then a quoted section title) names a
   section that exists there.
 """
@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference.md"
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".pytest_cache", "build", "dist"}
 # Built from parts so that this file does not match itself.
-FORBIDDEN = ("facts " + "\u00a7", "cgof-" + "facts")
+_NOTES = "fa" + "cts"
+FORBIDDEN = (_NOTES + " \u00a7", "cgof-" + _NOTES)
 POINTER = re.compile(r"docs/reference\.md,? '([^']+)'")
 
 
