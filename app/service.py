@@ -73,7 +73,7 @@ class PreviewMesh:
 
     vertices: np.ndarray  # (V, 3) float32
     triangles: np.ndarray  # (F, 3) int64
-    colors: np.ndarray  # (V, 3) uint8
+    colours: np.ndarray  # (V, 3) uint8
     landmarks: np.ndarray  # (68, 3) float32
     full_vertices: int = 0
     full_triangles: int = 0
@@ -120,7 +120,7 @@ class RenderService:
                 chosen, self.preview_ms = size, ms
         return chosen
 
-    # ---- model facts ------------------------------------------------------------------------
+    # ---- about the loaded model ---------------------------------------------------------------
     @property
     def layout(self):
         return self.synth.layout
@@ -236,7 +236,7 @@ class RenderService:
             mesh = self.synth.mesh(state.spec)
         v = np.asarray(mesh.vertices, dtype=np.float32)
         f = np.asarray(mesh.triangles, dtype=np.int64)
-        c = np.asarray(mesh.colors, dtype=np.uint8)
+        c = np.asarray(mesh.colours, dtype=np.uint8)
         lm = np.asarray(mesh.landmarks, dtype=np.float32)
         if f.shape[0] > max_faces:
             v, f, c = decimate(v, f, c, max_faces)
@@ -372,7 +372,7 @@ def _maybe_float(v) -> float | None:
     return round(f, 3) if math.isfinite(f) else None
 
 
-def decimate(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, max_faces: int):
+def decimate(vertices: np.ndarray, triangles: np.ndarray, colours: np.ndarray, max_faces: int):
     """Vertex-clustering decimation: snap vertices to a grid, merge each cell into its mean, drop
     collapsed and duplicate faces. The grid is refined until the face count fits ``max_faces``."""
     lo = vertices.min(0)
@@ -390,7 +390,7 @@ def decimate(vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, ma
         v = np.zeros((uniq.size, 3), np.float32)
         np.add.at(v, inv, vertices)
         col = np.zeros((uniq.size, 3), np.float32)
-        np.add.at(col, inv, colors.astype(np.float32))
+        np.add.at(col, inv, colours.astype(np.float32))
         f = inv[triangles]
         f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
         # Keep each merged face once, in its original winding (first occurrence wins).

@@ -1,6 +1,6 @@
 """The generator's camera: an orbit camera on a sphere around the face (reference conventions).
 
-Conventions (facts §3):
+Conventions (docs/reference.md, 'Camera and rays'; official ``get_initial_rays_trig``):
 
 * World frame: +x right, +y up, +z towards the frontal camera. The frontal view is the camera at
   (0, 0, radius) looking down -z, so at the frontal view camera space == world space shifted by

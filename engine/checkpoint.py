@@ -2,7 +2,7 @@
 
 ``weights.safetensors`` holds ``generator.<name>`` tensors (the weights to render with) and,
 optionally, ``ema.<name>`` (EMA shadow weights, used for rendering when present, as the reference
-renders with EMA weights) — ``<name>`` are the reference's parameter names (facts §1.4) without
+renders with EMA weights) — ``<name>`` are the reference's parameter names (``SPATIALSIRENBASELINE``'s) without
 the ``siren.`` prefix. ``config.json`` describes the architecture, latent layout, camera, render
 settings, the face model it was trained for (source, fingerprint, sizes, coefficient statistics)
 and the training provenance. Nothing is pickled.

@@ -1,4 +1,5 @@
-"""Import the official cGOF release weights into our checkpoint format (facts §1.4, §7).
+"""Import the official cGOF release weights into our checkpoint format (docs/reference.md,
+'Checkpoints and the official-EMA import').
 
 The release saves ``ema.pth``: a pickled ``torch_ema.ema.ExponentialMovingAverage`` whose
 ``shadow_params`` are the 30 generator tensors in the reference parameter order. Every render

@@ -11,6 +11,7 @@ LRU, so a pose-only edit never re-runs it; ``mapping_calls`` counts how often it
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
@@ -76,12 +77,18 @@ class RenderResult:
 @dataclass
 class MeshData:
     """The 3DMM mesh of a spec: vertices (N, 3) float32 world; triangles (F, 3) int64;
-    colors (N, 3) uint8 SH-shaded; landmarks (68, 3) float32."""
+    colours (N, 3) uint8 SH-shaded; landmarks (68, 3) float32."""
 
     vertices: np.ndarray
     triangles: np.ndarray
-    colors: np.ndarray
+    colours: np.ndarray
     landmarks: np.ndarray
+
+    @property
+    def colors(self) -> np.ndarray:
+        """Deprecated spelling of :attr:`colours`."""
+        warnings.warn("MeshData.colors is deprecated; use MeshData.colours", DeprecationWarning, stacklevel=2)
+        return self.colours
 
 
 class FaceSynthesizer:
@@ -268,9 +275,9 @@ class FaceSynthesizer:
         """The 3DMM mesh of ``spec`` with SH-shaded vertex colours."""
         c = self.coefficients(spec)
         verts = self.facemodel.vertices(c["id"], c["exp"])
-        colors = self.facemodel.shade(verts, c["tex"], c["gamma"])
+        colours = self.facemodel.shade(verts, c["tex"], c["gamma"])
         return MeshData(verts[0].float().cpu().numpy(), self.facemodel.triangles.cpu().numpy().astype(np.int64),
-                        (colors[0] * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy(),
+                        (colours[0] * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy(),
                         self.facemodel.landmarks3d(verts)[0].float().cpu().numpy())
 
     def _points(self, spec: FaceSpec, points, offsets=None) -> torch.Tensor:
@@ -322,7 +329,7 @@ class FaceSynthesizer:
         return torch.cat(out).float().cpu().numpy() if out else np.zeros(0, np.float32)
 
     @torch.no_grad()
-    def color(self, spec: FaceSpec, points) -> np.ndarray:
+    def colour(self, spec: FaceSpec, points) -> np.ndarray:
         """Field colour at world points (P, 3) -> (P, 3) float32 in [0, 1]: a radiance field's colour
         viewed along -z (frontal); an albedo field's albedo (read on the mean face, each point moved
         by the 3DMM displacement of its nearest vertices) shaded with the spec's lighting and the
@@ -348,6 +355,12 @@ class FaceSynthesizer:
             d[..., 2] = -1.0
             out.append(self.field(q, d, film)[0][0])
         return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, 3), np.float32)
+
+    def color(self, spec: FaceSpec, points) -> np.ndarray:
+        """Deprecated spelling of :meth:`colour` (same arguments and result)."""
+        warnings.warn("FaceSynthesizer.color is deprecated; use FaceSynthesizer.colour", DeprecationWarning,
+                      stacklevel=2)
+        return self.colour(spec, points)
 
     def info(self) -> dict:
         """A JSON-able description: device, checkpoint, face model, field, render settings."""

@@ -106,7 +106,7 @@ def test_slider_names_come_from_the_face_model(service):
 def test_preview_mesh_follows_the_face_and_is_decimated(service):
     pm = service.preview_mesh(EditorState(), max_faces=200)
     assert pm.triangles.shape[0] <= 200
-    assert pm.triangles.max() < pm.vertices.shape[0] and pm.colors.shape == pm.vertices.shape
+    assert pm.triangles.max() < pm.vertices.shape[0] and pm.colours.shape == pm.vertices.shape
     assert pm.landmarks.shape == (68, 3) and pm.full_vertices >= pm.vertices.shape[0]
     moved = service.preview_mesh(EditorState().with_component("expression", 0, 3.0), max_faces=200)
     assert not np.allclose(moved.landmarks, pm.landmarks)

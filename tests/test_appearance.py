@@ -202,7 +202,7 @@ class _SharpBall:
         r = np.linalg.norm(np.asarray(points, np.float64) - self.CENTRE, axis=-1)
         return 2e4 / (1 + np.exp(np.clip((r - self.RADIUS) / 0.0001, -50, 50)))
 
-    def color(self, spec, points):
+    def colour(self, spec, points):
         return np.full((len(points), 3), 0.5)
 
 

@@ -366,7 +366,7 @@ def test_checkpoint_made_with_coeff_distribution_needs_it_back(tmp_path, model, 
     assert "\n" not in str(err.value) and str(ckpt) in str(err.value)
 
     args = ["render", "--checkpoint", str(ckpt), "--facemodel", str(bfm_file), "--size", "16", "--exp", "0=1"]
-    assert main([*args, "--out-dir", str(tmp_path / "r0")]) == 2
+    assert main([*args, "--out", str(tmp_path / "r0")]) == 2
     assert "--coeff-dist" in capsys.readouterr().err
-    assert main([*args, "--coeff-dist", str(coeff), "--out-dir", str(tmp_path / "r1")]) == 0
+    assert main([*args, "--coeff-dist", str(coeff), "--out", str(tmp_path / "r1")]) == 0
     assert (tmp_path / "r1" / "image.png").is_file()

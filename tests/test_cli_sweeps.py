@@ -35,7 +35,7 @@ def test_render_exp_prints_the_gif_path_last(model_args, tmp_path, capsys):
 
     out = tmp_path / "exp"
     code = main(["render-exp", *model_args, "--frames", "3", "--size", "32", "--fps", "6", "--seed", "5",
-                 "--views", "rgb,depth", "--output-dir", str(out)])
+                 "--views", "rgb,depth", "--out", str(out)])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     gif = Path(lines[-1])
@@ -53,7 +53,7 @@ def test_render_pose_side_by_side_and_mp4(model_args, tmp_path, capsys):
 
     out = tmp_path / "pose"
     assert main(["render-pose", *model_args, "--frames", "4", "--size", "32", "--side-by-side", "--mp4",
-                 "--psi", "0.5", "--output-dir", str(out)]) == 0
+                 "--psi", "0.5", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     info = json.loads(lines[-2])
     assert info["psi"] == 0.5 and Path(info["mp4"]).is_file()
@@ -69,7 +69,7 @@ def test_render_pose_side_by_side_and_mp4(model_args, tmp_path, capsys):
     (["--fps", "0"], ["fps"]),
 ])
 def test_sweep_bad_arguments_exit_2_with_one_line(model_args, tmp_path, capsys, extra, words):
-    code = main(["render-id", *model_args, "--frames", "3", "--size", "32", *extra, "--output-dir", str(tmp_path / "o")])
+    code = main(["render-id", *model_args, "--frames", "3", "--size", "32", *extra, "--out", str(tmp_path / "o")])
     assert code == 2
     _one_error_line(capsys, "render-id", *words)
     assert not (tmp_path / "o").exists()
@@ -78,10 +78,10 @@ def test_sweep_bad_arguments_exit_2_with_one_line(model_args, tmp_path, capsys, 
 def test_sweep_unwritable_folder_and_missing_checkpoint(model_args, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["render-pose", *model_args, "--frames", "3", "--output-dir", str(blocker / "o")]) == 2
+    assert main(["render-pose", *model_args, "--frames", "3", "--out", str(blocker / "o")]) == 2
     _one_error_line(capsys, "output folder")
     assert main(["render-pose", "--checkpoint", str(tmp_path / "nope"), "--frames", "3", "--size", "32",
-                 "--output-dir", str(tmp_path / "o")]) == 2
+                 "--out", str(tmp_path / "o")]) == 2
     _one_error_line(capsys, "nope")
 
 

@@ -34,7 +34,7 @@ class _Ball:
     def density(self, spec, points):
         return self.SLOPE * (self.RADIUS - np.linalg.norm(np.asarray(points) - self.CENTRE, axis=-1))
 
-    def color(self, spec, points):
+    def colour(self, spec, points):
         return np.clip(np.asarray(points) * 4 + 0.5, 0, 1)
 
 
@@ -50,9 +50,9 @@ def test_3dmm_mesh_round_trip(synth, tmp_path, suffix):
     assert back.vertices.shape == ref.vertices.shape and back.faces.shape == ref.triangles.shape
     assert np.array_equal(back.faces, ref.triangles)
     assert np.allclose(back.vertices, ref.vertices, atol=1e-6)
-    colors = np.asarray(back.visual.vertex_colors)[:, :3].astype(int)
-    assert np.abs(colors - ref.colors).max() <= 1
-    assert len(np.unique(ref.colors, axis=0)) > 1  # the comparison saw real shading, not one colour
+    colours = np.asarray(back.visual.vertex_colors)[:, :3].astype(int)
+    assert np.abs(colours - ref.colours).max() <= 1
+    assert len(np.unique(ref.colours, axis=0)) > 1  # the comparison saw real shading, not one colour
 
 
 def test_mesh_export_errors(synth, tmp_path):
@@ -85,7 +85,7 @@ def test_isosurface_of_a_ball_is_a_sphere_facing_out():
     normal = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
     outward = (normal * (v[f].mean(1) - _Ball.CENTRE)).sum(-1) > 0
     assert outward.all()
-    assert iso.colors.dtype == np.uint8 and iso.colors.shape == v.shape
+    assert iso.colours.dtype == np.uint8 and iso.colours.shape == v.shape
     # The default level (50 % opacity of frontal rays) sits inside the ball's boundary. Through the
     # centre the density rises at the full slope (the ramp case: sigma* = sqrt(2 a ln 2)); rays off
     # centre cross the shell obliquely, see a gentler rise and reach 50 % at a lower density.
@@ -127,13 +127,29 @@ def test_isosurface_pipeline_on_the_real_synthesizer(synth, tmp_path):
     grid, _ = mesh_export.sample_density(synth, spec, lo, hi, 24)
     level = float(np.median(grid))  # inside the sampled range whatever the weights: never empty
     iso = mesh_export.occupancy_isosurface(synth, spec, resolution=24, level=level, largest_only=False)
-    assert len(iso.triangles) > 0 and iso.colors.dtype == np.uint8
+    assert len(iso.triangles) > 0 and iso.colours.dtype == np.uint8
     assert np.all(iso.vertices >= lo - 1e-5) and np.all(iso.vertices <= hi + 1e-5)
     assert np.all(np.abs(iso.vertices) <= mesh_export.FIELD_BOX + 1e-5)
-    expected = np.round(np.clip(synth.color(spec, iso.vertices[:5]), 0, 1) * 255)
-    assert np.abs(iso.colors[:5].astype(int) - expected).max() <= 1
-    path = mesh_export.write_mesh(iso.vertices, iso.triangles, iso.colors, tmp_path / "iso.ply")
+    expected = np.round(np.clip(synth.colour(spec, iso.vertices[:5]), 0, 1) * 255)
+    assert np.abs(iso.colours[:5].astype(int) - expected).max() <= 1
+    path = mesh_export.write_mesh(iso.vertices, iso.triangles, iso.colours, tmp_path / "iso.ply")
     assert len(trimesh.load(path, process=False).faces) == len(iso.triangles)
+
+
+def test_deprecated_color_spellings_still_work(synth):
+    """``FaceSynthesizer.color``, ``MeshData.colors`` and ``IsoMesh.colors`` are kept as deprecated
+    aliases of the ``colour`` spellings."""
+    spec = FaceSpec(seed=1)
+    points = np.array([[0.0, 0.0, 0.05], [0.02, -0.01, 0.04]], np.float32)
+    with pytest.deprecated_call():
+        old = synth.color(spec, points)
+    assert np.array_equal(old, synth.colour(spec, points))
+    mesh = synth.mesh(spec)
+    with pytest.deprecated_call():
+        assert mesh.colors is mesh.colours
+    iso = mesh_export.occupancy_isosurface(_Ball(), None, resolution=24, level=0.0)
+    with pytest.deprecated_call():
+        assert iso.colors is iso.colours
 
 
 def test_trained_default_isosurface_matches_the_3dmm_face():

@@ -1,4 +1,5 @@
-"""close_mouth: small non-face components are filled with their ring's mean depth (facts §4.3)."""
+"""close_mouth: small non-face components are filled with their ring's mean depth (docs/reference.md,
+'Near-mesh sampling and close_mouth')."""
 
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def test_default_weights_normals_follow_an_opened_jaw(default_synth):
 
 
 def test_cli_render_writes_the_interface_files(tmp_path, capsys):
-    rc = main(["render", "--size", "24", "--exp", "0=1.5", "--yaw", "20", "--out-dir", str(tmp_path)])
+    rc = main(["render", "--size", "24", "--exp", "0=1.5", "--yaw", "20", "--out", str(tmp_path)])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["evals_per_pixel"] > 0
@@ -155,6 +155,6 @@ def test_cli_render_bad_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "ckpt"
     bad.mkdir()
     (bad / "config.json").write_text("[]")
-    rc = main(["render", "--checkpoint", str(bad), "--out-dir", str(tmp_path / "o")])
+    rc = main(["render", "--checkpoint", str(bad), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "config.json" in err

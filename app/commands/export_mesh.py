@@ -48,7 +48,7 @@ def _run(args) -> int:
     else:
         iso = occupancy_isosurface(synth, spec, resolution=args.resolution, level=args.level,
                                    largest_only=not args.all_components)
-        path = write_mesh(iso.vertices, iso.triangles, iso.colors, out)
+        path = write_mesh(iso.vertices, iso.triangles, iso.colours, out)
         info = {"level": round(iso.level, 4), "density_range": [round(x, 4) for x in iso.density_range],
                 "vertices": int(len(iso.vertices)), "triangles": int(len(iso.triangles))}
     print(json.dumps({"kind": args.kind, "seconds": round(time.perf_counter() - t0, 2), **info}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -15,6 +17,28 @@ def add_model_args(p) -> None:
     p.add_argument("--coeff-dist", metavar="NPZ", default=None,
                    help="cGOF's coeff_distribution_L.npz: the z -> 3DMM coefficient statistics of a BFM checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+
+
+class _HiddenAliasHelp(argparse.HelpFormatter):
+    """--help lists an option without the spellings in its ``hidden_aliases`` (see :func:`add_out_arg`)."""
+
+    def _format_action_invocation(self, action):
+        hidden = getattr(action, "hidden_aliases", ())
+        if hidden:
+            action = copy.copy(action)
+            action.option_strings = [s for s in action.option_strings if s not in hidden]
+        return super()._format_action_invocation(action)
+
+
+def add_out_arg(p, *aliases: str, **kwargs):
+    """``--out``: the one spelling of a command's output (a file or a folder, as the command writes),
+    stored in ``args.out``. ``aliases`` are older spellings (``--out-dir``, ``--output-dir``) that are
+    still accepted, with the same meaning, but not listed by --help."""
+    action = p.add_argument("--out", *aliases, dest="out", **kwargs)
+    action.hidden_aliases = tuple(aliases)
+    if aliases and not issubclass(p.formatter_class, _HiddenAliasHelp):
+        p.formatter_class = type(f"HiddenAlias{p.formatter_class.__name__}", (_HiddenAliasHelp, p.formatter_class), {})
+    return action
 
 
 def add_coefficient_args(p) -> None:
@@ -67,7 +91,7 @@ def register(sub) -> None:
     p.add_argument("--pitch", type=float, default=0.0, help="degrees, + looks from above")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--quality", choices=("fast", "reference"), default="fast")
-    p.add_argument("--out-dir", required=True, metavar="DIR")
+    add_out_arg(p, "--out-dir", required=True, metavar="DIR", help="folder to write the files to (created if missing)")
     p.set_defaults(handler=run)
 
 
@@ -77,7 +101,7 @@ def run(args) -> int:
 
     if not -90 <= args.yaw <= 90 or not -60 <= args.pitch <= 60:
         raise CgofError(f"--yaw {args.yaw} / --pitch {args.pitch}: expected yaw in [-90, 90] and pitch in [-60, 60] degrees")
-    out = out_dir(args.out_dir)
+    out = out_dir(args.out)
     synth = load_synth(args)
     spec = spec_from_args(args, synth.layout)
     res = synth.render(spec, args.yaw, args.pitch, size=args.size, quality=args.quality, normals=True)

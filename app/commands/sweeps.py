@@ -9,7 +9,7 @@ import time
 
 from engine.api import CgofError
 
-from .render import add_model_args, add_spec_args, load_synth
+from .render import add_model_args, add_out_arg, add_spec_args, load_synth
 
 SWEEPS = {
     "render-pose": ("pose", "pose spiral (two turns out to --pose-range and back to frontal); psi 0.7 by default"),
@@ -21,7 +21,7 @@ SWEEPS = {
 def register(sub) -> None:
     for name, (kind, text) in SWEEPS.items():
         p = sub.add_parser(name, help=text, description=f"{text}. Writes numbered frames per view under "
-                           "--output-dir, a GIF (its path is the last line printed) and optionally an MP4.")
+                           "--out, a GIF (its path is the last line printed) and optionally an MP4.")
         add_model_args(p)
         add_spec_args(p)
         p.set_defaults(seed=183, handler=_run_sweep, sweep_kind=kind)
@@ -47,7 +47,8 @@ def register(sub) -> None:
         p.add_argument("--mp4", action="store_true", help="also write an H.264 MP4 of the GIF's frames")
         p.add_argument("--quality", choices=("fast", "reference"), default="fast")
         p.add_argument("--batch", type=int, default=4, help="frames rendered per batch (default 4)")
-        p.add_argument("--output-dir", required=True, metavar="DIR")
+        add_out_arg(p, "--output-dir", required=True, metavar="DIR",
+                    help="folder for the frame folders, the GIF and the MP4 (created if missing)")
 
     f = sub.add_parser("frames2video", help="all .png frames of a folder -> <folder>.mp4 (or --out .mp4/.gif)")
     f.add_argument("folder", metavar="DIR")
@@ -65,7 +66,7 @@ def _run_sweep(args) -> int:
     check_render_args(args.frames, args.size, args.fps, args.quality, args.batch, True)
     if not 0 <= args.seed < 2**63:
         raise CgofError(f"--seed {args.seed}: expected an integer in [0, 2^63)")
-    out = writable_dir(args.output_dir)
+    out = writable_dir(args.out)
     synth = load_synth(args)
     # The subject is the seed's random face (as the reference's z = randn(seed)); explicit
     # --id/--exp/--tex/--light assignments then override single components.

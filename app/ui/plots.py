@@ -19,12 +19,12 @@ def mesh_figure(mesh, show_landmarks: bool = False, height: int = 340) -> go.Fig
     """
     v = np.round(np.asarray(mesh.vertices, dtype=np.float64), 5)
     f = np.asarray(mesh.triangles, dtype=np.int64)
-    c = np.asarray(mesh.colors, dtype=np.uint8)
-    colors = [f"rgb({r},{g},{b})" for r, g, b in c.tolist()]
+    c = np.asarray(mesh.colours, dtype=np.uint8)
+    colours = [f"rgb({r},{g},{b})" for r, g, b in c.tolist()]
     traces = [
         go.Mesh3d(
             x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2],
-            vertexcolor=colors,
+            vertexcolor=colours,
             flatshading=False,
             lighting=dict(ambient=0.8, diffuse=0.35, specular=0.05, roughness=0.9, fresnel=0.0),
             lightposition=dict(x=0, y=0.5, z=2),

@@ -153,7 +153,7 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 
 def side_by_side(images: Sequence[np.ndarray], labels: Sequence[str] | None = None, gap: int = 2,
-                 gap_color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+                 gap_colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """Tile uint8 images (H, W_i, 3) left to right with ``gap`` pixels between them
     -> (H, sum W_i + gap * (n - 1), 3) uint8. ``labels`` (one per image) are drawn small in each
     tile's top-left corner when Pillow can render text and the tile is at least 16 px tall."""
@@ -176,6 +176,6 @@ def side_by_side(images: Sequence[np.ndarray], labels: Sequence[str] | None = No
     for i, im in enumerate(imgs):
         if i and gap:
             parts.append(np.empty((h, gap, 3), np.uint8))
-            parts[-1][:] = gap_color
+            parts[-1][:] = gap_colour
         parts.append(im)
     return np.concatenate(parts, axis=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,21 +29,27 @@ SURFACE_OPACITY = 0.5
 @dataclass
 class IsoMesh:
     """An isosurface: vertices (V, 3) float32 world; triangles (F, 3) int64 (counter-clockwise
-    seen from outside); colors (V, 3) uint8; the density ``level`` used and the sampled
+    seen from outside); colours (V, 3) uint8; the density ``level`` used and the sampled
     ``density_range`` (min, max) of the grid."""
 
     vertices: np.ndarray
     triangles: np.ndarray
-    colors: np.ndarray
+    colours: np.ndarray
     level: float
     density_range: tuple[float, float]
     box: tuple[tuple[float, float, float], tuple[float, float, float]]
 
+    @property
+    def colors(self) -> np.ndarray:
+        """Deprecated spelling of :attr:`colours`."""
+        warnings.warn("IsoMesh.colors is deprecated; use IsoMesh.colours", DeprecationWarning, stacklevel=2)
+        return self.colours
 
-def _write(vertices, triangles, colors, path: Path, what: str) -> Path:
+
+def _write(vertices, triangles, colours, path: Path, what: str) -> Path:
     import trimesh
 
-    rgba = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
+    rgba = np.concatenate([colours, np.full((len(colours), 1), 255, np.uint8)], axis=1)
     mesh = trimesh.Trimesh(vertices=np.asarray(vertices, np.float64), faces=np.asarray(triangles, np.int64),
                            vertex_colors=rgba, process=False)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
@@ -62,7 +69,7 @@ def export_3dmm_mesh(synth, spec, path) -> Path:
     p = writable_file(path, MESH_SUFFIXES, "mesh file")
     m = synth.mesh(spec)
     return _write(np.asarray(m.vertices, np.float32), np.asarray(m.triangles, np.int64),
-                  np.asarray(m.colors, np.uint8), p, "mesh file")
+                  np.asarray(m.colours, np.uint8), p, "mesh file")
 
 
 def face_box(synth, spec, margin: float = BOX_MARGIN) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +181,7 @@ def occupancy_isosurface(synth, spec, resolution: int = 64, level: float | None 
     renders show. ``largest_only`` keeps the largest connected piece (drops floaters). ``refine``
     moves every vertex onto the field's level set (:func:`refine_to_level`, within one voxel along
     its normal), which removes marching cubes' grid terraces. Vertex colours are the field's colour
-    (:meth:`FaceSynthesizer.color`).
+    (:meth:`FaceSynthesizer.colour`).
     """
     from skimage.measure import marching_cubes
 
@@ -214,10 +221,10 @@ def occupancy_isosurface(synth, spec, resolution: int = 64, level: float | None 
         normals = np.asarray(trimesh.Trimesh(vertices=verts, faces=faces, process=False).vertex_normals)
         verts = refine_to_level(lambda p: synth.density(spec, p), verts, normals, float(level), float(spacing[0]))
         verts = np.clip(verts, lo, hi).astype(np.float32)  # where the box cut the surface, it still does
-    rgb = synth.color(spec, verts)
+    rgb = synth.colour(spec, verts)
     rgb = np.asarray(rgb.detach().cpu().numpy() if hasattr(rgb, "detach") else rgb, np.float64)
-    colors = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return IsoMesh(verts, faces, colors, float(level), drange, (tuple(lo.tolist()), tuple(hi.tolist())))
+    colours = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return IsoMesh(verts, faces, colours, float(level), drange, (tuple(lo.tolist()), tuple(hi.tolist())))
 
 
 def _largest_component(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,10 +246,10 @@ def _largest_component(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray
     return verts[used], remap[faces]
 
 
-def write_mesh(vertices, triangles, colors, path) -> Path:
+def write_mesh(vertices, triangles, colours, path) -> Path:
     """Write vertices (V, 3) world, triangles (F, 3) and uint8 colours (V, 3) to ``path``
     (.obj or .ply by suffix). Returns the path."""
-    return _write(np.asarray(vertices, np.float32), np.asarray(triangles, np.int64), np.asarray(colors, np.uint8),
+    return _write(np.asarray(vertices, np.float32), np.asarray(triangles, np.int64), np.asarray(colours, np.uint8),
                   writable_file(path, MESH_SUFFIXES, "mesh file"), "mesh file")
 
 
@@ -251,4 +258,4 @@ def export_isosurface(synth, spec, path, resolution: int = 64, level: float | No
     """Write :func:`occupancy_isosurface` to ``path`` (.obj or .ply). Returns the path."""
     p = writable_file(path, MESH_SUFFIXES, "isosurface file")
     iso = occupancy_isosurface(synth, spec, resolution=resolution, level=level, largest_only=largest_only)
-    return _write(iso.vertices, iso.triangles, iso.colors, p, "isosurface file")
+    return _write(iso.vertices, iso.triangles, iso.colours, p, "isosurface file")

@@ -1,5 +1,7 @@
-"""Pose / expression / identity sweeps: the reference render scripts (facts §8) as one engine API
-used by ``cgof render-pose|render-exp|render-id`` and by the editor's GIF export.
+"""Pose / expression / identity sweeps: the reference render scripts (``render_pose_gif.py``,
+``render_exp_ddp_verbose_gif.py``, ``render_id_gif.py``; docs/reference.md, 'Render scripts and
+sweeps') as one engine API used by ``cgof render-pose|render-exp|render-id`` and by the editor's
+GIF export.
 
 A sweep is a list of (FaceSpec, yaw_deg, pitch_deg) frames. :func:`sweep_specs` builds it,
 :func:`render_sweep` renders it in batches into numbered PNG frames per view plus a GIF / MP4,

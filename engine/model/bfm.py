@@ -1,6 +1,7 @@
 """Deep3DFaceRecon's Basel Face Model (``BFM_model_front.mat``) and cGOF's coefficient statistics.
 
-The .mat file (facts §6) holds, with N = 35,709 vertices in the real model:
+The .mat file (docs/reference.md, '3DMM: BFM loading and coefficient statistics') holds, with
+N = 35,709 vertices in the real model:
 
 =============  ==========  ===================================================================
 key            shape       content

@@ -1,4 +1,5 @@
-"""The conditional occupancy field: a pi-GAN FiLM-SIREN (reference SPATIALSIRENBASELINE, facts §1).
+"""The conditional occupancy field: a pi-GAN FiLM-SIREN (official ``SPATIALSIRENBASELINE``;
+docs/reference.md, 'Occupancy field (FiLM-SIREN)').
 
 Module and parameter names follow the reference exactly (``network.{i}.layer``, ``final_layer``,
 ``color_layer_sine.layer``, ``color_layer_linear.0``, ``mapping_network.network.{0,2,4,6}``) so the
@@ -241,7 +242,7 @@ class OccupancyField(nn.Module):
         self._avg_film: Film | None = None
         self.reset_parameters()
 
-    # ---- initialisation (facts §1.3) --------------------------------------------------------
+    # ---- initialisation (pi-GAN's; docs/reference.md, 'Occupancy field (FiLM-SIREN)') --------
     def reset_parameters(self) -> None:
         for film in self.network:
             _frequency_init(film.layer)

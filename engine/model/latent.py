@@ -1,8 +1,8 @@
 """Latent layout of the conditional generator and the one type that describes a face to render.
 
-z = [id, exp, bg_geo, tex, gamma, bg_tex] (facts §2). The 3DMM slices are in sigma units and map to
-3DMM coefficients through the face model's statistics; bg_geo and bg_tex are free latents drawn
-from a seed.
+z = [id, exp, bg_geo, tex, gamma, bg_tex] (docs/reference.md, 'Latent layout'). The 3DMM slices
+are in sigma units and map to 3DMM coefficients through the face model's statistics; bg_geo and
+bg_tex are free latents drawn from a seed.
 """
 
 from __future__ import annotations

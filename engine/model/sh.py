@@ -1,4 +1,5 @@
-"""Spherical-harmonics lighting with the reference's 27 gamma coefficients (facts §6).
+"""Spherical-harmonics lighting with the reference's 27 gamma coefficients (Deep3DFaceRecon's
+``ParametricFaceModel.compute_color``; docs/reference.md, 'SH lighting').
 
 gamma (B, 27) is read as (B, 3 colours, 9 bands); 0.8 is added to band 0 of every colour (the
 reference's ``init_lit``), so gamma = 0 is a plain, soft frontal-ambient light.

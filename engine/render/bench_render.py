@@ -11,7 +11,8 @@ import time
 import numpy as np
 import torch
 
-REFERENCE_EVALS_PER_PIXEL = 72  # facts §4.4: 3 passes x 24 samples evaluated (48 integrated)
+# 3 passes x 24 samples evaluated, 48 integrated (docs/reference.md, 'Hierarchical sampling and the render schedule')
+REFERENCE_EVALS_PER_PIXEL = 72
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

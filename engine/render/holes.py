@@ -1,8 +1,9 @@
 """Close the mouth (and any other small hole) of a rasterised 3DMM mask before it guides sampling.
 
-The 3DMM is an open mask: its mouth and eyes are holes, and the near-mesh sampling band (facts §4.3)
+The 3DMM is an open mask: its mouth and eyes are holes, and the near-mesh sampling band
 would otherwise put no samples there. cGOF fills every small non-face region of the mask and gives
-it a plausible depth (facts §4.3 step 8):
+it a plausible depth (official ``volumetric_rendering.py: close_mouth``; docs/reference.md, 'Near-mesh
+sampling and close_mouth'):
 
 * label the 4-connected components of the *non-face* pixels of each image;
 * every component smaller than ``H * W * max_fraction`` pixels (reference: H*W/20) is a hole — the

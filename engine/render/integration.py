@@ -1,4 +1,6 @@
-"""Volume-integration primitives shared by the renderer and training (facts §4.1, §4.2).
+"""Volume-integration primitives shared by the renderer and training (docs/reference.md, 'Volume
+integration' and 'Hierarchical sampling and the render schedule'; official ``fancy_integration``,
+``perturb_points``, ``sample_pdf``).
 
 Shapes: R = rays (flattened B*H*W or (B, R)), S = samples per ray. Depths are camera-axis depths.
 Every random draw takes an optional ``torch.Generator`` so renders are reproducible from a seed.

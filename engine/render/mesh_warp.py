@@ -7,7 +7,7 @@ point ``X_e`` (triangle t, barycentrics b) is evaluated at ``x + (X_n - X_e)``, 
 same (t, b) on the neutral mesh of the same identity. So the field's surface at the neutral mesh lands
 on the expression mesh, and where the expression does not move the mesh the offset is ~0 and the field
 is evaluated exactly where it would be without the edit: an expression slider cannot ripple the rest
-of the face (cGOF's warping3d constraint, facts §5.6, holds by construction instead of by a loss).
+of the face (cGOF's warping3d constraint, docs/reference.md 'Losses', holds by construction instead of by a loss).
 
 This departs from the reference on purpose (the reference feeds the expression to the mapping
 network, ``"latent"``, which our official-checkpoint importer keeps). Per-ray offsets are exact on the

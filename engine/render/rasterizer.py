@@ -1,6 +1,7 @@
 """Mesh rasteriser for the orbit camera: the 3DMM's depth, mask and attributes per pixel.
 
-The mesh side of cGOF (facts §4.3, §5.5, §5.6) needs, for every pixel of the generator's image, the
+The mesh side of cGOF (near-mesh sampling, dist_depr, warping3d: docs/reference.md, 'Near-mesh sampling
+and close_mouth' and 'Losses') needs, for every pixel of the generator's image, the
 camera-axis depth of the nearest mesh surface along *that pixel's ray*, so that the mesh depth and the
 volume-rendered depth can be compared pixel by pixel. The pixel grid is therefore the camera module's,
 not OpenGL's: pixel (row i, col j) samples the ray through ``OrbitCamera.camera_directions`` — end
@@ -284,8 +285,9 @@ def interpolate(frags: Fragments, attr: torch.Tensor, triangles: torch.Tensor) -
 def warp_flow(frags: Fragments, verts_a: torch.Tensor, verts_b: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
     """Per-pixel 3D displacement ``verts_b - verts_a`` at the rasterised surface -> (B, H, W, 3).
 
-    The warping loss (facts §5.6) moves each sample of one face to where the same vertex sits in the
-    other; rasterise the geometry whose pixels the flow is meant for and pass its fragments here.
+    The warping loss (warping3d, docs/reference.md 'Losses') moves each sample of one face to where
+    the same vertex sits in the other; rasterise the geometry whose pixels the flow is meant for and
+    pass its fragments here.
     verts_a, verts_b: (B, N, 3) or (N, 3) world; zeros on background.
     """
     return interpolate(frags, verts_b - verts_a, triangles)

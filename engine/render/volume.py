@@ -1,4 +1,5 @@
-"""Volume rendering of the occupancy field (facts §4): the reference schedule and a fast path.
+"""Volume rendering of the occupancy field: the reference schedule (official ``staged_forward``;
+docs/reference.md, 'Hierarchical sampling and the render schedule') and a fast path.
 
 Shapes: B views, R rays per view (R = H*W, row-major from the top-left pixel), S samples per ray.
 Depths are camera-axis depths (a point at depth t is ``origin + t * direction``, directions have
@@ -361,7 +362,8 @@ class VolumeRenderer:
     def normals(self, film: Film, rays: Rays, depth: torch.Tensor, mask: torch.Tensor,
                 offsets: torch.Tensor | None = None, spread: tuple[float, ...] = (0.0,)) -> torch.Tensor:
         """World unit normals (B, R, 3) of the field at the rendered surface on ``mask`` pixels
-        (0 elsewhere), by autograd of the density (facts §1.2). Uses the same (truncated) film as
+        (0 elsewhere), by autograd of the density (-grad sigma / |grad sigma|, as the reference's normal
+        regulariser; docs/reference.md, 'Occupancy field (FiLM-SIREN)'). Uses the same (truncated) film as
         the image so normals and image describe one shape; the reference uses the untruncated z.
         offsets (B, R, 3) as in :meth:`reference` (normals are then the canonical field's).
         ``spread``: axis-depth offsets (world units) around the rendered depth; the unit normals

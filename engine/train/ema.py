@@ -1,7 +1,7 @@
 """Exponential moving average of parameters, tracked by parameter name (no pickling).
 
-Effective decay = min(decay, (1 + n) / (10 + n)) where n counts updates (facts §7; the reference's
-torch_ema rule). Every floating-point parameter of the module has a shadow, keyed by its name in
+Effective decay = min(decay, (1 + n) / (10 + n)) where n counts updates (docs/reference.md, 'EMA'; the
+reference's torch_ema rule). Every floating-point parameter of the module has a shadow, keyed by its name in
 ``named_parameters()``, so which parameters are trainable can change without the shadows shifting:
 
 * a parameter with ``requires_grad`` is averaged,

@@ -1,4 +1,4 @@
-"""cGOF geometry losses (facts §5.5), written on the renderer's outputs.
+"""cGOF geometry losses (official ``pigan_wrapper.py``; docs/reference.md, 'Losses'), written on the renderer's outputs.
 
 Shapes: R rays, S samples per ray. Depths are camera-axis depths (world units).
 Unlike the reference, nothing here modifies its inputs in place.

@@ -7,14 +7,14 @@ rasterizes the mesh (target colour = SH-lit albedo, black background, a dark mou
 
 * photometric MSE of the integrated colour (face and background rays),
 * L1 between integrated depth and mesh depth on face rays,
-* the reference distance density regulariser ``dist_depr`` (facts §5.5) with its band shrinking
+* the reference distance density regulariser ``dist_depr`` (docs/reference.md, 'Losses') with its band shrinking
   from 0.24 to 0.0012 world units, so rendering weight concentrates at the mesh,
 * transparency of background rays and of the few millimetres in front of the surface, and a solid
   interior just behind it (so the reference path's coarse pass finds the surface); the front
   samples also get a term of their own (``lambda_front``) so the shell cannot sit proud of the mesh,
 * the mesh normals as targets for the density gradient at the surface (smooth, outward normals),
 * the background colour on every sample of a background ray (renderers agree off the face),
-* warping3d (facts §5.6, :mod:`.warp`): pairs of faces that differ only in expression must give
+* warping3d (docs/reference.md 'Losses', :mod:`.warp`): pairs of faces that differ only in expression must give
   the same field at corresponding points, so an expression edit changes nothing where the mesh
   does not move.
 

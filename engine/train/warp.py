@@ -1,4 +1,4 @@
-"""warping3d: expression edits must move the field only where the mesh moves (facts §5.6).
+"""warping3d: expression edits must move the field only where the mesh moves (docs/reference.md, 'Losses').
 
 Two faces that differ only in their expression latent, seen from one pose. Each pixel that mesh 1
 covers carries the 3D displacement X0 - X1 of its surface point (rasterised with mesh 1's geometry,
