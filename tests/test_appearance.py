@@ -96,21 +96,28 @@ def test_rendered_colour_is_the_albedo_shaded_by_sh_light_with_the_field_normals
     basis = np.zeros((1 + k, 3), np.float32)
     basis[0] = (0.5, 0.4, 0.3)
     synth = _albedo_synth(facemodel, basis)
+    with torch.no_grad():  # opaque everywhere: every ray sees the field fully (opacity 1)
+        synth.field.final_layer.bias.fill_(1e5)
     spec = FaceSpec(identity={0: 1.0}, lighting={0: 1.0, 3: 2.0, 12: -1.5, 20: 1.0}, seed=3)
     res = synth.render(spec, 15.0, -5.0, size=32, quality=quality, normals=True)
     gamma = facemodel.coefficients("gamma", synth.coefficients(spec)["gamma"])
     n = torch.as_tensor(res.normals).reshape(1, -1, 3)
-    # Every ray's weights sum to 1 (last_back), so the integrated albedo is the constant itself; the
-    # rendered normals are zero off the shaded pixels, where only band 0 (ambient) remains.
+    # Every ray is opaque, so the integrated albedo is the constant itself on the mesh pixels.
     expected = sh_shade(torch.as_tensor(basis[0]).expand(1, n.shape[1], 3), n, gamma)
     expected = (expected.clamp(0, 1) * 255 + 0.5).floor().reshape(res.image.shape).numpy()
     on = np.asarray(res.mask)
     assert on.sum() > 50
     assert np.abs(res.image[on].astype(int) - expected[on]).max() <= 1
+    # Off the mesh and its silhouette ring the background stays black, though the field is solid there.
+    ring = synth.renderer.silhouette_ring(torch.as_tensor(on).reshape(1, -1), 32, 32).reshape(32, 32).numpy()
+    assert (~on & ~ring).sum() > 100 and res.image[~on & ~ring].max() == 0
 
 
 def test_texture_and_lighting_edits_keep_geometry_and_reuse_the_mapping(facemodel):
     synth = _albedo_synth(facemodel)
+    with torch.no_grad():  # opaque, so the albedo shows on every mesh pixel
+        synth.field.final_layer.bias.fill_(1e5)
+        synth.field.albedo_field.head.weight.normal_(0, 0.05)
     base = FaceSpec(identity={1: -1.0}, expression={0: 1.0}, seed=5)
     a = synth.render(base, 10.0, 0.0, size=24, normals=True)
     calls = synth.mapping_calls
@@ -128,6 +135,8 @@ def test_a_texture_slider_scales_the_albedo_as_its_basis_says(facemodel):
     basis[0] = (0.3, 0.3, 0.3)
     basis[1 + 2] = (0.1, 0.05, 0.0)  # +1 sigma of texture coefficient 2 adds this colour
     synth = _albedo_synth(facemodel, basis)
+    with torch.no_grad():
+        synth.field.final_layer.bias.fill_(1e5)
     imgs = {t: synth.render(FaceSpec(texture={2: t}, seed=1), 0.0, 0.0, size=32).image.astype(float)
             for t in (-2.0, 2.0)}
     on = synth.render(FaceSpec(seed=1), 0.0, 0.0, size=32).mask

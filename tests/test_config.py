@@ -119,8 +119,10 @@ def test_a_recorded_recipe_replays_as_the_recorded_config(tmp_path):
     cfg = read_recipe_file(record, "warmup")
     assert cfg == WarmupConfig(**recorded)
     assert {k: v for k, v in asdict(cfg).items() if k in recorded} == recorded
-    # A checkpoint's config.json carries the same recipe in its provenance; a plain object works too.
-    assert read_recipe_file(default_checkpoint_path() / "config.json", "warmup") == cfg
+    # A checkpoint's config.json carries its last stage's recipe in its provenance (the default's last
+    # stage is the albedo fit); a plain object works too.
+    albedo = json.loads((default_checkpoint_path() / "albedo_fit.json").read_text())["recipe"]["albedo_fit_config"]
+    assert read_recipe_file(default_checkpoint_path() / "config.json", "albedo") == AlbedoFitConfig(**albedo)
     (tmp_path / "plain.json").write_text(json.dumps({"steps": 7, "width": 16}))
     assert read_recipe_file(tmp_path / "plain.json", "warmup") == WarmupConfig(steps=7, width=16)
     with pytest.raises(FileFormatError, match="colour_fit_config"):
