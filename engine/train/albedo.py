@@ -32,7 +32,8 @@ from ..config import option, to_dict, validate
 from ..model.field import FieldConfig, OccupancyField
 from ..model.morphable import MorphableModel
 from ..model.surface import sample_surface
-from .loop import STATE_FILE, RunOptions, TrainLoop, cosine_schedule, fold_seed, make_generator, seeded_init
+from .loop import (STATE_FILE, cosine_schedule, fold_seed, LoopOwner, make_generator,
+                   RunOptions, seeded_init, stage_record, TrainLoop)
 
 
 
@@ -79,7 +80,7 @@ def albedo_basis(facemodel: MorphableModel) -> torch.Tensor:
     return basis.permute(1, 0, 2).contiguous()
 
 
-class AlbedoTrainer:
+class AlbedoTrainer(LoopOwner):
     """Fits ``field.albedo_field`` to the face model's albedo basis on its mean surface."""
 
     def __init__(self, field: OccupancyField, facemodel: MorphableModel, config: AlbedoFitConfig | None = None,
@@ -106,14 +107,6 @@ class AlbedoTrainer:
         self.loop.add_optimizer(torch.optim.Adam(self.field.albedo_field.parameters(), lr=c.lr),
                                 cosine_schedule(c.lr, c.lr_final))
         self.gen = self.loop.add_generator("data", make_generator(c.seed, rank))
-
-    @property
-    def step(self) -> int:
-        return self.loop.step
-
-    @property
-    def history(self) -> list[dict]:
-        return self.loop.history
 
     def _empty_points(self, surface: np.ndarray, count: int, gen: np.random.Generator) -> np.ndarray:
         from scipy.spatial import cKDTree
@@ -201,9 +194,7 @@ def run_albedo_fit(out_dir: str | Path, init: str | Path, config: AlbedoFitConfi
     check_facemodel(info, fm)
     out = Path(out_dir)
     state = out / STATE_FILE
-    options = RunOptions(state_path=state if (save_every > 0 or resume) else None, save_every=save_every,
-                         tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir),
-                         progress_bar=progress_bar)
+    options = RunOptions.for_run(out, save_every, resume, tensorboard_dir, progress_bar)
     field = albedo_field_from(base, fm.sizes["tex"], cfg)
     if albedo_from is not None:
         from ..errors import CgofError
@@ -219,18 +210,9 @@ def run_albedo_fit(out_dir: str | Path, init: str | Path, config: AlbedoFitConfi
         trainer.resume(state)
     trainer.train(log=log, time_budget_s=time_budget_s)
     field = trainer.field.cpu().eval()
-    provenance = {
-        "kind": "albedo fit (engine.train.albedo) on the geometry of init",
-        "init": str(init),
-        "albedo_from": None if albedo_from is None else str(albedo_from),
-        "init_provenance": {k: v for k, v in info.provenance.items() if k != "recipe"},
-        "steps": trainer.step,
-        "train_seconds": round(trainer.loop.elapsed(), 1),
-        "device": str(trainer.device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "recipe": trainer.recipe(),
-    }
+    provenance = stage_record("albedo fit (engine.train.albedo) on the geometry of init", trainer, init=str(init),
+                              albedo_from=None if albedo_from is None else str(albedo_from),
+                              init_provenance={k: v for k, v in info.provenance.items() if k != "recipe"})
     save_checkpoint(out, field, layout=info.layout, facemodel=fm, camera_config=info.camera,
                     render_config=RenderConfig.from_dict(info.render, str(info.path)), provenance=provenance)
     report = dict(provenance, history=trainer.history)

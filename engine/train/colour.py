@@ -32,7 +32,7 @@ from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
 from ..render.rasterizer import MeshRasterizer
 from .data import random_latents, random_poses, render_targets
-from .loop import STATE_FILE, RunOptions, TrainLoop, cosine_schedule, make_generator
+from .loop import STATE_FILE, cosine_schedule, LoopOwner, make_generator, RunOptions, stage_record, TrainLoop
 
 POOL_VIEW = ("z", "theta", "phi")  # what a pool view is rendered from (saved for resume; the rest re-rendered)
 
@@ -66,7 +66,7 @@ class ColourFitConfig:
     log_every: int = option(100, help="steps per log line (mean loss over the window)", range=(1, None))
 
 
-class ColourTrainer:
+class ColourTrainer(LoopOwner):
     """Fits the colour branch of ``field`` (trained geometry) to the face model's shaded renders."""
 
     def __init__(self, field: OccupancyField, facemodel: MorphableModel, layout: LatentLayout,
@@ -97,14 +97,6 @@ class ColourTrainer:
         self.gen = self.loop.add_generator("data", make_generator(c.seed + 7, rank))
         self.loop.set_extra_state(self._pool_state, self._load_pool_state)
         self._pool: dict[str, torch.Tensor] | None = None
-
-    @property
-    def step(self) -> int:
-        return self.loop.step
-
-    @property
-    def history(self) -> list[dict]:
-        return self.loop.history
 
     @property
     def ema(self):
@@ -241,17 +233,12 @@ def run_colour_fit(init: str | Path, out_dir: str | Path, config: ColourFitConfi
     check_facemodel(info, fm)
     out = Path(out_dir)
     state = out / STATE_FILE
-    options = RunOptions(state_path=state if (save_every > 0 or resume) else None, save_every=save_every,
-                         tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir),
-                         progress_bar=progress_bar)
+    options = RunOptions.for_run(out, save_every, resume, tensorboard_dir, progress_bar)
     trainer = ColourTrainer(field, fm, info.layout, cfg, OrbitCamera(info.camera), device, options=options)
     if resume:
         trainer.resume(state)
     trainer.train(log=log, time_budget_s=time_budget_s)
-    stage = {"kind": "colour fit (engine.train.colour)", "steps": trainer.step,
-             "train_seconds": round(trainer.loop.elapsed(), 1), "device": str(trainer.device),
-             "torch": torch.__version__, "threads": torch.get_num_threads(), "recipe": trainer.recipe(),
-             "init": str(init)}
+    stage = stage_record("colour fit (engine.train.colour)", trainer, init=str(init))
     provenance = dict(info.provenance)
     provenance["stages"] = list(provenance.get("stages", [])) + [stage]
     save_checkpoint(out, trainer.ema_field(), ema_state=None, layout=info.layout, facemodel=fm,

@@ -80,6 +80,15 @@ class RunOptions:
     tensorboard_dir: Path | None = None  # TensorBoard scalars (None: none)
     progress_bar: bool | None = None  # tqdm bar; None: when stderr is a terminal
 
+    @classmethod
+    def for_run(cls, out_dir, save_every: int = 0, resume: bool = False, tensorboard_dir=None,
+                progress_bar: bool | None = None) -> "RunOptions":
+        """A run writing to ``out_dir``: its state file ``out_dir/STATE_FILE`` is kept when it saves
+        (``save_every`` > 0) or resumes."""
+        state = Path(out_dir) / STATE_FILE
+        return cls(state_path=state if (save_every > 0 or resume) else None, save_every=save_every,
+                   tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir), progress_bar=progress_bar)
+
 
 class TrainLoop:
     """Step, optimisers + schedules, scaler, EMA, logging, checkpoint/resume for one module."""
@@ -361,3 +370,24 @@ def cosine_schedule(lr: float, lr_final: float) -> Callable[[float], float]:
     """Progress -> factor of the initial rate: cosine from ``lr`` to ``lr_final``."""
     ratio = lr_final / lr
     return lambda t: cosine_factor(t, ratio)
+
+
+class LoopOwner:
+    """Mixin for trainers that own a :class:`TrainLoop` as ``self.loop``: its step and history."""
+
+    loop: "TrainLoop"
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def history(self) -> list[dict]:
+        return self.loop.history
+
+
+def stage_record(kind: str, trainer, **extra) -> dict:
+    """The provenance of one training stage: what ran, for how long, where, and its recipe."""
+    return {"kind": kind, "steps": trainer.step, "train_seconds": round(trainer.loop.elapsed(), 1),
+            "device": str(trainer.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "recipe": trainer.recipe(), **extra}

@@ -47,7 +47,7 @@ from ..render.integration import band_depths, integrate, stratified_depths
 from ..render.rasterizer import MeshRasterizer
 from .data import random_latents, random_poses, render_targets
 from .losses import band_thickness, dist_depr
-from .loop import STATE_FILE, RunOptions, TrainLoop, cosine_schedule, make_generator, seeded_init
+from .loop import STATE_FILE, cosine_schedule, make_generator, RunOptions, seeded_init, stage_record, TrainLoop
 from .schedule import Ramp, ramp_value, weighted_total
 from .warp import expression_flow, resample_expression, signed_log, warp_consistency, warp_depth_agreement
 
@@ -525,25 +525,15 @@ def run_warmup(out_dir: str | Path, config: WarmupConfig | None = None, facemode
     out = Path(out_dir)
     cfg = validate(config or WarmupConfig(), "warm-up config")
     state = out / STATE_FILE
-    options = RunOptions(state_path=state if (save_every > 0 or resume) else None, save_every=save_every,
-                         tensorboard_dir=None if tensorboard_dir is None else Path(tensorboard_dir),
-                         progress_bar=progress_bar)
+    options = RunOptions.for_run(out, save_every, resume, tensorboard_dir, progress_bar)
     fm = facemodel if facemodel is not None else load_facemodel(None)
     trainer = WarmupTrainer(fm, cfg, device=device, init=init, options=options)
     if resume:
         trainer.resume(state)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     trainer.train(log=log, time_budget_s=time_budget_s)
-    provenance = {
-        "kind": "supervised warm-up (engine.train.warmup)",
-        "steps": trainer.step,
-        "train_seconds": round(trainer.loop.elapsed(), 1),
-        "device": str(trainer.device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "recipe": trainer.recipe(),
-        "init": None if init is None else str(init),
-    }
+    provenance = stage_record("supervised warm-up (engine.train.warmup)", trainer,
+                              init=None if init is None else str(init))
     save_checkpoint(out, trainer.ema_field(), ema_state=None, layout=trainer.layout, facemodel=fm,
                     camera_config=trainer.camera.config, render_config=RenderConfig(), provenance=provenance)
     report = dict(provenance, final_losses=trainer.history[-1] if trainer.history else {},
