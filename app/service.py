@@ -107,12 +107,12 @@ class RenderService:
         spec = EditorState().spec
         chosen = PREVIEW_CANDIDATES[0]
         with self._lock:
-            self.synth.render(spec, size=chosen, quality="fast", normals=False)  # warm-up: mapping, allocations
+            self.synth.render(spec, size=chosen, quality="preview", normals=False)  # warm-up: mapping, allocations
             for size in PREVIEW_CANDIDATES:
                 times = []
                 for yaw in (-4.0, 0.0, 4.0):
                     t0 = time.perf_counter()
-                    self.synth.render(spec, yaw_deg=yaw, size=size, quality="fast", normals=False)
+                    self.synth.render(spec, yaw_deg=yaw, size=size, quality="preview", normals=False)
                     times.append((time.perf_counter() - t0) * 1000.0)
                 ms = sorted(times)[1]
                 if ms > budget_ms and size != PREVIEW_CANDIDATES[0]:
@@ -169,7 +169,7 @@ class RenderService:
         t0 = time.perf_counter()
         with self._lock:
             res = self.synth.render(state.spec, yaw_deg=state.yaw, pitch_deg=state.pitch, size=size,
-                                    quality="fast", normals=False)
+                                    quality="preview", normals=False)
         return Frame(np.asarray(res.image), (time.perf_counter() - t0) * 1000.0, size)
 
     def render_full(self, state: EditorState) -> FullRender:

@@ -266,3 +266,17 @@ def test_albedo_fit_keeps_geometry_and_learns_the_basis(facemodel, tmp_path):
     film = back.film(torch.zeros(1, layout.dim), tex=torch.randn(1, layout.tex))
     p = torch.rand(1, 10, 3) * 0.1
     assert torch.allclose(back.albedo(p, film), field.albedo(p, film))
+
+
+def test_preview_quality_is_the_fast_path_with_single_point_shading_normals(facemodel):
+    synth = _albedo_synth(facemodel)
+    with torch.no_grad():
+        synth.field.final_layer.bias.fill_(1e5)
+    spec = FaceSpec(identity={2: 1.0}, lighting={3: 2.0}, seed=2)
+    fast = synth.render(spec, 10.0, 0.0, size=24, quality="fast", normals=False)
+    preview = synth.render(spec, 10.0, 0.0, size=24, quality="preview", normals=False)
+    assert np.array_equal(fast.depth, preview.depth) and fast.evals_per_pixel == preview.evals_per_pixel
+    from dataclasses import replace
+
+    synth.renderer.config = replace(synth.renderer.config, shading_normal_spread=(0.0,))
+    assert np.array_equal(synth.render(spec, 10.0, 0.0, size=24, quality="fast", normals=False).image, preview.image)
