@@ -27,7 +27,7 @@ from .model.field import Film, OccupancyField
 from .model.latent import SPEC_GROUPS, FaceSpec, LatentLayout
 from .model.morphable import MorphableModel
 from .model.sh import sh_shade
-from .render.conditioning import MeshConditioning, mesh_conditioning
+from .render.conditioning import FaceMeshes, MeshConditioning, mesh_conditioning
 from .render.mesh_warp import point_offsets
 from .render.rasterizer import MeshRasterizer
 from .render.volume import RenderConfig, VolumeRenderer
@@ -37,6 +37,7 @@ from .render.volume import RenderConfig, VolumeRenderer
 QUALITIES = ("fast", "reference", "preview")
 SHADE_MIN_OPACITY = 0.05  # albedo fields: pixels the field covers at least this much get a shading normal
 FILM_CACHE_SIZE = 64
+MESH_CACHE_SIZE = 8  # faces whose meshes and vertex normals are kept (pose-only edits re-use them)
 
 
 @dataclass
@@ -110,6 +111,7 @@ class FaceSynthesizer:
         self.provenance = provenance or {}
         self.mapping_calls = 0
         self._films: OrderedDict[tuple, Film] = OrderedDict()
+        self._meshes: OrderedDict[tuple, FaceMeshes] = OrderedDict()
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -306,10 +308,21 @@ class FaceSynthesizer:
 
     def conditioning(self, id_z: torch.Tensor, exp_z: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor,
                      size: int) -> MeshConditioning:
-        """Mesh guidance (:mod:`engine.render.conditioning`) of faces (B, K) at poses (B,) radians."""
+        """Mesh guidance (:mod:`engine.render.conditioning`) of faces (B, K) at poses (B,) radians.
+        The faces' meshes and vertex normals are kept for a few faces, so a pose-only edit re-uses them."""
+        key = (id_z.detach().cpu().numpy().tobytes(), exp_z.detach().cpu().numpy().tobytes())
+        meshes = self._meshes.get(key)
+        if meshes is None:
+            meshes = FaceMeshes(self.facemodel, id_z, exp_z, mesh_warp=self.mesh_warp, albedo=self.field.config.albedo)
+            self._meshes[key] = meshes
+            while len(self._meshes) > MESH_CACHE_SIZE:
+                self._meshes.popitem(last=False)
+        else:
+            self._meshes.move_to_end(key)
         ring = self.renderer.silhouette_ring_pixels(size, size)
         return mesh_conditioning(self.facemodel, self.rasterizer, self.camera, id_z, exp_z, theta, phi, size,
-                                 mesh_warp=self.mesh_warp, albedo=self.field.config.albedo, appearance_grow=ring)
+                                 mesh_warp=self.mesh_warp, albedo=self.field.config.albedo, appearance_grow=ring,
+                                 meshes=meshes)
 
     @torch.no_grad()
     def ray_offsets(self, spec: FaceSpec, yaw_deg: float, pitch_deg: float, size: int) -> torch.Tensor | None:

@@ -280,3 +280,18 @@ def test_preview_quality_is_the_fast_path_with_single_point_shading_normals(face
 
     synth.renderer.config = replace(synth.renderer.config, shading_normal_spread=(0.0,))
     assert np.array_equal(synth.render(spec, 10.0, 0.0, size=24, quality="fast", normals=False).image, preview.image)
+
+
+def test_a_pose_only_edit_reuses_the_face_meshes(facemodel):
+    from engine.camera import angles_from_degrees
+
+    synth = _albedo_synth(facemodel)
+    c = synth.coefficients(FaceSpec(identity={0: 1.0}, expression={1: 0.5}))
+    a = synth.conditioning(c["id"], c["exp"], *angles_from_degrees([0.0], [0.0]), 16)
+    b = synth.conditioning(c["id"], c["exp"], *angles_from_degrees([20.0], [5.0]), 16)
+    assert a.meshes is b.meshes
+    other = synth.coefficients(FaceSpec(identity={0: -1.0}))
+    d = synth.conditioning(other["id"], other["exp"], *angles_from_degrees([20.0], [5.0]), 16)
+    assert d.meshes is not b.meshes and not torch.equal(d.verts, b.verts)
+    # The kept normals are the face model's own.
+    assert torch.allclose(b.meshes.vertex_normals("verts"), facemodel.vertex_normals(b.verts))

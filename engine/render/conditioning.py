@@ -24,6 +24,29 @@ from .mesh_warp import grow_offsets, pixel_normals, ray_offsets, rotate_normals
 from .rasterizer import Fragments, MeshRasterizer
 
 
+class FaceMeshes:
+    """The 3DMM meshes of B faces that guidance needs, each vertex-normal set computed once.
+
+    verts (B, N, 3): the expression meshes; neutral: the same identities without expression (for a
+    mesh_warp field, else None); mean: the mean face (for an albedo field, else None). A pose-only
+    edit re-uses them (:meth:`FaceSynthesizer.conditioning` keeps a few).
+    """
+
+    def __init__(self, facemodel: MorphableModel, id_z: torch.Tensor, exp_z: torch.Tensor, *, mesh_warp: bool,
+                 albedo: bool):
+        self.facemodel = facemodel
+        self.verts = facemodel.vertices(id_z, exp_z)
+        self.neutral = facemodel.vertices(id_z, torch.zeros_like(exp_z)) if mesh_warp else None
+        self.mean = facemodel.vertices(torch.zeros_like(id_z), torch.zeros_like(exp_z)) if albedo else None
+        self._normals: dict[str, torch.Tensor] = {}
+
+    def vertex_normals(self, which: str) -> torch.Tensor:
+        """(B, N, 3) unit vertex normals of ``which`` ('verts' or 'neutral')."""
+        if which not in self._normals:
+            self._normals[which] = self.facemodel.vertex_normals(getattr(self, which))
+        return self._normals[which]
+
+
 @dataclass
 class MeshConditioning:
     """Per-pixel 3DMM guidance of B views.
@@ -44,7 +67,11 @@ class MeshConditioning:
     depth: torch.Tensor
     offsets: torch.Tensor | None
     appearance_offsets: torch.Tensor | None
-    facemodel: MorphableModel
+    meshes: FaceMeshes
+
+    @property
+    def facemodel(self) -> MorphableModel:
+        return self.meshes.facemodel
 
     @property
     def size(self) -> int:
@@ -54,9 +81,9 @@ class MeshConditioning:
         """(B, R, 3) unit mesh normals in the density field's own frame (the neutral face's for a
         mesh_warp field), 0 off the mesh: what the field's density gradient should point along."""
         b = self.verts.shape[0]
-        src = self.neutral if self.neutral is not None else self.verts
+        src = "neutral" if self.neutral is not None else "verts"
         tris = self.facemodel.triangles
-        return pixel_normals(self.frags, self.facemodel.vertex_normals(src), tris).reshape(b, -1, 3)
+        return pixel_normals(self.frags, self.meshes.vertex_normals(src), tris).reshape(b, -1, 3)
 
     def to_view_frame(self, normals: torch.Tensor) -> torch.Tensor:
         """Field normals (B, R, 3) -> normals of the face as posed: for a mesh_warp field the
@@ -64,28 +91,29 @@ class MeshConditioning:
         if self.neutral is None:
             return normals
         b, tris = self.verts.shape[0], self.facemodel.triangles
-        expr = pixel_normals(self.frags, self.facemodel.vertex_normals(self.verts), tris).reshape(b, -1, 3)
+        expr = pixel_normals(self.frags, self.meshes.vertex_normals("verts"), tris).reshape(b, -1, 3)
         return rotate_normals(normals, self.field_normals(), expr)
 
 
 def mesh_conditioning(facemodel: MorphableModel, rasterizer: MeshRasterizer, camera: OrbitCamera,
                       id_z: torch.Tensor, exp_z: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor, size: int,
-                      *, mesh_warp: bool, albedo: bool = False, appearance_grow: int = 0) -> MeshConditioning:
+                      *, mesh_warp: bool, albedo: bool = False, appearance_grow: int = 0,
+                      meshes: FaceMeshes | None = None) -> MeshConditioning:
     """Guidance for faces (id_z, exp_z: (B, K) sigma units) seen at poses (theta, phi: (B,) radians)
-    at size x size pixels. ``mesh_warp`` / ``albedo``: which offsets the field needs."""
+    at size x size pixels. ``mesh_warp`` / ``albedo``: which offsets the field needs. ``meshes``: the
+    faces' :class:`FaceMeshes` when the caller kept them (built here otherwise)."""
     b = id_z.shape[0]
-    verts = facemodel.vertices(id_z, exp_z)
+    meshes = meshes or FaceMeshes(facemodel, id_z, exp_z, mesh_warp=mesh_warp, albedo=albedo)
+    verts, neutral = meshes.verts, meshes.neutral
     frags = rasterizer.rasterize(verts, facemodel.triangles, camera.cam2world(theta, phi), size)
     mask, depth = close_mouth(frags.mask, frags.depth)
     rays = camera.rays(theta, phi, size)
-    neutral = facemodel.vertices(id_z, torch.zeros_like(exp_z)) if mesh_warp else None
     offsets = None
     if mesh_warp:
         offsets = ray_offsets(frags, verts, neutral, facemodel.triangles, mask).reshape(b, -1, 3)
     app = None
     if albedo:
-        mean = facemodel.vertices(torch.zeros_like(id_z), torch.zeros_like(exp_z))
-        app = ray_offsets(frags, verts, mean, facemodel.triangles, mask)
+        app = ray_offsets(frags, verts, meshes.mean, facemodel.triangles, mask)
         app = grow_offsets(app, mask, appearance_grow).reshape(b, -1, 3)
     return MeshConditioning(rays, frags, verts, neutral, mask.reshape(b, -1), depth.reshape(b, -1), offsets, app,
-                            facemodel)
+                            meshes)
