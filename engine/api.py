@@ -54,7 +54,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".train.colour": ("ColourFitConfig", "run_colour_fit"),
     ".train.albedo": ("AlbedoFitConfig", "run_albedo_fit"),
     ".train.loop": ("STATE_FILE", "read_state"),
-    ".config": ("from_dict", "help_text"),
+    ".config": ("from_dict", "help_text", "read_json"),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 

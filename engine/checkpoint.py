@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .camera import CameraConfig
-from .config import from_dict
+from .config import from_dict, read_json
 from .errors import CgofError, FileFormatError
 from .model.field import FieldConfig, OccupancyField
 from .model.latent import LatentLayout
@@ -111,10 +111,7 @@ def read_info(path: str | Path) -> CheckpointInfo:
     cfg_path = p / CONFIG
     if not cfg_path.is_file():
         raise FileFormatError(f"{cfg_path}: missing; a checkpoint folder needs {WEIGHTS} and {CONFIG}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FileFormatError(f"{cfg_path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    cfg = read_json(cfg_path)
     where = str(cfg_path)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise FileFormatError(f"{where}: not a cGOF Studio checkpoint (expected format {FORMAT!r})")

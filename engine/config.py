@@ -201,3 +201,19 @@ def to_dict(obj: Any) -> dict:
         return v
 
     return plain(obj)
+
+
+def read_json(path) -> object:
+    """The JSON content of ``path``; a missing file or invalid JSON is a one-line error naming it."""
+    import json
+    from pathlib import Path
+
+    from .errors import CgofError, FileFormatError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CgofError(f"{p}: file not found")
+    try:
+        return json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FileFormatError(f"{p}: not valid JSON ({str(exc).splitlines()[0]})") from None

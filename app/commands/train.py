@@ -119,15 +119,10 @@ def recipe_section(data, section: str, where: str):
 def read_recipe_file(path: str | Path, stage: str, base=None):
     """The ``stage`` recipe in ``path`` (see :func:`recipe_section`), strictly validated; keys it
     does not set keep ``base``'s values (else the defaults)."""
-    from engine.api import CgofError, FileFormatError, from_dict
+    from engine.api import from_dict, read_json
 
     p = Path(path)
-    if not p.is_file():
-        raise CgofError(f"{p}: config file not found")
-    try:
-        data = json.loads(p.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FileFormatError(f"{p}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    data = read_json(p)
     section = STAGES[stage][1]
     return from_dict(_config_class(stage), recipe_section(data, section, str(p)), str(p), base=base)
 
