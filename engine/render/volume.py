@@ -114,6 +114,19 @@ class VolumeOutput:
     surface_depth: torch.Tensor | None = None
 
 
+@dataclass
+class TrainRender:
+    """What :meth:`VolumeRenderer.train_forward` returns, all with gradients: rgb (B, R, 3) in [0, 1];
+    depth (B, R) axis depth; weights (B, R, S) after last_back (what the reference's density
+    regularisers use); z (B, R, S) sorted axis depths of the samples; acc (B, R) opacity."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    weights: torch.Tensor
+    z: torch.Tensor
+    acc: torch.Tensor
+
+
 def seen_weights(out, last_back: bool) -> torch.Tensor:
     """The rendering weights (..., S) without last_back's leftover on the last sample: what an albedo
     field's colour is integrated with, the unseen remainder showing the (black) background, as in
@@ -222,28 +235,46 @@ class VolumeRenderer:
         (B, R, 3): world displacement added to every point of a ray before the field sees it (the
         expression deformation of :mod:`.mesh_warp`; None = none). appearance_offsets (B, R, 3): for
         an albedo field, the displacement onto the mean face where its albedo is read."""
+        z, rgb, sigma, evals = self._schedule(film, rays, mesh_depth, mask, generator, offsets)
+        out = self._final(film, rays, rgb, sigma, z, generator, appearance_offsets)
+        out.evaluations = evals
+        return out
+
+    def _schedule(self, film: Film, rays: Rays, mesh_depth, mask, generator, offsets, num_steps: int | None = None,
+                  noise_std: float | None = None, narrow_ratio: float | None = None):
+        """The reference sample placement: coarse S stratified jittered samples (no autograd; they
+        only place the next ones) -> hierarchical fine S -> on mesh pixels fine2 S blended into the
+        near-mesh band. Returns (z (B, R, S') sorted, rgb (B, R, S', 3) or None for an albedo field,
+        sigma (B, R, S'), field evaluations); the fine and fine2 evaluations carry gradients when
+        autograd is on (training, :meth:`train_forward`)."""
         c, cam = self.config, self.camera.config
         b, r = rays.directions.shape[:2]
-        s = c.num_steps
+        s = num_steps or c.num_steps
+        noise = c.nerf_noise if noise_std is None else noise_std
+        narrow = c.narrow_ratio if narrow_ratio is None else narrow_ratio
         d = rays.directions
+
+        def weights(sigma, z):  # placement weights: the reference integrates without last_back here
+            return integrate(None, sigma, z, noise_std=noise, clamp=c.clamp_mode, last_back=False,
+                             generator=generator).weights
+
         z_coarse = stratified_depths((b, r), s, cam.ray_start, cam.ray_end, d, True, generator)
-        rgb_c, sig_c = self._samples(film, rays, z_coarse, offsets)
+        with torch.no_grad():
+            rgb_c, sig_c = self._samples(film, rays, z_coarse, offsets)
         evals = b * r * s
         if not c.hierarchical:
-            out = self._final(film, rays, rgb_c, sig_c, z_coarse, generator, appearance_offsets)
-            out.evaluations = evals
-            return out
-        w_c = self._integrate(None, sig_c, z_coarse, generator, last_back=False).weights
-        z_fine = sample_pdf(z_coarse, w_c, s, generator=generator)
+            return z_coarse, rgb_c, sig_c, evals
+        with torch.no_grad():
+            z_fine = sample_pdf(z_coarse, weights(sig_c, z_coarse), s, generator=generator)
         rgb_f, sig_f = self._samples(film, rays, z_fine, offsets)
         evals += b * r * s
         if c.sample_near_mesh and mesh_depth is not None and mask is not None:
-            w_f = self._integrate(None, sig_f, z_fine, generator, last_back=False).weights
-            z_fine2 = sample_pdf(z_fine, w_f, s, generator=generator)
-            thick = c.band_thickness(cam.ray_start, cam.ray_end)
-            band = mesh_depth[..., None] + (torch.linspace(0, 1, s, device=d.device) - 0.5) * thick
-            blended = c.narrow_ratio * band + (1 - c.narrow_ratio) * z_fine2
-            z2 = torch.where(mask[..., None], blended, z_fine2)
+            with torch.no_grad():
+                z_fine2 = sample_pdf(z_fine, weights(sig_f.detach(), z_fine), s, generator=generator)
+                thick = c.band_thickness(cam.ray_start, cam.ray_end)
+                band = mesh_depth[..., None] + (torch.linspace(0, 1, s, device=d.device) - 0.5) * thick
+                blended = narrow * band + (1 - narrow) * z_fine2
+                z2 = torch.where(mask[..., None], blended, z_fine2)
             rgb_2, sig_2 = self._samples(film, rays, z2, offsets)
             evals += b * r * s
             z_all, parts = torch.cat([z_fine, z2], -1), ((rgb_f, sig_f), (rgb_2, sig_2))
@@ -254,9 +285,25 @@ class VolumeRenderer:
         rgb_all = None
         if parts[0][0] is not None:
             rgb_all = torch.cat([p[0] for p in parts], -2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
-        out = self._final(film, rays, rgb_all, sig_all, z_all, generator, appearance_offsets)
-        out.evaluations = evals
-        return out
+        return z_all, rgb_all, sig_all, evals
+
+    def train_forward(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor, *,
+                      generator: torch.Generator | None = None, offsets: torch.Tensor | None = None,
+                      num_steps: int | None = None, noise_std: float = 0.0, narrow_ratio: float = 1.0) -> "TrainRender":
+        """The reference schedule with autograd, as the official ``PoseImplicitGenerator3d.forward``
+        with ``sample_near_mesh`` (docs/reference.md, 'Hierarchical sampling and the render
+        schedule'): coarse under no_grad, fine and fine2 (band-blended on mesh pixels, by
+        ``narrow_ratio``) evaluated with gradients, [fine, fine2] integrated with density noise
+        ``noise_std`` and the config's last_back. Radiance fields only (an albedo field's image
+        needs its shading normals; see engine.synthesizer). Shapes as :class:`TrainRender`."""
+        if self.field.config.albedo:
+            raise ValueError("train_forward renders radiance fields; an albedo field is shaded by the synthesizer")
+        c = self.config
+        z, rgb, sigma, _ = self._schedule(film, rays, mesh_depth, mask, generator, offsets, num_steps, noise_std,
+                                          narrow_ratio)
+        out = integrate(rgb, sigma, z, noise_std=noise_std, clamp=c.clamp_mode, white_back=c.white_back,
+                        last_back=c.last_back, generator=generator)
+        return TrainRender(out.rgb, out.depth, out.weights, z, out.acc)
 
     # ---- fast path -----------------------------------------------------------------------------
     def _autocast(self, device: torch.device):

@@ -79,6 +79,10 @@ class RunOptions:
     save_every: int = 0  # also every this many steps (0: only at the end of train())
     tensorboard_dir: Path | None = None  # TensorBoard scalars (None: none)
     progress_bar: bool | None = None  # tqdm bar; None: when stderr is a terminal
+    # Writes the run's checkpoint instead of :meth:`TrainLoop.save` (the adversarial trainer's
+    # checkpoint folders); called every save_every steps and at the end.
+    saver: Callable[[], None] | None = None
+    main_process: bool = True  # False on ranks > 0 of a distributed run: no log lines, bar, TensorBoard or saving
 
     @classmethod
     def for_run(cls, out_dir, save_every: int = 0, resume: bool = False, tensorboard_dir=None,
@@ -116,6 +120,7 @@ class TrainLoop:
         self._start: float | None = None
         self._budget: float | None = None
         self._extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None
+        self.writer = None  # the TensorBoard writer while run() is on (trainers add images through it)
 
     # ---- set-up --------------------------------------------------------------------------------
     def add_optimizer(self, optimizer: torch.optim.Optimizer, schedule: Callable[[float], float] | None = None,
@@ -157,15 +162,29 @@ class TrainLoop:
                  params: Iterable[torch.Tensor] | None = None) -> None:
         """zero_grad, backward (scaled), ``before_step`` (e.g. gradient masks), unscale + clip to
         ``clip_grad_norm`` (over ``params``, default the module's), optimiser step."""
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.optimizers[name].zero_grad(set_to_none=True)
+        self.backward(loss)
         if before_step is not None:
             before_step()
+        self.step_optimizer(name, params)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss`` (scaled when mixed precision is on); gradients add up until the
+        optimiser steps, so a trainer may call this once per batch split."""
+        self.scaler.scale(loss).backward()
+
+    def step_optimizer(self, name: str = "main", params: Iterable[torch.Tensor] | None = None) -> float | None:
+        """Unscale + clip the accumulated gradients to ``clip_grad_norm`` (over ``params``, default
+        the module's) and step optimiser ``name``. Returns the gradient norm before clipping (None
+        without clipping)."""
+        opt = self.optimizers[name]
+        norm = None
         if self.clip_grad_norm is not None:
             self.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(self.module.parameters() if params is None else params, self.clip_grad_norm)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters() if params is None else params,
+                                                        self.clip_grad_norm))
         self.scaler.step(opt)
+        return norm
 
     def finish_step(self) -> None:
         """After the step's optimiser steps: scaler update, EMA, step count, schedules."""
@@ -197,9 +216,13 @@ class TrainLoop:
         stop = self.steps if steps is None else steps
         start = self._start = time.perf_counter()
         self._budget = time_budget_s
-        bar = self._progress_bar(stop)
-        writer = self._tensorboard()
-        emit = log
+        main = self.options.main_process
+        bar = self._progress_bar(stop) if main else None
+        writer = self.writer = self._tensorboard() if main else None
+        emit = log if main else None
+        save = self.options.saver or (self.save if self.options.state_path else None)
+        if not main:
+            save = None
         if bar is not None and log is print:
             emit = bar.write
         try:
@@ -219,13 +242,14 @@ class TrainLoop:
                     if bar is not None:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "elapsed_s")
                                          and isinstance(v, float)}, refresh=False)
-                if self.options.state_path and self.options.save_every and self.step % self.options.save_every == 0:
-                    self.save()
+                if save is not None and self.options.save_every and self.step % self.options.save_every == 0:
+                    save()
                 if time_budget_s is not None and self.elapsed() > time_budget_s:
                     break
-            if self.options.state_path:
-                self.save()
+            if save is not None and not self._saved_at_step():
+                save()
         finally:
+            self.writer = None
             self._elapsed_before = self.elapsed()
             self._start = None
             if bar is not None:
@@ -233,6 +257,10 @@ class TrainLoop:
             if writer is not None:
                 writer.close()
         return {"steps": self.step, "seconds": round(time.perf_counter() - start, 1)}
+
+    def _saved_at_step(self) -> bool:
+        """The periodic save just wrote this step (the final save would repeat it)."""
+        return bool(self.options.saver and self.options.save_every and self.step % self.options.save_every == 0)
 
     def _log_row(self, summarize) -> dict:
         n = max(self._count, 1)

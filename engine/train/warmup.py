@@ -49,7 +49,7 @@ from .data import random_latents, random_poses, render_targets
 from .losses import band_thickness, dist_depr
 from .loop import STATE_FILE, cosine_schedule, make_generator, RunOptions, seeded_init, stage_record, TrainLoop
 from .schedule import Ramp, ramp_value, weighted_total
-from .warp import expression_flow, resample_expression, signed_log, warp_consistency, warp_depth_agreement
+from .warp import expression_flow, resample_expression, signed_log, warp_depths, warp_terms
 
 NORMAL_GRAD_FLOOR = 1e3
 GRAD_CLIP = 10.0  # max gradient norm over the field's parameters
@@ -429,37 +429,19 @@ class WarmupTrainer:
         return torch.rand(shape, generator=gen, device=gen.device, dtype=like.dtype).to(like.device)
 
     def warp_depths(self, w: WarpBatch, band_width: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(P, R, warp_samples) axis depths of the warp term: the first half across a band around
-        mesh 1's depth (``warp_band`` wide, else ``band_width``; jittered), the rest stratified over
-        the whole ray. Draws from ``generator`` (default: one seeded by the pair batch)."""
+        """(P, R, warp_samples) axis depths of the warp term (:func:`~.warp.warp_depths`: half across a
+        band ``warp_band`` wide, else ``band_width``, around mesh 1's depth, half stratified). Draws
+        from ``generator`` (default: one seeded by the pair batch)."""
         c, cam = self.cfg, self.camera.config
         gen = generator if generator is not None else self._sample_generator(w.sample_seed)
-        p, r = w.valid.shape
-        half = c.warp_samples // 2
-        hit = w.depth1 > 0
-        centre = torch.where(hit, w.depth1, torch.full_like(w.depth1, cam.ray_end))
         width = c.warp_band if c.warp_band > 0 else band_width
-        band = band_depths(centre, c.warp_samples - half, width)
-        band = band + (self._rand(band.shape, gen, band) - 0.5) * width / max(c.warp_samples - half - 1, 1)
-        free = stratified_depths((p, r), half, cam.ray_start, cam.ray_end, w.dirs, True, gen)
-        return torch.cat([band.clamp(cam.ray_start, cam.ray_end), free], dim=-1)
+        return warp_depths(w.depth1, c.warp_samples, width, cam.ray_start, cam.ray_end, gen)
 
     def _warp_loss(self, w: WarpBatch, band_width: float,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """warping3d (see :mod:`.warp`) at :meth:`warp_depths` on the rays of mesh 1: the per-sample
-        consistency and the expected-depth agreement (:func:`~.warp.warp_depth_agreement`)."""
-        p, r = w.valid.shape
+        """warping3d (:func:`~.warp.warp_terms`) at :meth:`warp_depths` on the rays of mesh 1."""
         z = self.warp_depths(w, band_width, generator).sort(-1).values  # sorted for the depth agreement
-        s = z.shape[-1]
-        pts = w.origins[:, None, None, :] + w.dirs[:, :, None, :] * z[..., None]
-        moved = pts + w.flow[:, :, None, :]
-        dirs = w.dirs[:, :, None, :].expand(-1, -1, s, -1).reshape(p, r * s, 3)
-        rgb1, sigma1 = self.field(pts.reshape(p, r * s, 3), dirs, self.field.film(w.z1))
-        rgb0, sigma0 = self.field(moved.reshape(p, r * s, 3), dirs, self.field.film(w.z0))
-        rgb1, sigma1 = rgb1.reshape(p, r, s, 3), sigma1.reshape(p, r, s)
-        rgb0, sigma0 = rgb0.reshape(p, r, s, 3), sigma0.reshape(p, r, s)
-        return (warp_consistency(rgb1, sigma1, rgb0, sigma0, w.valid),
-                warp_depth_agreement(sigma1, sigma0, z, w.valid))
+        return warp_terms(self.field, w.z0, w.z1, w.origins, w.dirs, w.flow, w.valid, z)
 
     def _normal_loss(self, batch: Batch, film) -> torch.Tensor:
         """Mean (1 - cos) between the field's normals and the mesh normals at mesh surface points

@@ -21,7 +21,7 @@ import torch
 
 from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
-from ..render.integration import integrate
+from ..render.integration import band_depths, integrate, stratified_depths
 from ..render.rasterizer import MeshRasterizer
 
 
@@ -96,3 +96,38 @@ def warp_depth_agreement(sigma1: torch.Tensor, sigma0: torch.Tensor, z: torch.Te
     d0 = integrate(rgb, sigma0, z, last_back=True).depth
     w = valid.to(d1.dtype)
     return ((d1 - d0).abs() * w).sum() / w.sum().clamp(min=1)
+
+
+def warp_depths(depth1: torch.Tensor, samples: int, band_width: float, ray_start: float, ray_end: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """(P, R, samples) axis depths for the warp term on rays with mesh 1's depth depth1 (P, R) (0
+    where mesh 1 misses): the last samples - samples // 2 across a band ``band_width`` wide around
+    depth1 (jittered by up to one spacing; rays that miss centre it at ray_end), the first half
+    stratified over [ray_start, ray_end]. Unsorted: band first, then stratified."""
+    half = samples // 2
+    hit = depth1 > 0
+    centre = torch.where(hit, depth1, torch.full_like(depth1, ray_end))
+    band = band_depths(centre, samples - half, band_width)
+    jitter = torch.rand(band.shape, generator=generator, device=generator.device if generator is not None else None,
+                        dtype=band.dtype).to(band.device)
+    band = band + (jitter - 0.5) * band_width / max(samples - half - 1, 1)
+    free = stratified_depths(depth1.shape, half, ray_start, ray_end, depth1, True, generator)
+    return torch.cat([band.clamp(ray_start, ray_end), free], dim=-1)
+
+
+def warp_terms(field, z0: torch.Tensor, z1: torch.Tensor, origins: torch.Tensor, dirs: torch.Tensor,
+               flow: torch.Tensor, valid: torch.Tensor, depths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """warping3d for P pairs: the field with z1 at points on the rays (origins (P, 3), dirs (P, R, 3))
+    at sorted axis depths ``depths`` (P, R, S) against the field with z0 at the same points moved by
+    ``flow`` (P, R, 3); valid (P, R) bool. Returns (:func:`warp_consistency`,
+    :func:`warp_depth_agreement`), both with gradients into the field."""
+    p, r, s = depths.shape
+    pts = origins[:, None, None, :] + dirs[:, :, None, :] * depths[..., None]
+    moved = pts + flow[:, :, None, :]
+    d = dirs[:, :, None, :].expand(-1, -1, s, -1).reshape(p, r * s, 3)
+    rgb1, sigma1 = field(pts.reshape(p, r * s, 3), d, field.film(z1))
+    rgb0, sigma0 = field(moved.reshape(p, r * s, 3), d, field.film(z0))
+    rgb1, sigma1 = rgb1.reshape(p, r, s, 3), sigma1.reshape(p, r, s)
+    rgb0, sigma0 = rgb0.reshape(p, r, s, 3), sigma0.reshape(p, r, s)
+    return (warp_consistency(rgb1, sigma1, rgb0, sigma0, valid),
+            warp_depth_agreement(sigma1, sigma0, depths, valid))
