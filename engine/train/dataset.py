@@ -247,6 +247,8 @@ def coefficient_stats(samples_or_root, sizes: Mapping[str, int]) -> dict[str, di
     a tiny ridge (1e-6 x the mean variance) so it exists with fewer samples than dimensions; L_ its
     inverse. ``samples_or_root``: a list of :class:`Sample` or a folder (scanned first).
     """
+    import scipy.linalg
+
     if isinstance(samples_or_root, (str, os.PathLike)):
         samples = scan_dataset(samples_or_root, sizes, check_stats=False)
     else:
@@ -265,8 +267,6 @@ def coefficient_stats(samples_or_root, sizes: Mapping[str, int]) -> dict[str, di
         # all-zero trans of synthesised data), while changing the spread by a negligible amount.
         ridge = max(1e-6 * float(np.mean(np.diag(cov))), 1e-12)
         chol = np.linalg.cholesky(cov + ridge * np.eye(cov.shape[0]))
-        import scipy.linalg
-
         inv = scipy.linalg.solve_triangular(chol, np.eye(chol.shape[0]), lower=True)
         stats[kind] = {"mean": mean[None], "std": std[None], "L": chol, "L_": inv}
     return stats
