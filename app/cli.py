@@ -13,7 +13,7 @@ from engine.api import CgofError
 
 # Module names under app.commands, in help order. A missing module is skipped so a partial
 # checkout still has a working CLI for what it has.
-COMMANDS = ("facemodel", "render", "sweeps", "export_mesh", "eval", "bench", "train", "import_official")
+COMMANDS = ("facemodel", "render", "sweeps", "export_mesh", "eval", "bench", "train", "import_official", "data")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -54,6 +54,8 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".train.colour": ("ColourFitConfig", "run_colour_fit"),
     ".train.albedo": ("AlbedoFitConfig", "run_albedo_fit"),
     ".train.loop": ("STATE_FILE", "read_state"),
+    ".train.dataset": ("FaceImageDataset", "ImageLoader", "ResumableSampler", "Sample", "coefficient_stats",
+                       "make_loader", "read_coefficients", "scan_dataset", "synthesize_dataset", "write_stats"),
     ".config": ("from_dict", "help_text", "read_json"),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
