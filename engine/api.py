@@ -56,7 +56,10 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".train.loop": ("STATE_FILE", "read_state"),
     ".train.dataset": ("FaceImageDataset", "ImageLoader", "ResumableSampler", "Sample", "coefficient_stats",
                        "make_loader", "read_coefficients", "scan_dataset", "synthesize_dataset", "write_stats"),
-    ".config": ("from_dict", "help_text", "read_json"),
+    ".config": ("from_dict", "help_text", "read_json", "to_dict"),
+    ".train.gan": ("CURRICULA", "GanConfig", "curriculum"),
+    ".train.gan_run": ("MonitorOptions", "latest_checkpoint_recipe", "run_gan"),
+    ".train.distributed": ("launch", "torchrun_command"),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 

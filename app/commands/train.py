@@ -1,4 +1,13 @@
-"""`cgof train warmup|colour|albedo`: fit the field to face-model renders (produces the embedded default).
+"""`cgof train`: adversarial cGOF training on a data set (multi-GPU through torchrun), and the
+stages `cgof train warmup|colour|albedo` that fit the field to face-model renders (the embedded default).
+
+Adversarial: ``cgof train --config NAME|FILE --data DIR --out RUN_DIR [--init CKPT] [--steps K]
+[--nproc N] [--device D] [--resume auto]``. ``--config`` names a curriculum (reference, cpu, tiny)
+or a JSON file; every curriculum field is also a flag. ``--nproc N`` re-launches the command under
+``torchrun --nproc_per_node=N``; ``--nnodes/--node-rank/--rdzv-endpoint`` take it to several
+machines (README, "Training").
+
+Stages:
 
 Each stage's recipe is a config dataclass; its fields become flags (help from the field's
 metadata), ``--config FILE`` reads a recipe from a JSON file (a run record such as
@@ -11,6 +20,8 @@ recipe's fields) and flags override it. ``--resume`` continues the run saved in
 from __future__ import annotations
 
 import json
+import os
+import sys
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -30,9 +41,12 @@ def _config_class(stage: str):
 
 
 def register(sub):
-    p = sub.add_parser("train", help="training (warm-up, colour and albedo fits; adversarial training later)")
+    p = sub.add_parser("train", help="adversarial training on a data set (multi-GPU with --nproc); or a fitting "
+                                     "stage: warmup, colour, albedo")
+    _gan_flags(p)
+    p.set_defaults(handler=_gan, stage=None)
     tsub = p.add_subparsers(dest="train_command", metavar="STAGE")
-    tsub.required = True
+    tsub.required = False
     w = tsub.add_parser("warmup", help="supervised warm-up of the occupancy field on face-model renders")
     w.add_argument("--out", default="assets/default_checkpoint", help="checkpoint folder to write")
     w.add_argument("--init", metavar="DIR", default=None, help="start from this checkpoint's weights (fine-tune)")
@@ -181,3 +195,115 @@ def _warmup(args) -> int:
     print(json.dumps({k: report[k] for k in ("steps", "train_seconds") if k in report}
                      | {"metrics": report.get("metrics"), "out": str(args.out)}))
     return 0
+
+
+# ---- adversarial training ------------------------------------------------------------------------
+def _gan_flags(p) -> None:
+    import engine.api
+
+    p.add_argument("--config", metavar="NAME|FILE", default=None,
+                   help="curriculum: reference (the paper's, 64 px, 8 per GPU), cpu (32 px, an hour on a laptop), tiny "
+                        "(tests), or a JSON file (a run's gan.json or an object of curriculum fields); default reference")
+    p.add_argument("--data", metavar="DIR", help="data set folder: face crops + coefficient files (cgof data synth|check)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder: checkpoints/, tensorboard/, gan.json and the newest "
+                   "EMA weights (render it with --checkpoint RUN_DIR)")
+    p.add_argument("--init", metavar="CKPT", default=None, help="start from this radiance checkpoint (a warm-up)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|CKPT",
+                   help="continue the newest complete checkpoint of RUN_DIR (auto) or the given checkpoint folder")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="processes on this machine (one per GPU); re-launches under torchrun")
+    p.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines taking part (torchrun --nnodes)")
+    p.add_argument("--node-rank", type=int, default=0, metavar="K", help="this machine's rank (multi-node)")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", default=None,
+                   help="rendezvous of a multi-node run (torchrun --rdzv-endpoint; the same on every machine)")
+    p.add_argument("--rdzv-id", metavar="ID", default=None, help="rendezvous id of a multi-node run")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when present, else cpu), cpu, cuda")
+    p.add_argument("--facemodel", default=None, help="face model (.npz ours or BFM_model_front.mat)")
+    p.add_argument("--coeff-dist", metavar="NPZ", default=None,
+                   help="coefficient statistics for a BFM (default: the data set's coeff_distribution_L.npz)")
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
+    g = p.add_argument_group("monitoring (may change on --resume)")
+    for f in fields(engine.api.MonitorOptions):
+        if f.type in (bool, "bool"):
+            continue
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"monitor_{f.name}", type=int, default=None,
+                       help=engine.api.help_text(f))
+    g.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard logs")
+    c = p.add_argument_group("curriculum fields (override --config)")
+    _config_flags(c, engine.api.GanConfig)
+
+
+def _gan_config(args):
+    """Curriculum: (the resumed run's) <- --config <- flags, validated."""
+    from engine.api import GanConfig, curriculum, from_dict, latest_checkpoint_recipe
+
+    cfg = None
+    if args.resume and args.out:
+        cfg = latest_checkpoint_recipe(args.out, args.resume)
+    if args.config:
+        cfg = curriculum(args.config) if cfg is None else from_dict(GanConfig, _dict(curriculum(args.config)),
+                                                                     args.config, base=cfg)
+    cfg = cfg or curriculum("reference")
+    return from_dict(GanConfig, _overrides(args, GanConfig), "command line", base=cfg)
+
+
+def _dict(cfg) -> dict:
+    from engine.api import to_dict
+
+    return to_dict(cfg)
+
+
+def _gan(args) -> int:
+    from engine.api import CgofError, MonitorOptions, from_dict, launch, load_facemodel, run_gan, torchrun_command
+
+    if not args.data or not args.out:
+        raise CgofError("adversarial training needs --data DIR and --out RUN_DIR (or name a stage: warmup, colour, "
+                        "albedo)")
+    cfg = _gan_config(args)
+    monitor = from_dict(MonitorOptions, {k[len("monitor_"):]: v for k, v in vars(args).items()
+                                         if k.startswith("monitor_") and v is not None}, "command line")
+    if args.no_tensorboard:
+        monitor = from_dict(MonitorOptions, {"tensorboard": False}, "command line", base=monitor)
+    nproc = args.nproc or 1
+    if (nproc > 1 or args.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+        argv = _strip_launch_flags(getattr(args, "argv", None) or sys.argv[1:])
+        cmd = torchrun_command(nproc, argv, nnodes=args.nnodes, node_rank=args.node_rank,
+                               rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id)
+        print(" ".join(cmd), file=sys.stderr)
+        return launch(cmd)
+    fm = _facemodel_for(args)
+    record = run_gan(args.out, args.data, cfg, facemodel=fm, device=args.device, init=args.init, resume=args.resume,
+                     monitor=monitor, time_budget_s=args.time_budget)
+    if record is not None:
+        print(json.dumps({"steps": record["steps"], "train_seconds": record["train_seconds"],
+                          "swd": record["swd"][-1]["mean"] if record.get("swd") else None, "out": str(args.out)}))
+    return 0
+
+
+def _facemodel_for(args):
+    """The face model; a BFM takes the data set's coefficient statistics unless --coeff-dist says otherwise."""
+    from engine.api import load_facemodel
+
+    coeff = args.coeff_dist
+    if coeff is None and args.facemodel and str(args.facemodel).lower().endswith(".mat"):
+        candidate = Path(args.data) / "coeff_distribution_L.npz"
+        coeff = str(candidate) if candidate.is_file() else None
+    return load_facemodel(args.facemodel, coeff_dist=coeff)
+
+
+_LAUNCH_FLAGS = {"--nproc": 1, "--nnodes": 1, "--node-rank": 1, "--rdzv-endpoint": 1, "--rdzv-id": 1}
+
+
+def _strip_launch_flags(argv: list[str]) -> list[str]:
+    """argv without the launcher's own flags (torchrun gets them; the processes must not re-launch)."""
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = a.split("=", 1)[0]
+        if name in _LAUNCH_FLAGS:
+            skip = 0 if "=" in a else _LAUNCH_FLAGS[name]
+            continue
+        out.append(a)
+    return out

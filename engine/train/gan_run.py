@@ -165,15 +165,15 @@ def run_gan(run_dir: str | Path, data_dir: str | Path, config: GanConfig, *, fac
     from ..checkpoint import save_checkpoint
     from ..model.io import load_facemodel
     from .dataset import FaceImageDataset, make_loader, scan_dataset
-    from .distributed import device_for_rank, init_distributed, is_main, shutdown
-    from .state_io import RunCheckpoints, load_state_dir, resolve_resume, save_state_dir
+    from .distributed import device_for_rank, dist_info_from_env, init_distributed, is_main, shutdown
+    from .state_io import RunCheckpoints, load_state_dir, publish, resolve_resume, save_state_dir
 
     run = Path(run_dir)
     mon = monitor or MonitorOptions()
     cfg = config if steps is None else _with_steps(config, steps)
-    dev = device_for_rank(device, None)
+    env = dist_info_from_env()
+    dev = device_for_rank(device, env)
     info = init_distributed(dev)
-    dev = device_for_rank(device, info)
     main = is_main(info)
     try:
         fm = facemodel if facemodel is not None else load_facemodel(None)
@@ -213,7 +213,7 @@ def run_gan(run_dir: str | Path, data_dir: str | Path, config: GanConfig, *, fac
 
         def save() -> None:
             folder = checkpoints.write(trainer.step, fill)
-            checkpoints.publish(folder, run)
+            publish(folder, run)
 
         options.saver = save
         if main and monitor_ is not None and trainer.step == 0 and mon.swd_images:
@@ -277,3 +277,19 @@ def _with_steps(config: GanConfig, steps: int) -> GanConfig:
     from dataclasses import replace
 
     return replace(config, steps=steps)
+
+
+def latest_checkpoint_recipe(run_dir: str | Path, resume: str) -> GanConfig | None:
+    """The curriculum the checkpoint ``resume`` ("auto": the run's newest) was written with (None: no
+    checkpoint yet, a fresh start)."""
+    from ..checkpoint import read_info
+    from ..config import from_dict
+    from .state_io import resolve_resume
+
+    folder = resolve_resume(run_dir, resume)
+    if folder is None:
+        return None
+    recipe = read_info(folder).provenance.get("recipe") or {}
+    if not isinstance(recipe.get("gan_config"), dict):
+        raise CgofError(f"{folder}: records no curriculum (not an adversarial run's checkpoint)")
+    return from_dict(GanConfig, recipe["gan_config"], str(folder / "config.json"))
