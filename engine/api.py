@@ -60,6 +60,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".train.gan": ("CURRICULA", "GanConfig", "curriculum"),
     ".train.gan_run": ("MonitorOptions", "latest_checkpoint_recipe", "run_gan"),
     ".train.distributed": ("launch", "torchrun_command"),
+    ".train.bench_train": ("bench_train",),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -1,4 +1,4 @@
-"""``cgof bench raster|render``: timing figures of the mesh rasteriser and of the renderer."""
+"""``cgof bench raster|render|train``: timing figures of the mesh rasteriser, the renderer and training."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def register(sub):
-    p = sub.add_parser("bench", help="timing figures (rasteriser, renderer)")
+    p = sub.add_parser("bench", help="timing figures (rasteriser, renderer, training)")
     what = p.add_subparsers(dest="bench_command", metavar="WHAT")
     what.required = True
 
@@ -42,6 +42,17 @@ def register(sub):
     q.add_argument("--checkpoint", metavar="DIR", default=None, help="checkpoint folder (default: embedded)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(handler=_render)
+
+    t = what.add_parser("train", help="training images/s and peak memory per curriculum at one image size")
+    t.add_argument("--curricula", default="reference,cpu",
+                   help="comma-separated curriculum names or JSON files (default reference,cpu)")
+    t.add_argument("--size", type=int, default=None,
+                   help="image size for every curriculum (default: 64 on CUDA, 32 on the CPU)")
+    t.add_argument("--steps", type=int, default=3, help="timed steps per curriculum (default 3)")
+    t.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(handler=_train)
 
 
 def _raster(args) -> int:
@@ -90,3 +101,19 @@ def _row_line(row) -> str:
         return str(row)
     head = f"size {row['size']}: " if "size" in row else ""
     return head + ", ".join(f"{k} {v}" for k, v in row.items() if k != "size")
+
+
+def _train(args) -> int:
+    from engine.api import CgofError, bench_train, resolve_device
+
+    if args.steps < 1 or args.warmup < 0:
+        raise CgofError("--steps must be >= 1 and --warmup >= 0")
+    size = args.size or (64 if resolve_device(args.device).type == "cuda" else 32)
+    names = [c.strip() for c in args.curricula.split(",") if c.strip()]
+    log = None if args.json else (lambda row: print(_row_line(row), file=sys.stderr, flush=True))
+    out = bench_train(names, size=size, steps=args.steps, warmup=args.warmup, device=args.device, log=log)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(json.dumps({k: v for k, v in out.items() if k != "rows"}))
+    return 0 if all("error" not in r for r in out["rows"]) else 1

@@ -50,6 +50,8 @@ class MonitorOptions:
     eval_samples: int = option(16, help="faces of each fidelity evaluation (0: none)", range=(0, None))
     workers: int = option(2, help="data loader worker processes per rank", range=(0, None))
     tensorboard: bool = option(True, help="write TensorBoard logs to RUN_DIR/tensorboard")
+    inception_weights: str = option("", help="local Inception weights file (torch-fidelity's): FID/KID next to "
+                                    "each SWD, through torchmetrics (nothing is downloaded)")
 
 
 def _grid(images: torch.Tensor, cols: int) -> torch.Tensor:
@@ -116,12 +118,19 @@ class Monitor:
         fake = self.t.render_fixed(*self.swd_latents)["image"]
         value = swd(self.real, fake, seed=0)
         row = {"step": self.t.step, "mean": value["mean"], "levels": {str(k): v for k, v in value["levels"].items()}}
+        if self.o.inception_weights:
+            from .swd import fid_kid
+
+            row.update(fid_kid(self.real, fake, self.o.inception_weights))
         self.swd_history.append(row)
         w = self.t.loop.writer
         if w is not None:
             w.add_scalar("swd/mean", value["mean"], self.t.step)
             for k, v in value["levels"].items():
                 w.add_scalar(f"swd/level_{k}", v, self.t.step)
+            for k in ("fid", "kid"):
+                if k in row:
+                    w.add_scalar(f"metrics/{k}", row[k], self.t.step)
             w.flush()
         return row
 
@@ -170,6 +179,9 @@ def run_gan(run_dir: str | Path, data_dir: str | Path, config: GanConfig, *, fac
 
     run = Path(run_dir)
     mon = monitor or MonitorOptions()
+    if mon.inception_weights and not Path(mon.inception_weights).is_file():
+        raise CgofError(f"--inception-weights {mon.inception_weights}: no such file (a local torch-fidelity "
+                        "Inception weights file; nothing is downloaded)")
     cfg = config if steps is None else _with_steps(config, steps)
     env = dist_info_from_env()
     dev = device_for_rank(device, env)
