@@ -305,6 +305,37 @@ class VolumeRenderer:
                         last_back=c.last_back, generator=generator)
         return TrainRender(out.rgb, out.depth, out.weights, z, out.acc)
 
+    def train_forward_mesh(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor, *,
+                           band_width: float, band_samples: int, free_samples: int,
+                           generator: torch.Generator | None = None, offsets: torch.Tensor | None = None,
+                           noise_std: float = 0.0) -> "TrainRender":
+        """Our mesh-guided training schedule (cheaper than :meth:`train_forward`; all samples with
+        autograd, none wasted on placement). Mesh pixels: ``band_samples`` jittered across a band
+        ``band_width`` wide around the mesh depth (callers pass the dist_depr band, which narrows
+        with training) plus ``free_samples`` stratified jittered samples over the whole ray (free
+        space stays visible to the losses, so no density grows unseen between bands). Other pixels:
+        band_samples + free_samples stratified jittered samples. Evaluations per pixel:
+        band_samples + free_samples (the reference schedule: 3 x num_steps)."""
+        if self.field.config.albedo:
+            raise ValueError("train_forward_mesh renders radiance fields; an albedo field is shaded by the synthesizer")
+        c, cam = self.config, self.camera.config
+        b, r = mesh_depth.shape
+        d = rays.directions
+        s = band_samples + free_samples
+        with torch.no_grad():
+            free = stratified_depths((b, r), free_samples, cam.ray_start, cam.ray_end, d, True, generator)
+            step = band_width / max(band_samples - 1, 1)
+            band = mesh_depth[..., None] + (torch.linspace(0, 1, band_samples, device=d.device) - 0.5) * band_width
+            u = torch.rand(band.shape, generator=generator, dtype=band.dtype,
+                           device=generator.device if generator is not None else band.device).to(band.device)
+            band = (band + (u - 0.5) * step).clamp(cam.ray_start, cam.ray_end)
+            other = stratified_depths((b, r), s, cam.ray_start, cam.ray_end, d, True, generator)
+            z = torch.where(mask[..., None], torch.cat([band, free], -1), other).sort(-1).values
+        rgb, sigma = self._samples(film, rays, z, offsets)
+        out = integrate(rgb, sigma, z, noise_std=noise_std, clamp=c.clamp_mode, white_back=c.white_back,
+                        last_back=c.last_back, generator=generator)
+        return TrainRender(out.rgb, out.depth, out.weights, z, out.acc)
+
     # ---- fast path -----------------------------------------------------------------------------
     def _autocast(self, device: torch.device):
         if device.type == "cuda" and self.config.fast_half_precision:

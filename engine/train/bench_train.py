@@ -36,14 +36,17 @@ class _RandomImages:
         pass
 
 
-def _one(name: str, size: int | None, steps: int, warmup: int, device: str, threads: int | None, queue) -> None:
+def _one(name: str, sampling: str, size: int | None, steps: int, warmup: int, device: str, threads: int | None,
+         queue) -> None:
     try:
-        queue.put(_measure(name, size, steps, warmup, device, threads))
+        queue.put(_measure(name, sampling, size, steps, warmup, device, threads))
     except Exception as exc:  # reported as a row, the parent goes on with the next curriculum
-        queue.put({"curriculum": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        queue.put({"curriculum": name, "sampling": sampling, "error": f"{type(exc).__name__}: {first}"})
 
 
-def _measure(name: str, size: int | None, steps: int, warmup: int, device: str, threads: int | None) -> dict:
+def _measure(name: str, sampling: str, size: int | None, steps: int, warmup: int, device: str,
+             threads: int | None) -> dict:
     from ..device import resolve_device
     from ..model.io import load_facemodel
     from .gan import GanTrainer, curriculum
@@ -51,7 +54,7 @@ def _measure(name: str, size: int | None, steps: int, warmup: int, device: str, 
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    cfg = curriculum(name)
+    cfg = replace(curriculum(name), sampling=sampling)
     if size:
         cfg = replace(cfg, img_size=size)
     fm = load_facemodel(None)
@@ -85,11 +88,12 @@ def _measure(name: str, size: int | None, steps: int, warmup: int, device: str, 
     g_s = statistics.median(g_times)
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    # Evaluations per pixel of one G render: coarse (no autograd) + fine + fine2 (autograd).
-    per_pixel = 3 * cfg.num_steps
+    # Evaluations per pixel of one G render: reference, coarse (no autograd) + fine + fine2
+    # (autograd); mesh, band + free samples (all with autograd).
+    per_pixel = 3 * cfg.num_steps if cfg.sampling == "reference" else cfg.band_samples + cfg.free_samples
     return {"curriculum": name, "img_size": cfg.img_size, "batch_size": cfg.batch_size,
             "batch_split": cfg.batch_split, "width": trainer.field.config.width,
-            "film_layers": trainer.field.config.film_layers, "samples_per_pass": cfg.num_steps,
+            "film_layers": trainer.field.config.film_layers, "sampling": cfg.sampling,
             "evaluations_per_pixel": per_pixel, "step_s": round(step_s, 3),
             "images_per_s": round(cfg.batch_size / step_s, 2), "generator_images_per_s": round(cfg.batch_size / g_s, 2),
             "peak_memory_mib": round(peak / 2**20, 1), "peak_memory_kind": "cuda allocated" if dev.type == "cuda"
@@ -97,18 +101,20 @@ def _measure(name: str, size: int | None, steps: int, warmup: int, device: str, 
 
 
 def bench_train(curricula=("reference", "cpu"), size: int | None = 32, steps: int = 3, warmup: int = 1,
-                device: str = "auto", threads: int | None = None, log=None) -> dict:
-    """One row per curriculum (see the module docstring), each measured in its own process."""
+                device: str = "auto", threads: int | None = None, samplings=("reference", "mesh"), log=None) -> dict:
+    """One row per curriculum and training schedule (the reference's, ours: ``GanConfig.sampling``),
+    each measured in its own process (see the module docstring)."""
     ctx = mp.get_context("spawn")
     rows = []
     for name in curricula:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_one, args=(name, size, steps, warmup, device, threads, queue))
-        proc.start()
-        row = queue.get()
-        proc.join()
-        rows.append(row)
-        if log is not None:
-            log(row)
+        for sampling in samplings:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_one, args=(name, sampling, size, steps, warmup, device, threads, queue))
+            proc.start()
+            row = queue.get()
+            proc.join()
+            rows.append(row)
+            if log is not None:
+                log(row)
     return {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
             "size": size, "steps": steps, "rows": rows}

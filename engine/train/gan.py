@@ -58,6 +58,7 @@ from .losses import (band_thickness, bg_depr, d_nonsaturating, dist_depr, g_nons
 from .warp import expression_flow, resample_expression, warp_depths, warp_terms
 
 AMP_MODES = ("off", "bf16", "fp16")
+SAMPLING = ("reference", "mesh")
 REFERENCE_DISC_CHANNELS = (32, 64, 128, 256, 400, 400, 400, 400)
 LOSS_NAMES = ("gan", "pos", "latent", "dist", "bg", "normal", "geo", "lm3d", "warp", "recon")
 
@@ -82,6 +83,17 @@ class GanConfig:
     batch_size: int = option(8, help="images per process per step", range=(1, None))
     batch_split: int = option(4, help="splits each batch is rendered in (gradient accumulation)", range=(1, None))
     num_steps: int = option(12, help="samples per ray and pass of the reference schedule", range=(2, None))
+    # "reference": the released schedule (coarse without autograd, fine and fine2 with: 3 x num_steps
+    # evaluations per pixel). "mesh": ours (VolumeRenderer.train_forward_mesh): band_samples across
+    # the dist_depr band around the mesh depth + free_samples over the ray on mesh pixels, all with
+    # autograd and none spent on placement.
+    sampling: str = option("reference", help="training render schedule: reference or mesh (ours, cheaper)",
+                           choices=SAMPLING)
+    band_samples: int = option(6, help="mesh schedule: samples across the dist_depr band on mesh pixels",
+                               range=(1, None))
+    free_samples: int = option(6, help="mesh schedule: stratified samples over the whole ray", range=(1, None))
+    min_band: float = option(0.003, help="mesh schedule: least band width, world units (the dist_depr band "
+                             "narrows to 0.0012)", range=(0, None), open_low=True)
     gen_lr: float = option(6e-5, help="generator learning rate (constant)", range=(0, None), open_low=True)
     disc_lr: float = option(2e-4, help="discriminator learning rate (constant)", range=(0, None), open_low=True)
     beta1: float = option(0.0, help="Adam beta1 of both optimisers", range=(0, 1))
@@ -202,11 +214,13 @@ class Generator(nn.Module):
     """The field and its training renderer as one module, so that every use of the field's parameters
     in a step goes through ``forward`` (what DistributedDataParallel needs to synchronise them)."""
 
-    def __init__(self, field: OccupancyField, renderer: VolumeRenderer, layout: LatentLayout):
+    def __init__(self, field: OccupancyField, renderer: VolumeRenderer, layout: LatentLayout,
+                 schedule: "GanConfig | None" = None):
         super().__init__()
         self.field = field
         self.renderer = renderer
         self.layout = layout
+        self.schedule = schedule  # its sampling fields choose the training render (None: reference)
 
     def forward(self, mode: str, **kw):
         if mode == "render":
@@ -222,8 +236,16 @@ class Generator(nn.Module):
         ``normal_points`` >= 0 also the normal-smoothness term at the rendered surface."""
         c = batch.cond
         film = self.field.film(self.layout.field_latent(batch.z, self.field.config))
-        out = self.renderer.train_forward(film, c.rays, c.depth, c.mask, generator=generator, offsets=c.offsets,
-                                          num_steps=num_steps, noise_std=noise, narrow_ratio=narrow)
+        if self.schedule is not None and self.schedule.sampling == "mesh":
+            sc = self.schedule
+            cam = self.renderer.camera.config
+            width = max(band_thickness(narrow, cam.ray_start, cam.ray_end, sc.thick_ratio), sc.min_band)
+            out = self.renderer.train_forward_mesh(film, c.rays, c.depth, c.mask, band_width=width,
+                                                   band_samples=sc.band_samples, free_samples=sc.free_samples,
+                                                   generator=generator, offsets=c.offsets, noise_std=noise)
+        else:
+            out = self.renderer.train_forward(film, c.rays, c.depth, c.mask, generator=generator, offsets=c.offsets,
+                                              num_steps=num_steps, noise_std=noise, narrow_ratio=narrow)
         b, r = c.depth.shape
         h = w = c.rays.height
         res = {"image": (out.rgb * 2 - 1).reshape(b, h, w, 3).permute(0, 3, 1, 2), "depth": out.depth,
@@ -300,7 +322,7 @@ class GanTrainer:
         self.renderer = VolumeRenderer(self.field, self.camera, RenderConfig(thick_ratio=c.thick_ratio))
         with seeded_init(c.seed + 1):
             self.disc = CCSDiscriminator(self.layout.dim, channels=tuple(c.disc_channels)).to(self.device)
-        self.generator = Generator(self.field, self.renderer, self.layout)
+        self.generator = Generator(self.field, self.renderer, self.layout, c)
         self.g_ddp = wrap_ddp(self.generator, self.dist, self.device)
         self.d_ddp = wrap_ddp(self.disc, self.dist, self.device)
         self.loop = TrainLoop(self.field, steps=c.steps, log_every=c.log_every, ema_decay=c.ema_decay,
@@ -522,7 +544,7 @@ class GanTrainer:
         """Images (N, 3, H, W) in [-1, 1], depth and mesh depth (N, H, W) of given latents and poses,
         rendered by ``field`` (default the EMA copy) with the training schedule without noise."""
         f = field or self.ema_field()
-        gen = Generator(f, VolumeRenderer(f, self.camera, self.renderer.config), self.layout)
+        gen = Generator(f, VolumeRenderer(f, self.camera, self.renderer.config), self.layout, self.cfg)
         images, depths, mesh = [], [], []
         h = self.cfg.img_size
         sample_gen = torch.Generator().manual_seed(self.cfg.seed)
