@@ -310,7 +310,8 @@ def test_mesh_schedule_places_band_and_free_samples(fm, data, tmp_path):
     face = fb.cond.mask
     assert bool((near[face].sum(-1) >= 4).all())
     # (stratified samples jitter half a spacing past the ray ends, as the reference's perturb_points)
-    assert bool((z > cam.ray_start - 0.03).all() and (z < cam.ray_end + 0.03).all())
+    half = (cam.ray_end - cam.ray_start) / (3 - 1) / 2 + 1e-6
+    assert bool((z > cam.ray_start - half).all() and (z < cam.ray_end + half).all())
     assert bool((z[..., 1:] >= z[..., :-1]).all())
     rec = run_gan(tmp_path / "run", data, cfg, facemodel=fm, device="cpu", monitor=QUIET, log=None)
     assert torch.isfinite(torch.tensor(rec["history"][-1]["g_gan"]))
