@@ -155,7 +155,7 @@ class GanConfig:
 CURRICULA: dict[str, GanConfig] = {
     "reference": GanConfig(),
     "cpu": GanConfig(width=64, film_layers=6, mapping_hidden=128, img_size=32, batch_size=8, batch_split=2,
-                     num_steps=10, disc_channels=(16, 32, 64, 128, 128, 128, 128, 128), gen_lr=2e-4, disc_lr=4e-4,
+                     num_steps=10, disc_channels=(16, 32, 64, 128, 128, 128, 128, 128),
                      fade_steps=500, noise_steps=500, steps=5000, normal_points=128, log_every=20),
     "tiny": GanConfig(width=16, film_layers=2, mapping_hidden=16, free_latent=4, img_size=8, batch_size=2,
                       batch_split=2, num_steps=4, disc_channels=(4, 4, 8, 8, 8, 8, 8, 8), fade_steps=4, noise_steps=4,
