@@ -254,7 +254,7 @@ def _dict(cfg) -> dict:
 
 
 def _gan(args) -> int:
-    from engine.api import CgofError, MonitorOptions, from_dict, launch, load_facemodel, run_gan, torchrun_command
+    from engine.api import CgofError, MonitorOptions, from_dict, launch, run_gan, torchrun_command
 
     if not args.data or not args.out:
         raise CgofError("adversarial training needs --data DIR and --out RUN_DIR (or name a stage: warmup, colour, "

@@ -33,10 +33,7 @@ reference, a resumed run keeps its step, so the curriculum ramps (alpha, noise, 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import time
-from dataclasses import dataclass, field as dc_field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -52,7 +49,7 @@ from ..model.morphable import MorphableModel
 from ..render.conditioning import mesh_conditioning
 from ..render.rasterizer import MeshRasterizer
 from ..render.volume import RenderConfig, VolumeRenderer
-from .loop import RunOptions, TrainLoop, fold_seed, seeded_init, stage_record
+from .loop import RunOptions, TrainLoop, fold_seed, seeded_init
 from .losses import (band_thickness, bg_depr, d_nonsaturating, dist_depr, g_nonsaturating, geo_reg,
                      landmark_depth_loss, latent_penalty, normal_smoothness, position_penalty, r1_penalty)
 from .warp import expression_flow, resample_expression, warp_depths, warp_terms
