@@ -226,8 +226,9 @@ def _gan_flags(p) -> None:
     for f in fields(engine.api.MonitorOptions):
         if f.type in (bool, "bool"):
             continue
+        text = f.type in (str, "str")
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"monitor_{f.name}", default=None,
-                       type=str if f.type in (str, "str") else int, help=engine.api.help_text(f))
+                       type=str if text else int, metavar="FILE" if text else "N", help=engine.api.help_text(f))
     g.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard logs")
     c = p.add_argument_group("curriculum fields (override --config)")
     _config_flags(c, engine.api.GanConfig)

@@ -49,7 +49,7 @@ from ..model.morphable import MorphableModel
 from ..render.conditioning import mesh_conditioning
 from ..render.rasterizer import MeshRasterizer
 from ..render.volume import RenderConfig, VolumeRenderer
-from .loop import RunOptions, TrainLoop, fold_seed, seeded_init
+from .loop import LoopOwner, RunOptions, TrainLoop, fold_seed, seeded_init
 from .losses import (band_thickness, bg_depr, d_nonsaturating, dist_depr, g_nonsaturating, geo_reg,
                      landmark_depth_loss, latent_penalty, normal_smoothness, position_penalty, r1_penalty)
 from .warp import expression_flow, resample_expression, warp_depths, warp_terms
@@ -283,7 +283,7 @@ def _autocast(device: torch.device, mode: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
 
 
-class GanTrainer:
+class GanTrainer(LoopOwner):
     """Composes the engine's face model, camera, rasterizer, field and renderer with the discriminator
     and the losses; trains in a :class:`TrainLoop` (step, optimisers, EMA, logging)."""
 
@@ -358,14 +358,6 @@ class GanTrainer:
             self.disc.load_state_dict(state["disc"])
         if self.data is not None and state.get("data"):
             self.data.load_state_dict(state["data"])
-
-    @property
-    def step(self) -> int:
-        return self.loop.step
-
-    @property
-    def history(self) -> list[dict]:
-        return self.loop.history
 
     # ---- data ----------------------------------------------------------------------------------
     def _gen(self, stream: int) -> torch.Generator:
