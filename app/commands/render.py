@@ -89,7 +89,7 @@ def register(sub) -> None:
     add_spec_args(p)
     p.add_argument("--yaw", type=float, default=0.0, help="degrees, + turns the face to image right")
     p.add_argument("--pitch", type=float, default=0.0, help="degrees, + looks from above")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=int, default=128, help="image side in pixels, 8..1024 (default 128)")
     p.add_argument("--quality", choices=("fast", "reference"), default="fast")
     add_out_arg(p, "--out-dir", required=True, metavar="DIR", help="folder to write the files to (created if missing)")
     p.set_defaults(handler=run)
@@ -99,11 +99,18 @@ def run(args) -> int:
     import imageio.v3 as iio
     import numpy as np
 
+    from engine.api import check_render_size
+
+    # Everything is checked before the output folder is created: a refused command leaves nothing.
     if not -90 <= args.yaw <= 90 or not -60 <= args.pitch <= 60:
         raise CgofError(f"--yaw {args.yaw} / --pitch {args.pitch}: expected yaw in [-90, 90] and pitch in [-60, 60] degrees")
-    out = out_dir(args.out)
+    try:
+        check_render_size(args.size)
+    except CgofError as exc:
+        raise CgofError(f"--{exc}") from None
     synth = load_synth(args)
     spec = spec_from_args(args, synth.layout)
+    out = out_dir(args.out)
     res = synth.render(spec, args.yaw, args.pitch, size=args.size, quality=args.quality, normals=True)
     iio.imwrite(out / "image.png", res.image)
     np.save(out / "depth.npy", res.depth.astype(np.float32))
