@@ -89,6 +89,9 @@ def read_official_ema(path: str | Path) -> list[torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise CgofError(f"{p}: file not found (expected the release's ema.pth)")
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise CgofError(f"importing the official weights needs torch >= 2.5 (torch.serialization.safe_globals); "
+                        f"this is torch {torch.__version__}")
     with _ema_class_registered():
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)

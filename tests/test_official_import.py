@@ -173,3 +173,23 @@ def test_import_records_the_official_inference_camera_and_the_mesh_follows_it(tm
     assert best in (3, 4) and agreement(best) > 0.98 > agreement(0), [round(agreement(k), 3) for k in range(8)]
     res = synth.render(spec, size=16, normals=False)
     assert res.image.shape == (16, 16, 3)
+
+
+def test_an_old_torch_is_named_in_one_line(tmp_path, monkeypatch, reference_params):
+    path = tmp_path / "ema.pth"
+    _write_release_like_ema(path, reference_params)
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    monkeypatch.setattr(torch, "__version__", "2.4.1")
+    with pytest.raises(CgofError) as exc:
+        read_official_ema(path)
+    assert "torch >= 2.5" in str(exc.value) and "2.4.1" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_pyproject_torch_floor_has_the_apis_the_engine_uses():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floor = tuple(int(x) for x in re.search(r'"torch>=(\d+)\.(\d+)"', text).groups())
+    assert floor >= (2, 5)  # safe_globals (2.5), torch.amp.GradScaler (2.3)
+    assert "opencv-python-headless" in text.split("[project.optional-dependencies]")[1].split("\n\n")[0]
