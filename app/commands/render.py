@@ -71,6 +71,48 @@ def load_synth(args):
                                 coeff_dist=args.coeff_dist)
 
 
+def add_quiet_arg(p) -> None:
+    """--quiet: no progress bar (bars show on stderr, and only when stderr is a terminal)."""
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (it is shown on stderr, only when stderr is a terminal)")
+
+
+class Progress:
+    """A tqdm bar on stderr for a long command, hidden with --quiet or when stderr is not a terminal
+    (a log file or a pipe gets only the command's own lines). ``update(done, total)`` is the
+    engine's progress signature; use as a context manager."""
+
+    def __init__(self, args, desc: str, unit: str = "it"):
+        self.disable = True if getattr(args, "quiet", False) else None  # None: tqdm's "only on a terminal"
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def update(self, done: int, total: int) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, disable=self.disable, file=sys.stderr,
+                            leave=False, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def write(self, line: str) -> None:
+        """Print a line on stderr without breaking the bar."""
+        import sys
+
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def out_dir(path: str) -> Path:
     p = Path(path)
     try:
