@@ -169,6 +169,16 @@ def test_cli_huge_and_non_finite_flags_are_one_line(tmp_path, capsys, argv, word
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv", [["train", "warmup", "--time-budget", "nan"], ["train", "--time-budget", "1e400"],
+                                  ["train", "colour", "--time-budget", "-1"]])
+def test_train_time_budget_must_be_a_finite_positive_number(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "--time-budget" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_preset_json_with_huge_integers_is_one_line(tmp_path):
     text = '{"identity": {"0": 1' + "0" * 400 + '}, "psi": 1}'
     with pytest.raises(CgofError) as exc:
