@@ -179,6 +179,16 @@ def test_train_time_budget_must_be_a_finite_positive_number(tmp_path, capsys, ar
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("flags,words", [(["--width", "5000"], "width"), (["--width", "4000"], "parameters"),
+                                         (["--film-layers", "1000000"], "film_layers")])
+def test_training_recipes_have_the_same_field_bounds(tmp_path, capsys, flags, words):
+    code = main(["train", "warmup", *flags, "--steps", "0", "--no-eval", "--device", "cpu",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_preset_json_with_huge_integers_is_one_line(tmp_path):
     text = '{"identity": {"0": 1' + "0" * 400 + '}, "psi": 1}'
     with pytest.raises(CgofError) as exc:
