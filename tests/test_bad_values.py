@@ -212,6 +212,10 @@ def test_config_json_with_an_integer_over_the_digit_limit_is_one_line(tmp_path, 
     ["render", "--yaw", "500"],
     ["render-pose", "--size", "100000"],
     ["render-pose", "--frames", "1"],
+    ["render-pose", "--checkpoint", "/nonexistent/checkpoint"],
+    ["render-exp", "--exp", "0=9"],
+    ["render", "--checkpoint", "/nonexistent/checkpoint"],
+    ["render", "--id", "0=9"],
 ])
 def test_refused_commands_create_no_output_folder(tmp_path, capsys, argv):
     out = tmp_path / "deep" / "out"

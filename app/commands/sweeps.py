@@ -68,16 +68,14 @@ def register(sub) -> None:
 
 
 def _run_sweep(args) -> int:
-    from engine.api import (PSI_DEFAULTS, FaceSpec, check_render_args, parse_assignments, parse_views, render_sweep,
-                            writable_dir)
+    from engine.api import PSI_DEFAULTS, FaceSpec, check_render_args, parse_assignments, parse_views, render_sweep
 
     # Everything that needs no model is checked first, so a typo fails at once.
     views = parse_views(args.views)
     check_render_args(args.frames, args.size, args.fps, args.quality, args.batch, True)
     if not 0 <= args.seed < 2**63:
         raise CgofError(f"--seed {args.seed}: expected an integer in [0, 2^63)")
-    out = writable_dir(args.out)
-    synth = load_synth(args)
+    synth = load_synth(args)  # the output folder is created by render_sweep, after every check
     # The subject is the seed's random face (as the reference's z = randn(seed)); explicit
     # --id/--exp/--tex/--light assignments then override single components.
     base = FaceSpec.random(synth.layout, args.seed)
@@ -87,7 +85,7 @@ def _run_sweep(args) -> int:
     base.validate(synth.layout)
     t0 = time.perf_counter()
     res = render_sweep(
-        synth, args.sweep_kind, base, out, frames=args.frames, size=args.size, fps=args.fps, views=views,
+        synth, args.sweep_kind, base, args.out, frames=args.frames, size=args.size, fps=args.fps, views=views,
         side_by_side=args.side_by_side, mp4=args.mp4, gif=True, quality=args.quality, yaw_deg=args.yaw,
         pitch_deg=args.pitch, seed=args.keyframe_seed, pose_range=args.pose_range, psi=args.psi, batch=args.batch,
         progress_bar=False if args.quiet else None)
