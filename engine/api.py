@@ -6,11 +6,11 @@ Everything else under ``engine`` is an implementation detail that may move.
 from .camera import CameraConfig, OrbitCamera, angles_from_degrees
 from .checkpoint import default_checkpoint_path, load_field, read_info, save_checkpoint
 from .device import resolve_device
-from .errors import CgofError, FileFormatError
+from .errors import CgofError, FileFormatError, finite_number
 from .model.latent import FaceSpec, LatentLayout, parse_assignments
 from .model.morphable import MorphableModel
 from .render.volume import RenderConfig
-from .synthesizer import FaceSynthesizer, MeshData, RenderResult
+from .synthesizer import RENDER_SIZE_RANGE, FaceSynthesizer, MeshData, RenderResult, check_render_size
 
 
 def load_facemodel(path=None, **kw) -> MorphableModel:
@@ -24,7 +24,7 @@ __all__ = [
     "CameraConfig", "OrbitCamera", "angles_from_degrees", "default_checkpoint_path", "load_field", "read_info",
     "save_checkpoint", "resolve_device", "CgofError", "FileFormatError", "FaceSpec", "LatentLayout",
     "parse_assignments", "MorphableModel", "RenderConfig", "FaceSynthesizer", "MeshData", "RenderResult",
-    "load_facemodel",
+    "load_facemodel", "finite_number", "check_render_size", "RENDER_SIZE_RANGE",
 ]
 
 

@@ -94,7 +94,7 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
     return 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))
 
 
-def image_psnr(synth, cfg: AppearanceEvalConfig | None = None) -> dict:
+def image_psnr(synth, cfg: AppearanceEvalConfig | None = None, tick=None) -> dict:
     """Median (and each sample's) face-pixel PSNR of renders against the face model's renders."""
     cfg = cfg or AppearanceEvalConfig()
     g = torch.Generator().manual_seed(cfg.seed)
@@ -105,6 +105,8 @@ def image_psnr(synth, cfg: AppearanceEvalConfig | None = None) -> dict:
         res = synth.render(spec, yaw, pitch, size=cfg.size, quality=cfg.quality, normals=False)
         target, mask = facemodel_image(synth, spec, yaw, pitch, cfg.size)
         values.append(psnr(res.image, target, mask))
+        if tick is not None:
+            tick()
     return {"image_psnr": statistics.median(values), "image_psnr_samples": values}
 
 
@@ -152,7 +154,7 @@ def slider_response(synth, group: str, index: int, value: float, faces: int = 3,
 
 
 def slider_responses(synth, cfg: AppearanceEvalConfig | None = None, groups=("texture", "lighting"),
-                     counts: dict[str, int] | None = None) -> dict:
+                     counts: dict[str, int] | None = None, tick=None) -> dict:
     """{'texture': {name: r}, 'lighting': {name: r}, 'slider_r_min': min over all} for the named
     sliders: every texture component, and lighting bands 0..3 (ambient, below, front, image left)
     unless ``counts`` says how many of each group."""
@@ -168,6 +170,8 @@ def slider_responses(synth, cfg: AppearanceEvalConfig | None = None, groups=("te
             name = fm.component_name(kind, i)
             name = name.split(": ", 1)[-1] if group == "lighting" else name
             per[name] = slider_response(synth, group, i, value, cfg.slider_faces, cfg.size, cfg.quality, cfg.seed + i)
+            if tick is not None:
+                tick()
         out[group] = per
     every = [r for group in groups for r in out[group].values()]
     out["slider_r_min"] = min(every) if every else float("nan")
@@ -202,7 +206,7 @@ def compare_surfaces(iso_vertices: np.ndarray, iso_triangles: np.ndarray, mesh_v
             "surface_distance_median": float(np.median(dist)), "front_vertices": int(front.sum())}
 
 
-def surface_fidelity(synth, cfg: AppearanceEvalConfig | None = None) -> dict:
+def surface_fidelity(synth, cfg: AppearanceEvalConfig | None = None, tick=None) -> dict:
     """:func:`compare_surfaces` of the field's isosurface (``export-mesh --kind occupancy`` at
     ``surface_resolution``) and the 3DMM mesh, medians over ``surface_faces`` random faces."""
     from .export.mesh import occupancy_isosurface
@@ -218,19 +222,37 @@ def surface_fidelity(synth, cfg: AppearanceEvalConfig | None = None) -> dict:
         normals = synth.facemodel.vertex_normals(verts)[0].float().cpu().numpy()
         rows.append(compare_surfaces(iso.vertices.astype(np.float64), iso.triangles, mesh.vertices.astype(np.float64),
                                      mesh.triangles, normals.astype(np.float64)))
+        if tick is not None:
+            tick()
     keys = ("normal_angle_median_deg", "normal_angle_p90_deg", "surface_distance_median")
     return {k: statistics.median(r[k] for r in rows) for k in keys}
 
 
-def evaluate_appearance(synth, cfg: AppearanceEvalConfig | None = None, surface: bool = True) -> dict:
-    """All three measurements and their goals (``APPEARANCE_GOALS``) in one JSON-able dict."""
+def appearance_steps(synth, cfg: AppearanceEvalConfig | None = None, surface: bool = True) -> int:
+    """Units of work :func:`evaluate_appearance` reports to its ``progress``: image samples, sliders
+    (every texture component and 4 lighting bands) and surface faces."""
+    cfg = cfg or AppearanceEvalConfig()
+    return cfg.samples + synth.layout.tex + 4 + (cfg.surface_faces if surface else 0)
+
+
+def evaluate_appearance(synth, cfg: AppearanceEvalConfig | None = None, surface: bool = True,
+                        progress=None) -> dict:
+    """All three measurements and their goals (``APPEARANCE_GOALS``) in one JSON-able dict.
+    ``progress(done, total)`` after each unit of work (:func:`appearance_steps`)."""
     cfg = cfg or AppearanceEvalConfig()
     t0 = time.perf_counter()
-    out = image_psnr(synth, cfg)
-    out["sliders"] = slider_responses(synth, cfg)
+    total, done = appearance_steps(synth, cfg, surface), [0]
+
+    def tick():
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    out = image_psnr(synth, cfg, tick)
+    out["sliders"] = slider_responses(synth, cfg, tick=tick)
     out["slider_r_min"] = out["sliders"].pop("slider_r_min")
     if surface:
-        out.update(surface_fidelity(synth, cfg))
+        out.update(surface_fidelity(synth, cfg, tick))
     out["appearance_goals"] = APPEARANCE_GOALS
     higher = ("image_psnr", "slider_r_min")
     out["appearance_pass"] = {k: bool(out[k] >= v if k in higher else out[k] <= v)

@@ -123,10 +123,7 @@ def read_info(path: str | Path) -> CheckpointInfo:
     camera = from_dict(CameraConfig, _need(cfg, "camera", dict, where), where, prefix="camera.")
     render = _need(cfg, "render", dict, where)
     from_dict(RenderConfig, render, where, prefix="render.")
-    try:
-        layout = LatentLayout(**_need(cfg, "layout", dict, where))
-    except (TypeError, ValueError) as exc:
-        raise FileFormatError(f"{where}: unexpected latent layout fields ({exc})") from None
+    layout = from_dict(LatentLayout, _need(cfg, "layout", dict, where), where, prefix="layout.")
     if field_cfg.z_dim != layout.dim:
         raise FileFormatError(f"{where}: field z_dim {field_cfg.z_dim} does not match the latent layout ({layout.dim})")
     fm = _need(cfg, "facemodel", dict, where)

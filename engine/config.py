@@ -32,19 +32,24 @@ _NO_DEFAULT = dataclasses.MISSING
 
 
 def option(default: Any = _NO_DEFAULT, *, help: str, range: tuple[float | None, float | None] | None = None,  # noqa: A002
-           open_low: bool = False, choices: tuple[str, ...] | None = None,
-           default_factory: Any = _NO_DEFAULT) -> Any:
+           open_low: bool = False, open_high: bool = False, choices: tuple[str, ...] | None = None,
+           items: tuple[int, int] | None = None, default_factory: Any = _NO_DEFAULT) -> Any:
     """A dataclass field with its meaning and its valid values.
 
-    ``range`` = (lo, hi), inclusive, either may be None (unbounded); ``open_low``: lo itself is
-    excluded (a strictly positive value). ``choices``: the allowed strings.
+    ``range`` = (lo, hi), inclusive, either may be None (unbounded); ``open_low`` / ``open_high``:
+    lo / hi itself is excluded (a strictly positive value, an angle below 180). For a tuple field
+    the range applies to every element and ``items`` = (least, most) bounds its length.
+    ``choices``: the allowed strings.
     """
     meta = {"help": help}
     if range is not None:
         meta["range"] = tuple(range)
         meta["open_low"] = open_low
+        meta["open_high"] = open_high
     if choices is not None:
         meta["choices"] = tuple(choices)
+    if items is not None:
+        meta["items"] = tuple(items)
     if default_factory is not _NO_DEFAULT:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -59,6 +64,8 @@ def help_text(f: dataclasses.Field) -> str:
         parts.append(_range_words(meta))
     if "choices" in meta:
         parts.append("one of " + ", ".join(meta["choices"]))
+    if "items" in meta:
+        parts.append("{}..{} values".format(*meta["items"]))
     text = meta.get("help", "")
     return f"{text} ({'; '.join(parts)})" if parts else text
 
@@ -66,7 +73,7 @@ def help_text(f: dataclasses.Field) -> str:
 def _range_words(meta) -> str:
     lo, hi = meta["range"]
     low = "" if lo is None else (f"> {lo}" if meta.get("open_low") else f">= {lo}")
-    high = "" if hi is None else f"<= {hi}"
+    high = "" if hi is None else (f"< {hi}" if meta.get("open_high") else f"<= {hi}")
     return " and ".join(x for x in (low, high) if x) or "any"
 
 
@@ -75,10 +82,17 @@ def _hints(cls) -> dict[str, Any]:
 
 
 def _fail(where: str, key: str, value: Any, problem: str) -> FileFormatError:
+    return FileFormatError(f"{where}: {key} {short_repr(value)}: {problem}")
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a huge integer is shown by its size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return f"<an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits>"
     shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return FileFormatError(f"{where}: {key} {shown}: {problem}")
+    if len(shown) > limit:
+        shown = shown[:limit - 3] + "..."
+    return shown
 
 
 def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
@@ -95,9 +109,13 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(where, key, value, "expected a number")
+        try:
+            value = float(value)  # an integer like 10**400 does not fit a float
+        except OverflowError:
+            raise _fail(where, key, value, "expected a finite number") from None
         if not math.isfinite(value):
             raise _fail(where, key, value, "expected a finite number")
-        return float(value)
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise _fail(where, key, value, "expected a string")
@@ -134,10 +152,23 @@ def _check_value(f: dataclasses.Field, value: Any, where: str, key: str) -> None
     meta = f.metadata
     if "choices" in meta and value not in meta["choices"]:
         raise _fail(where, key, value, "expected one of " + ", ".join(meta["choices"]))
+    if isinstance(value, tuple):
+        if "items" in meta:
+            least, most = meta["items"]
+            if not least <= len(value) <= most:
+                raise _fail(where, key, value, f"expected {least}..{most} values, got {len(value)}")
+        for i, v in enumerate(value):
+            _check_range(meta, v, where, f"{key}[{i}]")
+    else:
+        _check_range(meta, value, where, key)
+
+
+def _check_range(meta, value: Any, where: str, key: str) -> None:
     if "range" in meta and isinstance(value, (int, float)) and not isinstance(value, bool):
         lo, hi = meta["range"]
         bad_lo = lo is not None and (value <= lo if meta.get("open_low") else value < lo)
-        if bad_lo or (hi is not None and value > hi):
+        bad_hi = hi is not None and (value >= hi if meta.get("open_high") else value > hi)
+        if bad_lo or bad_hi:
             raise _fail(where, key, value, f"out of range (expected {_range_words(meta)})")
 
 
@@ -217,3 +248,7 @@ def read_json(path) -> object:
         return json.loads(p.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FileFormatError(f"{p}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # an integer literal over Python's 4300-digit limit
+        raise FileFormatError(f"{p}: not readable JSON ({str(exc).splitlines()[0][:80]})") from None
+    except RecursionError:
+        raise FileFormatError(f"{p}: not readable JSON (nested too deeply)") from None

@@ -8,9 +8,15 @@ pickles as code: a stand-in class is registered under the same path and the file
 ``torch.load(weights_only=True)``, which only rebuilds allow-listed classes and tensors.
 
 The official generator is 256 wide with the BFM latent layout (80, 64, 80, 80, 27, 80), so the
-face model must be a Deep3DFaceRecon ``BFM_model_front.mat`` with 80/64/80 components. The
-camera is the training one (no ``camera_shift``): our mesh and field share one camera, and the
-reference trained its field without the shift.
+face model must be a Deep3DFaceRecon ``BFM_model_front.mat`` with 80/64/80 components.
+
+Camera: the reference trains without a shift but renders (``staged_forward``'s default) with the
+camera moved by ``camera_shift = (0, -0.012, 0)``, which puts the face 0.012 world units higher in
+the frame (about 7 pixels at 128 px). The import records that inference shift, so an imported
+checkpoint frames faces as the official render scripts do. Our shift moves the one camera that both
+the 3DMM guidance and the field's rays use; the reference rasterises its 3DMM with the unshifted
+camera, so there the near-mesh band of a pixel is placed at the depth the *unshifted* camera sees
+(docs/reference.md, 'Camera and rays', says why we keep them together).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from .model.morphable import MorphableModel
 from .render.volume import RenderConfig
 
 EMA_CLASS_PATH = ("torch_ema.ema", "ExponentialMovingAverage")
+# staged_forward(camera_shift=(0, -0.012, 0)): the official generator's camera at inference.
+OFFICIAL_CAMERA_SHIFT = (0.0, -0.012, 0.0)
 
 
 class _EmaStandIn:
@@ -61,17 +69,34 @@ def _ema_class_registered():
                 sys.modules[k] = v
 
 
+def _load_failure(path: Path, exc: Exception) -> str:
+    """Our one line for a file ``torch.load(weights_only=True)`` refused. torch's own message is
+    not repeated: it spans lines, may carry terminal colour codes and advises ``weights_only=False``,
+    which is exactly what must not be done with a file of unknown origin."""
+    import re
+
+    text = str(exc)
+    wanted = re.search(r"GLOBAL\s+([A-Za-z_][\w.]{0,100})", text)
+    if wanted:
+        return (f"{path}: refused: not a plain tensor archive (it asks to import {wanted.group(1)} while loading); "
+                "unpickling it could run code, so it is not loaded. The release's ema.pth holds only tensors "
+                "and a torch_ema record")
+    return f"{path}: not a readable PyTorch file (truncated, corrupt, or not the release's ema.pth)"
+
+
 def read_official_ema(path: str | Path) -> list[torch.Tensor]:
     """``ema.pth`` -> its 30 shadow tensors (reference order). One-line errors for bad files."""
     p = Path(path)
     if not p.is_file():
         raise CgofError(f"{p}: file not found (expected the release's ema.pth)")
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise CgofError(f"importing the official weights needs torch >= 2.5 (torch.serialization.safe_globals); "
+                        f"this is torch {torch.__version__}")
     with _ema_class_registered():
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for corrupt/unsafe pickles
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise FileFormatError(f"{p}: cannot read as the release's ema.pth ({first[:200]})") from None
+            raise FileFormatError(_load_failure(p, exc)) from None
     shadow = getattr(obj, "shadow_params", None)
     if shadow is None and isinstance(obj, dict):
         shadow = obj.get("shadow_params")
@@ -105,7 +130,9 @@ def import_official(ema_path: str | Path, facemodel: MorphableModel, out_dir: st
                         f"id/exp/tex components; the official weights need {layout.id}/{layout.exp}/{layout.tex} "
                         "(Deep3DFaceRecon BFM_model_front.mat)")
     field = official_field(read_official_ema(ema_path), str(ema_path))
-    return save_checkpoint(out_dir, field, layout=layout, facemodel=facemodel, camera_config=CameraConfig(),
+    camera = CameraConfig(camera_shift=OFFICIAL_CAMERA_SHIFT)
+    return save_checkpoint(out_dir, field, layout=layout, facemodel=facemodel, camera_config=camera,
                            render_config=RenderConfig(),
                            provenance={"kind": "official cGOF release (ema.pth shadow weights)",
-                                       "source_file": str(Path(ema_path).name)})
+                                       "source_file": str(Path(ema_path).name),
+                                       "camera": "the official inference camera (camera_shift 0, -0.012, 0)"})

@@ -22,7 +22,7 @@ import torch
 from .camera import CameraConfig, OrbitCamera, angles_from_degrees
 from .checkpoint import check_facemodel, default_checkpoint_path, load_field
 from .device import resolve_device
-from .errors import CgofError
+from .errors import CgofError, finite_number, shown_value
 from .model.field import Film, OccupancyField
 from .model.latent import SPEC_GROUPS, FaceSpec, LatentLayout
 from .model.morphable import MorphableModel
@@ -38,6 +38,18 @@ QUALITIES = ("fast", "reference", "preview")
 SHADE_MIN_OPACITY = 0.05  # albedo fields: pixels the field covers at least this much get a shading normal
 FILM_CACHE_SIZE = 64
 MESH_CACHE_SIZE = 8  # faces whose meshes and vertex normals are kept (pose-only edits re-use them)
+RENDER_SIZE_RANGE = (8, 1024)  # image sides render() accepts, pixels
+YAW_LIMIT = 180.0  # degrees either side of frontal that render() accepts (callers may allow less)
+PITCH_LIMIT = 90.0
+
+
+def check_render_size(size) -> int:
+    """``size`` if it is an integer in :data:`RENDER_SIZE_RANGE`, else a one-line CgofError (callers
+    check it before they create output folders or load a model)."""
+    lo, hi = RENDER_SIZE_RANGE
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not lo <= size <= hi:
+        raise CgofError(f"size {shown_value(size)}: expected an integer in [{lo}, {hi}]")
+    return int(size)
 
 
 @dataclass
@@ -202,9 +214,9 @@ class FaceSynthesizer:
         draws nothing at random and ignores it."""
         if quality not in QUALITIES:
             raise CgofError(f"quality {quality!r}: expected one of {', '.join(QUALITIES)}")
-        if not isinstance(size, int) or not 8 <= size <= 1024:
-            raise CgofError(f"size {size!r}: expected an integer in [8, 1024]")
-        yaws, pitches = [float(y) for y in yaws], [float(p) for p in pitches]
+        size = check_render_size(size)
+        yaws = [finite_number(y, "yaw", -YAW_LIMIT, YAW_LIMIT, "degrees") for y in yaws]
+        pitches = [finite_number(p, "pitch", -PITCH_LIMIT, PITCH_LIMIT, "degrees") for p in pitches]
         if not (len(specs) == len(yaws) == len(pitches)) or not specs:
             raise CgofError("render_many: specs, yaws and pitches must be non-empty and of equal length")
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)

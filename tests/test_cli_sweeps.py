@@ -118,3 +118,92 @@ def test_export_mesh_3dmm_writes_a_ply(model_args, tmp_path, capsys):
     _one_error_line(capsys, ".obj or .ply")
     assert main(["export-mesh", *model_args, "--kind", "3dmm", "--id", "999=1", "--out", str(out)]) == 2
     _one_error_line(capsys, "identity[999]")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_sweep_killed_mid_way_leaves_the_previous_results_and_a_partial_folder(model_args, tmp_path, capsys):
+    """SIGKILL of a sweep half-way: the previous run's frames and GIF are untouched and the new frames
+    sit in a ``pose-sweep.partial-*`` folder; the next finished sweep removes it and leaves no partial
+    files (issue 15)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sweep"
+    assert main(["render-pose", *model_args, "--frames", "6", "--size", "16", "--seed", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert sorted(before) == ["pose-sweep.gif"] + [f"rgb/frame_{i:04d}.png" for i in range(6)]
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "render-pose", *model_args, "--frames", "2000",
+                             "--size", "16", "--batch", "1", "--seed", "2", "--quiet", "--out", str(out)],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("pose-sweep.partial-*/rgb/frame_0003.png")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the sweep never got to frame 3"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        proc.stderr.close()
+    partial = list(out.glob("pose-sweep.partial-*"))
+    assert len(partial) == 1 and partial[0].is_dir()  # recognisable: the unfinished sweep has its own folder
+    assert len(list((partial[0] / "rgb").glob("*.png"))) >= 4
+    after = {k: v for k, v in _snapshot(out).items() if not k.startswith("pose-sweep.partial-")}
+    assert after == before  # the previous complete run is exactly as it was
+
+    assert main(["render-pose", *model_args, "--frames", "5", "--size", "16", "--seed", "3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    final = _snapshot(out)
+    assert sorted(final) == ["pose-sweep.gif"] + [f"rgb/frame_{i:04d}.png" for i in range(5)]
+    assert final["pose-sweep.gif"] != before["pose-sweep.gif"]
+    assert not [p for p in out.rglob("*") if "partial" in p.name]
+
+
+def test_a_sweep_that_fails_removes_its_partial_folder_and_keeps_the_old_results(model_args, tmp_path, capsys,
+                                                                                 monkeypatch):
+    import engine.export.sweeps as sweeps
+    from engine.errors import CgofError
+
+    out = tmp_path / "sweep"
+    assert main(["render-exp", *model_args, "--frames", "3", "--size", "16", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    real = sweeps.iter_sweep_frames
+
+    def fails_after_two(*a, **k):
+        for i, pics in enumerate(real(*a, **k)):
+            if i == 2:
+                raise CgofError("simulated failure at frame 2")
+            yield pics
+
+    monkeypatch.setattr(sweeps, "iter_sweep_frames", fails_after_two)
+    assert main(["render-exp", *model_args, "--frames", "4", "--size", "16", "--seed", "9", "--out", str(out)]) == 2
+    assert "frame 2" in capsys.readouterr().err
+    assert _snapshot(out) == before and not list(out.glob("*partial*"))
+
+
+def test_sweep_help_lists_only_the_flags_each_sweep_uses(capsys):
+    helps = {}
+    for name in ("render-pose", "render-exp", "render-id"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        helps[name] = capsys.readouterr().out
+    assert "--pose-range" in helps["render-pose"] and "--keyframe-seed" not in helps["render-pose"]
+    assert "--yaw" not in helps["render-pose"]
+    for name in ("render-exp", "render-id"):
+        assert "--pose-range" not in helps[name] and "--keyframe-seed" in helps[name] and "--yaw" in helps[name]
+    for text in helps.values():
+        assert "--quiet" in text

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,19 +93,96 @@ def test_bad_shapes_raise():
         close_mouth(torch.zeros(8, 8, dtype=torch.bool), torch.zeros(8, 8))
 
 
-def test_ring_ignores_background_pixels_that_touch_the_hole_diagonally():
+def test_a_pixel_touching_the_background_diagonally_belongs_to_it():
+    """8-connectivity (as the reference's OpenCV call): a non-face pixel whose only contact with the
+    large background is a corner is part of the background, not a hole (4-connectivity filled it)."""
     size = 40
     ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     face = ii + jj > 20  # staircase background in the corner: large, touches the border
-    face[11, 11] = False  # one-pixel hole; its diagonal neighbour (10, 10) is background
+    face[11, 11] = False  # touches the background pixel (10, 10) at a corner only
+    face[25, 25] = False  # a true one-pixel hole, face all round
     depth = torch.where(face, 0.9 + 0.003 * ii - 0.002 * jj, torch.zeros(()))
     m, d = close_mouth(face[None], depth[None])
-    hole = ~face & (ii + jj > 20)
-    assert int(hole.sum()) == 1 and m[0, 11, 11]
-    assert not m[0, 10, 10] and int(m[0].sum()) == int(face.sum()) + 1
-    around = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) not in ((0, 0), (-1, -1))]
-    neighbours = [float(depth[11 + a, 11 + b]) for a, b in around]
-    assert abs(float(d[0, 11, 11]) - sum(neighbours) / 7) < 1e-6
+    assert not m[0, 11, 11] and m[0, 25, 25]
+    assert int(m[0].sum()) == int(face.sum()) + 1
+    neighbours = [float(depth[25 + a, 25 + b]) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)]
+    assert abs(float(d[0, 25, 25]) - sum(neighbours) / 8) < 1e-6
+
+
+def test_a_diagonal_chain_is_one_component_not_many_one_pixel_holes():
+    """A diagonal line of 30 non-face pixels: 30 holes of one pixel each under 4-connectivity, one
+    30-pixel region under 8-connectivity, kept open when the threshold is 20 pixels."""
+    face = torch.ones(40, 40, dtype=torch.bool)
+    for i in range(5, 35):
+        face[i, i] = False
+    depth = face.float()
+    m, _ = close_mouth(face[None], depth[None], max_fraction=20 / (40 * 40))
+    assert torch.equal(m[0], face)
+    m, _ = close_mouth(face[None], depth[None], max_fraction=31 / (40 * 40))
+    assert bool(m[0].all())
+
+
+def _random_masks(count=12, size=48, seed=0):
+    """Face discs with random holes, specks, diagonal chains and border bites."""
+    g = torch.Generator().manual_seed(seed)
+    ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    out = []
+    for k in range(count):
+        c = (size - 1) / 2 + (torch.rand(2, generator=g) - 0.5) * 8
+        r = size * (0.3 + 0.2 * float(torch.rand(1, generator=g)))
+        face = (ii - c[0]) ** 2 + (jj - c[1]) ** 2 <= r ** 2
+        face &= torch.rand(size, size, generator=g) > 0.06 * (k % 4)  # specks, often diagonal neighbours
+        for _ in range(3):
+            r0, c0 = (torch.randint(4, size - 10, (2,), generator=g)).tolist()
+            h, w = torch.randint(1, 7, (2,), generator=g).tolist()
+            face[r0:r0 + h, c0:c0 + w] = False
+        if k % 3 == 0:
+            for t in range(12):
+                face[10 + t, 12 + t] = False
+        out.append(face)
+    depth = 0.9 + 0.001 * (ii + 2 * jj).float()
+    return torch.stack(out), depth.expand(count, size, size).clone()
+
+
+def _official_close_mouth(face, depth):
+    """The reference's close_mouth on one (H, W) mask, in numpy + OpenCV, exactly as it calls them."""
+    import cv2
+    from scipy import ndimage
+
+    h, w = face.shape
+    m = (1 - face.numpy() * 1.0).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(m, 4)  # 4 lands in `labels`: connectivity 8
+    small = np.where(stats[:, 4] < h * w / 20)[0]
+    mouth = np.isin(labels, small)
+    new_face, new_depth = face.numpy().copy(), depth.numpy().copy()
+    if small.size:
+        new_face[mouth] = True
+        edge = ndimage.binary_dilation(mouth, structure=np.ones((3, 3), bool)) ^ mouth
+        new_depth[mouth] = new_depth[edge].mean()
+    return new_face, new_depth
+
+
+def test_matches_the_reference_opencv_labelling_on_the_same_masks():
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is not installed (pip install "
+                              "'cgof-studio[test]'); the OpenCV comparison needs it")
+    assert cv2.connectedComponentsWithStats
+    masks, depth = _random_masks()
+    m, d = close_mouth(masks, depth)
+    differ4 = 0
+    for i in range(masks.shape[0]):
+        face, dep = masks[i], depth[i]
+        if bool((face).sum()) and int(face.sum()) < 48 * 48 / 20:
+            continue  # the reference's tiny-face case (see engine/render/holes.py); none here
+        want_mask, want_depth = _official_close_mouth(face, dep)
+        assert np.array_equal(m[i].numpy(), want_mask), i
+        filled = want_mask & ~face.numpy()
+        assert np.allclose(d[i].numpy()[filled], want_depth[filled], atol=1e-6), i
+        assert np.array_equal(d[i].numpy()[~filled], dep.numpy()[~filled])
+        # OpenCV with an explicit connectivity 4 labels differently on these masks
+        n4 = cv2.connectedComponents((~face).numpy().astype(np.uint8), connectivity=4)[0]
+        n8 = cv2.connectedComponents((~face).numpy().astype(np.uint8), connectivity=8)[0]
+        differ4 += n4 != n8
+    assert differ4 >= 3  # the comparison exercises masks where 4 and 8 differ
 
 
 @pytest.mark.parametrize("pixels,filled", [(79, True), (80, False)])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from .render import Progress, add_quiet_arg
 
 
 def _sizes(text: str) -> list[int]:
@@ -32,6 +33,7 @@ def register(sub):
                    help="the face model's mean shape (default) or a procedural 10k-vertex sphere")
     r.add_argument("--facemodel", metavar="PATH", default=None, help="face model file (default: embedded)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
+    add_quiet_arg(r)
     r.set_defaults(handler=_raster)
 
     q = what.add_parser("render", help="ms per frame of the fast and reference render paths")
@@ -41,6 +43,7 @@ def register(sub):
     q.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     q.add_argument("--checkpoint", metavar="DIR", default=None, help="checkpoint folder (default: embedded)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
+    add_quiet_arg(q)
     q.set_defaults(handler=_render)
 
     t = what.add_parser("train", help="training images/s and peak memory per curriculum at one image size")
@@ -52,6 +55,7 @@ def register(sub):
     t.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
+    add_quiet_arg(t)
     t.set_defaults(handler=_train)
 
 
@@ -60,8 +64,11 @@ def _raster(args) -> int:
 
     if args.repeats < 1:
         raise CgofError("--repeats must be >= 1")
-    out = bench_raster(sizes=args.sizes, repeats=args.repeats, device=args.device, facemodel=args.facemodel,
-                       mesh=args.mesh, backend=args.backend)
+    with Progress(args, "bench raster", "size") as bar:
+        bar.update(0, len(args.sizes))
+        out = bench_raster(sizes=args.sizes, repeats=args.repeats, device=args.device, facemodel=args.facemodel,
+                           mesh=args.mesh, backend=args.backend)
+        bar.update(len(args.sizes), len(args.sizes))
     if args.json:
         print(json.dumps(out))
         return 0
@@ -80,9 +87,10 @@ def _render(args) -> int:
 
     if args.repeats < 1 or args.reference_repeats < 1:
         raise CgofError("--repeats and --reference-repeats must be >= 1")
-    log = None if args.json else (lambda row: print(_row_line(row), file=sys.stderr, flush=True))
-    out = bench_render(sizes=args.sizes, repeats=args.repeats, reference_repeats=args.reference_repeats,
-                       device=args.device, checkpoint=args.checkpoint, log=log)
+    with Progress(args, "bench render", "size") as bar:
+        bar.update(0, len(args.sizes))
+        out = bench_render(sizes=args.sizes, repeats=args.repeats, reference_repeats=args.reference_repeats,
+                           device=args.device, checkpoint=args.checkpoint, log=_logger(args, bar, len(args.sizes)))
     if args.json:
         print(json.dumps(out))
         return 0
@@ -94,6 +102,19 @@ def _render(args) -> int:
         else:
             print(f"{key}: {value}")
     return 0
+
+
+def _logger(args, bar: Progress, total: int):
+    """Per finished row: advance the bar and (without --json or --quiet) print the row on stderr."""
+    done = [0]
+
+    def log(row):
+        done[0] += 1
+        bar.update(done[0], max(total, done[0]))
+        if not args.json and not args.quiet:
+            bar.write(_row_line(row))
+
+    return log
 
 
 def _row_line(row) -> str:
@@ -110,8 +131,10 @@ def _train(args) -> int:
         raise CgofError("--steps must be >= 1 and --warmup >= 0")
     size = args.size or (64 if resolve_device(args.device).type == "cuda" else 32)
     names = [c.strip() for c in args.curricula.split(",") if c.strip()]
-    log = None if args.json else (lambda row: print(_row_line(row), file=sys.stderr, flush=True))
-    out = bench_train(names, size=size, steps=args.steps, warmup=args.warmup, device=args.device, log=log)
+    with Progress(args, "bench train", "curriculum") as bar:
+        bar.update(0, len(names))
+        out = bench_train(names, size=size, steps=args.steps, warmup=args.warmup, device=args.device,
+                          log=_logger(args, bar, len(names)))
     if args.json:
         print(json.dumps(out))
     else:

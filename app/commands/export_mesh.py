@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.api import CgofError
 
-from .render import add_model_args, add_spec_args, load_synth, spec_from_args
+from .render import Progress, add_model_args, add_quiet_arg, add_spec_args, load_synth, spec_from_args
 
 KINDS = ("occupancy", "3dmm")
 
@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--all-components", action="store_true",
                    help="occupancy: keep every connected piece, not only the largest")
     p.add_argument("--out", required=True, metavar="FILE", help="output file, .obj or .ply")
+    add_quiet_arg(p)
     p.set_defaults(handler=_run)
 
 
@@ -46,8 +47,9 @@ def _run(args) -> int:
         path = export_3dmm_mesh(synth, spec, out)
         info = {}
     else:
-        iso = occupancy_isosurface(synth, spec, resolution=args.resolution, level=args.level,
-                                   largest_only=not args.all_components)
+        with Progress(args, "density grid", "pt") as bar:
+            iso = occupancy_isosurface(synth, spec, resolution=args.resolution, level=args.level,
+                                       largest_only=not args.all_components, progress=bar.update)
         path = write_mesh(iso.vertices, iso.triangles, iso.colours, out)
         info = {"level": round(iso.level, 4), "density_range": [round(x, 4) for x in iso.density_range],
                 "vertices": int(len(iso.vertices)), "triangles": int(len(iso.triangles))}

@@ -71,6 +71,48 @@ def load_synth(args):
                                 coeff_dist=args.coeff_dist)
 
 
+def add_quiet_arg(p) -> None:
+    """--quiet: no progress bar (bars show on stderr, and only when stderr is a terminal)."""
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (it is shown on stderr, only when stderr is a terminal)")
+
+
+class Progress:
+    """A tqdm bar on stderr for a long command, hidden with --quiet or when stderr is not a terminal
+    (a log file or a pipe gets only the command's own lines). ``update(done, total)`` is the
+    engine's progress signature; use as a context manager."""
+
+    def __init__(self, args, desc: str, unit: str = "it"):
+        self.disable = True if getattr(args, "quiet", False) else None  # None: tqdm's "only on a terminal"
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def update(self, done: int, total: int) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, disable=self.disable, file=sys.stderr,
+                            leave=False, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def write(self, line: str) -> None:
+        """Print a line on stderr without breaking the bar."""
+        import sys
+
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def out_dir(path: str) -> Path:
     p = Path(path)
     try:
@@ -89,7 +131,7 @@ def register(sub) -> None:
     add_spec_args(p)
     p.add_argument("--yaw", type=float, default=0.0, help="degrees, + turns the face to image right")
     p.add_argument("--pitch", type=float, default=0.0, help="degrees, + looks from above")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=int, default=128, help="image side in pixels, 8..1024 (default 128)")
     p.add_argument("--quality", choices=("fast", "reference"), default="fast")
     add_out_arg(p, "--out-dir", required=True, metavar="DIR", help="folder to write the files to (created if missing)")
     p.set_defaults(handler=run)
@@ -99,11 +141,18 @@ def run(args) -> int:
     import imageio.v3 as iio
     import numpy as np
 
+    from engine.api import check_render_size
+
+    # Everything is checked before the output folder is created: a refused command leaves nothing.
     if not -90 <= args.yaw <= 90 or not -60 <= args.pitch <= 60:
         raise CgofError(f"--yaw {args.yaw} / --pitch {args.pitch}: expected yaw in [-90, 90] and pitch in [-60, 60] degrees")
-    out = out_dir(args.out)
+    try:
+        check_render_size(args.size)
+    except CgofError as exc:
+        raise CgofError(f"--{exc}") from None
     synth = load_synth(args)
     spec = spec_from_args(args, synth.layout)
+    out = out_dir(args.out)
     res = synth.render(spec, args.yaw, args.pitch, size=args.size, quality=args.quality, normals=True)
     iio.imwrite(out / "image.png", res.image)
     np.save(out / "depth.npy", res.depth.astype(np.float32))

@@ -19,6 +19,7 @@ recipe's fields) and flags override it. ``--resume`` continues the run saved in
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -33,6 +34,19 @@ STAGES = {
     "albedo": ("AlbedoFitConfig", "albedo_fit_config"),
 }
 
+
+
+def _seconds(text: str) -> float:
+    """argparse type of --time-budget: a finite number of seconds > 0 (nan, inf and 1e400 are refused)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of seconds > 0")
+    return value
 
 def _config_class(stage: str):
     import engine.api
@@ -84,7 +98,7 @@ def _common(parser, evaluation: str) -> None:
     parser.add_argument("--tensorboard", metavar="DIR", default=None, help="write TensorBoard scalars to DIR")
     parser.add_argument("--facemodel", default=None, help="face model (.npz ours or BFM_model_front.mat)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--time-budget", type=float, default=None,
+    parser.add_argument("--time-budget", type=_seconds, default=None,
                         help="stop after this many seconds (a resumed run's earlier sessions count)")
     parser.add_argument("--no-eval", action="store_true", help=f"skip {evaluation} at the end")
 
@@ -221,7 +235,7 @@ def _gan_flags(p) -> None:
     p.add_argument("--facemodel", default=None, help="face model (.npz ours or BFM_model_front.mat)")
     p.add_argument("--coeff-dist", metavar="NPZ", default=None,
                    help="coefficient statistics for a BFM (default: the data set's coeff_distribution_L.npz)")
-    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
+    p.add_argument("--time-budget", type=_seconds, default=None, help="stop after this many seconds of training")
     g = p.add_argument_group("monitoring (may change on --resume)")
     for f in fields(engine.api.MonitorOptions):
         if f.type in (bool, "bool"):

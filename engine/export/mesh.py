@@ -81,9 +81,11 @@ def face_box(synth, spec, margin: float = BOX_MARGIN) -> tuple[np.ndarray, np.nd
     return lo, hi
 
 
-def sample_density(synth, spec, lo, hi, resolution: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def sample_density(synth, spec, lo, hi, resolution: int, chunk: int = 65536,
+                   progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Raw density on a regular grid over the box [lo, hi] -> (grid (X, Y, Z) float32 indexed
-    [x, y, z], spacing (3,)). ``resolution`` voxels along the box's longest side; voxels are cubes."""
+    [x, y, z], spacing (3,)). ``resolution`` voxels along the box's longest side; voxels are cubes.
+    ``progress(done, total)`` (points) after each chunk."""
     lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     step = float((hi - lo).max()) / (resolution - 1)
     counts = np.maximum(2, np.floor((hi - lo) / step + 1e-9).astype(int) + 1)
@@ -94,6 +96,8 @@ def sample_density(synth, spec, lo, hi, resolution: int, chunk: int = 65536) -> 
         d = synth.density(spec, pts[s:s + chunk])
         d = d.detach().cpu().numpy() if hasattr(d, "detach") else np.asarray(d)
         out[s:s + chunk] = d.reshape(-1)
+        if progress is not None:
+            progress(min(s + chunk, len(pts)), len(pts))
     return out.reshape(tuple(counts)), np.full(3, step)
 
 
@@ -168,7 +172,7 @@ def refine_to_level(density, vertices: np.ndarray, directions: np.ndarray, level
 
 
 def occupancy_isosurface(synth, spec, resolution: int = 64, level: float | None = None, box=None,
-                         largest_only: bool = True, refine: bool = True) -> IsoMesh:
+                         largest_only: bool = True, refine: bool = True, progress=None) -> IsoMesh:
     """Marching-cubes isosurface of the field's raw density for ``spec``.
 
     The density is sampled on ``resolution`` voxels along the longest side of ``box``
@@ -181,7 +185,7 @@ def occupancy_isosurface(synth, spec, resolution: int = 64, level: float | None 
     renders show. ``largest_only`` keeps the largest connected piece (drops floaters). ``refine``
     moves every vertex onto the field's level set (:func:`refine_to_level`, within one voxel along
     its normal), which removes marching cubes' grid terraces. Vertex colours are the field's colour
-    (:meth:`FaceSynthesizer.colour`).
+    (:meth:`FaceSynthesizer.colour`). ``progress(done, total)``: density points sampled so far.
     """
     from skimage.measure import marching_cubes
 
@@ -196,7 +200,7 @@ def occupancy_isosurface(synth, spec, resolution: int = 64, level: float | None 
         lo, hi = (np.asarray(b, np.float64).reshape(3) for b in box)
         if not np.all(hi > lo):
             raise CgofError(f"box {lo.tolist()}..{hi.tolist()}: expected lo < hi on every axis")
-    grid, spacing = sample_density(synth, spec, lo, hi, resolution)
+    grid, spacing = sample_density(synth, spec, lo, hi, resolution, progress=progress)
     drange = (float(grid.min()), float(grid.max()))
     if level is None:
         level = opacity_level(grid, float(spacing[0]))

@@ -329,19 +329,78 @@ def iter_sweep_frames(synth, specs, yaws, pitches, size: int, quality: str, view
             on_batch(e, total)
 
 
+PARTIAL = ".partial-"  # <kind>-sweep.partial-<pid>-<random>: a sweep still being written (or killed)
+
+
+def _partial_owner_alive(folder: Path) -> bool:
+    """Whether the process that named ``folder`` (``...partial-<pid>-...``) still runs."""
+    try:
+        pid = int(folder.name.split(PARTIAL, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(out: Path, stem: str) -> list[Path]:
+    """Remove ``<stem>.partial-*`` folders of sweeps whose process is gone (killed mid-sweep);
+    returns what was removed."""
+    import shutil
+
+    gone = []
+    for folder in out.glob(f"{stem}{PARTIAL}*"):
+        if folder.is_dir() and not _partial_owner_alive(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    return gone
+
+
+def _publish(tmp: Path, out: Path, names: Sequence[str]) -> None:
+    """Move ``tmp/<name>`` (frame folders, GIF, MP4) to ``out/<name>``, replacing what is there. A
+    replaced folder goes into ``tmp`` first (renames on one file system), then ``tmp`` is removed."""
+    for name in names:
+        src, dst = tmp / name, out / name
+        if src.is_dir():
+            if dst.is_dir() and not dst.is_symlink():
+                dst.rename(tmp / f"replaced-{name}")
+            elif dst.exists() or dst.is_symlink():
+                raise CgofError(f"{dst}: exists and is not a folder; remove it or choose another --out")
+            src.rename(dst)
+        else:
+            os.replace(src, dst)
+
+
 def render_sweep(synth, kind: str, base_spec: FaceSpec, out_dir, frames: int = 48, size: int = 128,
                  fps: float = 15, views: Sequence[str] | str = ("rgb",), side_by_side: bool = False,
                  mp4: bool = False, gif: bool = True, quality: str = "fast", yaw_deg: float = 0.0,
                  pitch_deg: float = 0.0, seed=None, pose_range: float = 1.2, psi: float | None = None,
-                 batch: int = 4, progress: Callable[[int, int], None] | None = None) -> SweepResult:
+                 batch: int = 4, progress: Callable[[int, int], None] | None = None,
+                 progress_bar: bool | None = None) -> SweepResult:
     """Render a sweep (see :func:`sweep_specs`) into ``out_dir``.
 
     Writes ``<view>/frame_0000.png ...`` for each of ``views`` (and ``side_by_side/`` when
     asked: rgb | field depth | mesh depth | normals), ``<kind>-sweep.gif`` of the side-by-side
     frames when asked, else of the first view, and ``<kind>-sweep.mp4`` (same frames) when
-    ``mp4``. Depth frames share one range for the whole sweep. Progress shows on a console
-    (tqdm) and goes to ``progress(done, total)`` after each batch.
+    ``mp4``. Depth frames share one range for the whole sweep.
+
+    Everything is written into ``<kind>-sweep.partial-<pid>-<random>/`` inside ``out_dir`` and
+    moved into place only when the whole sweep is done, replacing the previous run's frame folders
+    and files of the same names. So a finished sweep leaves only complete results, and a sweep that
+    was killed leaves the previous results untouched next to a ``.partial-`` folder (removed by the
+    next sweep of the same kind into that folder; one that fails with an error removes it itself).
+
+    Progress: a tqdm bar on stderr (``progress_bar`` None: only on a terminal; False: never) and
+    ``progress(done, total)`` after each batch.
     """
+    import shutil
+    import tempfile
     import time
 
     import imageio.v3 as iio
@@ -355,32 +414,42 @@ def render_sweep(synth, kind: str, base_spec: FaceSpec, out_dir, frames: int = 4
     specs, yaws, pitches = sweep_specs(kind, base_spec, synth.layout, frames, seed=seed, pose_range=pose_range,
                                        psi=psi, yaw_deg=yaw_deg, pitch_deg=pitch_deg)
     out = writable_dir(out_dir)
-    wanted = view_list + ([SIDE_BY_SIDE] if side else [])
-    dirs = {v: writable_dir(out / v.replace("-", "_")) for v in wanted}
-    for d in dirs.values():  # stale frames of a longer earlier sweep would end up in frames2video
-        for old in d.glob("frame_*.png"):
-            old.unlink()
-    main_view = SIDE_BY_SIDE if side else view_list[0]
-    digits = max(4, len(str(frames - 1)))
-    t0 = time.perf_counter()
-    depth_range = sweep_depth_range(synth, specs, yaws, pitches)
-    movie: list[np.ndarray] = []
-    with tqdm(total=frames, desc=f"{kind} sweep", unit="frame", disable=None) as bar:
-        def on_batch(done, total):
-            bar.update(done - bar.n)
-            if progress is not None:
-                progress(done, total)
-
-        for i, pics in enumerate(iter_sweep_frames(synth, specs, yaws, pitches, size, quality, wanted, batch,
-                                                   depth_range, on_batch)):
-            for v, img in pics.items():
-                iio.imwrite(dirs[v] / f"frame_{i:0{digits}d}.png", img)
-            if gif or mp4:
-                movie.append(pics[main_view])
     stem = f"{kind}-sweep"
-    gif_path = write_gif(movie, out / f"{stem}.gif", fps=fps) if gif else None
-    mp4_path = write_mp4(movie, out / f"{stem}.mp4", fps=fps) if mp4 else None
-    return SweepResult(gif_path, mp4_path, dirs, frames, depth_range, time.perf_counter() - t0)
+    remove_stale_partials(out, stem)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{stem}{PARTIAL}{os.getpid()}-", dir=out))
+    try:
+        wanted = view_list + ([SIDE_BY_SIDE] if side else [])
+        names = {v: v.replace("-", "_") for v in wanted}
+        for name in names.values():
+            (tmp / name).mkdir()
+        main_view = SIDE_BY_SIDE if side else view_list[0]
+        digits = max(4, len(str(frames - 1)))
+        t0 = time.perf_counter()
+        depth_range = sweep_depth_range(synth, specs, yaws, pitches)
+        movie: list[np.ndarray] = []
+        with tqdm(total=frames, desc=f"{kind} sweep", unit="frame",
+                  disable=None if progress_bar is None else not progress_bar) as bar:
+            def on_batch(done, total):
+                bar.update(done - bar.n)
+                if progress is not None:
+                    progress(done, total)
+
+            for i, pics in enumerate(iter_sweep_frames(synth, specs, yaws, pitches, size, quality, wanted, batch,
+                                                       depth_range, on_batch)):
+                for v, img in pics.items():
+                    iio.imwrite(tmp / names[v] / f"frame_{i:0{digits}d}.png", img)
+                if gif or mp4:
+                    movie.append(pics[main_view])
+        files = []
+        if gif:
+            files.append(write_gif(movie, tmp / f"{stem}.gif", fps=fps).name)
+        if mp4:
+            files.append(write_mp4(movie, tmp / f"{stem}.mp4", fps=fps).name)
+        _publish(tmp, out, list(names.values()) + files)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return SweepResult(out / f"{stem}.gif" if gif else None, out / f"{stem}.mp4" if mp4 else None,
+                       {v: out / n for v, n in names.items()}, frames, depth_range, time.perf_counter() - t0)
 
 
 def export_sweep_gif(synth, spec: FaceSpec, path, kind: str = "pose", frames: int = 12, size: int = 64,

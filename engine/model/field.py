@@ -23,18 +23,25 @@ FREQ_SCALE = 15.0  # f = 15 f_raw + 30, after truncation
 FREQ_SHIFT = 30.0
 EXPRESSION_CONDITIONING = ("latent", "mesh_warp")
 APPEARANCES = ("radiance", "albedo")
+# Upper bounds a checkpoint's config.json may ask for (checked before anything is allocated). The
+# reference is 256 wide with 8 FiLM layers and ~1.9 M parameters; these leave ample room for
+# bigger experiments while refusing a typo that would allocate gigabytes.
+MAX_WIDTH = 4096
+MAX_LAYERS = 64
+MAX_Z_DIM = 6 * 4096
+MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights
 
 
 @dataclass(frozen=True)
 class FieldConfig:
     """Architecture. Defaults are the reference's (256 wide, 8 FiLM layers, z 411)."""
 
-    z_dim: int = option(411, help="length of the latent z the mapping network reads", range=(1, None))
-    width: int = option(256, help="hidden width of the density trunk's FiLM-SIREN layers", range=(1, None))
-    film_layers: int = option(8, help="FiLM-SIREN layers of the density trunk", range=(1, None))
-    mapping_hidden: int = option(256, help="hidden width of the mapping network (z -> FiLM)", range=(1, None))
+    z_dim: int = option(411, help="length of the latent z the mapping network reads", range=(1, MAX_Z_DIM))
+    width: int = option(256, help="hidden width of the density trunk's FiLM-SIREN layers", range=(1, MAX_WIDTH))
+    film_layers: int = option(8, help="FiLM-SIREN layers of the density trunk", range=(1, MAX_LAYERS))
+    mapping_hidden: int = option(256, help="hidden width of the mapping network (z -> FiLM)", range=(1, MAX_WIDTH))
     box_size: float = option(0.24, help="side of the field's box (UniformBoxWarp), world units",
-                             range=(0, None), open_low=True)
+                             range=(0, 10), open_low=True)
     # How an expression reaches the field: "latent" (the reference: the expression slice of z feeds
     # the mapping network like every other slice) or "mesh_warp" (the field is a neutral-expression
     # face and the expression deforms the rays onto it; engine.render.mesh_warp says why and how).
@@ -49,11 +56,11 @@ class FieldConfig:
     # change the geometry.
     appearance: str = option("radiance", help="what the colour output is: radiance (view-dependent, lighting "
                              "baked in) or albedo (shaded by the renderer)", choices=APPEARANCES)
-    tex_dim: int = option(0, help="albedo fields: texture coefficients the albedo basis spans", range=(0, None))
-    albedo_width: int = option(128, help="albedo fields: hidden width of the albedo SIREN", range=(1, None))
-    albedo_layers: int = option(4, help="albedo fields: sine layers of the albedo SIREN", range=(1, None))
+    tex_dim: int = option(0, help="albedo fields: texture coefficients the albedo basis spans", range=(0, MAX_WIDTH))
+    albedo_width: int = option(128, help="albedo fields: hidden width of the albedo SIREN", range=(1, MAX_WIDTH))
+    albedo_layers: int = option(4, help="albedo fields: sine layers of the albedo SIREN", range=(1, MAX_LAYERS))
     albedo_omega: float = option(30.0, help="albedo fields: SIREN omega_0 on box coordinates in [-1, 1]",
-                                 range=(0, None), open_low=True)
+                                 range=(0, 10_000), open_low=True)
 
     def __post_init__(self):
         if self.expression_conditioning not in EXPRESSION_CONDITIONING:
@@ -63,6 +70,21 @@ class FieldConfig:
             raise ValueError(f"appearance {self.appearance!r}: expected one of {', '.join(APPEARANCES)}")
         if self.appearance == "albedo" and (self.tex_dim < 1 or self.albedo_width < 1 or self.albedo_layers < 1):
             raise ValueError("appearance 'albedo' needs tex_dim, albedo_width and albedo_layers >= 1")
+        if self.parameter_count() > MAX_PARAMETERS:
+            raise ValueError(f"{self.parameter_count():,} parameters (width {self.width}, film_layers "
+                             f"{self.film_layers}, mapping_hidden {self.mapping_hidden}); at most "
+                             f"{MAX_PARAMETERS:,} are accepted (the reference has about 1.9 million)")
+
+    def parameter_count(self) -> int:
+        """Parameters of an :class:`OccupancyField` with this config, counted without building it."""
+        w, n, h = self.width, self.film_layers, self.mapping_hidden
+        total = 4 * w + (n - 1) * (w * w + w) + (w + 1)  # FiLM trunk and final_layer
+        if self.albedo:
+            a, k = self.albedo_width, self.tex_dim
+            total += 4 * a + (self.albedo_layers - 1) * (a * a + a) + (a + 1) * 3 * (1 + k)
+        else:
+            total += (w + 3) * w + w + 3 * w + 3  # colour branch
+        return total + (self.z_dim + 1) * h + 2 * (h * h + h) + (h + 1) * 2 * self.film_dim
 
     def to_dict(self) -> dict:
         return asdict(self)

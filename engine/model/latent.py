@@ -14,24 +14,26 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import CgofError
+from ..config import option
+from ..errors import CgofError, finite_number, shown_value
 
 ORDER = ("id", "exp", "bg_geo", "tex", "gamma", "bg_tex")
 # FaceSpec field -> latent slice
 SPEC_GROUPS = {"identity": "id", "expression": "exp", "texture": "tex", "lighting": "gamma"}
 MAX_SIGMA = 5.0  # accepted range of a 3DMM coefficient, sigma units (sliders go to +-3)
+MAX_SLICE = 4096  # largest latent slice a checkpoint's layout may declare
 
 
 @dataclass(frozen=True)
 class LatentLayout:
     """Sizes of the latent slices, in the reference order. Defaults are the reference's (BFM)."""
 
-    id: int = 80
-    exp: int = 64
-    bg_geo: int = 80
-    tex: int = 80
-    gamma: int = 27
-    bg_tex: int = 80
+    id: int = option(80, help="identity coefficients (3DMM)", range=(0, MAX_SLICE))
+    exp: int = option(64, help="expression coefficients (3DMM)", range=(0, MAX_SLICE))
+    bg_geo: int = option(80, help="free geometry latents (from the seed)", range=(0, MAX_SLICE))
+    tex: int = option(80, help="texture coefficients (3DMM)", range=(0, MAX_SLICE))
+    gamma: int = option(27, help="lighting coefficients (spherical harmonics)", range=(0, MAX_SLICE))
+    bg_tex: int = option(80, help="free texture latents (from the seed)", range=(0, MAX_SLICE))
 
     @property
     def dim(self) -> int:
@@ -90,11 +92,16 @@ def _coerce_group(name: str, values: Any) -> dict[int, float]:
     for k, v in values.items():
         try:
             idx = int(k)
-        except (TypeError, ValueError):
-            raise CgofError(f"{name}: component index {k!r} is not an integer") from None
+        except (TypeError, ValueError, OverflowError):
+            raise CgofError(f"{name}: component index {shown_value(k)} is not an integer") from None
+        if abs(idx) > MAX_SLICE:
+            raise CgofError(f"{name}: component index {shown_value(k)}: out of range (at most {MAX_SLICE} components)")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise CgofError(f"{name}[{idx}]: expected a number (sigma units), got {type(v).__name__}")
-        out[idx] = float(v)
+        try:
+            out[idx] = float(v)  # NaN, infinities and the range are refused by validate
+        except OverflowError:  # an integer like 10**400
+            finite_number(v, f"{name}[{idx}]", -MAX_SIGMA, MAX_SIGMA, "sigma")
     return out
 
 
@@ -120,14 +127,13 @@ class FaceSpec:
         for group, kind in SPEC_GROUPS.items():
             n = getattr(layout, kind)
             for idx, v in getattr(self, group).items():
-                if not 0 <= idx < n:
-                    raise CgofError(f"{group}[{idx}]: index out of range, this model has {n} components (0..{n - 1})")
-                if not math.isfinite(v) or abs(v) > MAX_SIGMA:
-                    raise CgofError(f"{group}[{idx}] = {v}: expected a finite value in [-{MAX_SIGMA}, {MAX_SIGMA}] sigma")
+                if not isinstance(idx, int) or not 0 <= idx < n:
+                    raise CgofError(f"{group}[{shown_value(idx)}]: index out of range, this model has {n} components "
+                                    f"(0..{n - 1})")
+                finite_number(v, f"{group}[{idx}]", -MAX_SIGMA, MAX_SIGMA, "sigma")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise CgofError(f"seed = {self.seed!r}: expected an integer in [0, 2^63)")
-        if not isinstance(self.psi, (int, float)) or not math.isfinite(self.psi) or not 0.0 <= self.psi <= 2.0:
-            raise CgofError(f"psi = {self.psi!r}: expected a number in [0, 2]")
+            raise CgofError(f"seed = {shown_value(self.seed)}: expected an integer in [0, 2^63)")
+        finite_number(self.psi, "psi", 0.0, 2.0)
         return self
 
     def dense(self, group: str, n: int) -> torch.Tensor:
@@ -181,11 +187,9 @@ class FaceSpec:
             raise CgofError(f"face spec: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise CgofError(f"seed: expected an integer, got {seed!r}")
-        psi = data.get("psi", 1.0)
-        if isinstance(psi, bool) or not isinstance(psi, (int, float)):
-            raise CgofError(f"psi: expected a number, got {psi!r}")
-        return cls(**{g: data.get(g) for g in SPEC_GROUPS}, seed=seed, psi=float(psi))
+            raise CgofError(f"seed: expected an integer, got {shown_value(seed)}")
+        psi = finite_number(data.get("psi", 1.0), "psi", 0.0, 2.0)
+        return cls(**{g: data.get(g) for g in SPEC_GROUPS}, seed=seed, psi=psi)
 
 
 def parse_assignments(items: list[str] | None, flag: str) -> dict[int, float]:

@@ -5,14 +5,21 @@ would otherwise put no samples there. cGOF fills every small non-face region of 
 it a plausible depth (official ``volumetric_rendering.py: close_mouth``; docs/reference.md, 'Near-mesh
 sampling and close_mouth'):
 
-* label the 4-connected components of the *non-face* pixels of each image;
+* label the 8-connected components of the *non-face* pixels of each image (the reference calls
+  ``cv2.connectedComponentsWithStats(m, 4)``, whose second positional argument is the ``labels``
+  output, not the connectivity, so OpenCV's default connectivity 8 applies; tests/test_holes.py
+  compares with OpenCV);
 * every component smaller than ``H * W * max_fraction`` pixels (reference: H*W/20) is a hole — the
   background around the face touches the border and is far larger, so it survives;
 * holes become face pixels, with the mean depth of their one-pixel ring (3x3 dilation of the holes
-  XOR the holes), taken over face pixels only.
+  XOR the holes); with 8-connectivity every non-face pixel of that ring would belong to the hole,
+  so the ring holds face pixels only, as in the reference.
 
 Reference behaviour kept on purpose: the ring is built from the union of all holes of an image, so
 **all holes of one image share one mean depth** (the mouth and the eyes of a face get the same fill).
+One degenerate case differs: the reference also counts the face pixels themselves (OpenCV's label 0)
+as a "hole" when the face covers less than the threshold, and then overwrites the whole face's depth
+with one value; we never treat face pixels as a hole.
 
 Connected components use ``scipy.ndimage.label`` on CPU numpy arrays: masks are at most a few hundred
 pixels on a side, a C labeller handles them in microseconds, and it is exact in one pass, whereas a
@@ -28,8 +35,8 @@ from scipy import ndimage
 
 from engine.errors import CgofError
 
-# 4-connectivity, as OpenCV's connectedComponents(connectivity=4) in the reference.
-_FOUR = ndimage.generate_binary_structure(2, 1)
+# 8-connectivity: what the reference's cv2.connectedComponentsWithStats(m, 4) actually uses.
+_EIGHT = ndimage.generate_binary_structure(2, 2)
 _RING = np.ones((3, 3), dtype=bool)
 
 
@@ -55,14 +62,14 @@ def close_mouth(mask: torch.Tensor, depth: torch.Tensor, max_fraction: float = 1
     ring = np.zeros_like(face)
     limit = h * w * max_fraction
     for i in range(face.shape[0]):
-        labels, count = ndimage.label(~face[i], structure=_FOUR)
+        labels, count = ndimage.label(~face[i], structure=_EIGHT)
         if count == 0:
             continue
         small = np.bincount(labels.ravel(), minlength=count + 1) < limit
         small[0] = False  # label 0 is the face itself
         holes[i] = small[labels]
         # Outside the image counts as "not a hole" (constant border), so a hole touching the
-        # border gets a ring from its inner side only.
+        # border gets a ring from its inner side only. (& face is a no-op with 8-connectivity.)
         ring[i] = ndimage.binary_dilation(holes[i], structure=_RING) & ~holes[i] & face[i]
     # Only the labelling runs in numpy; the fill is plain tensor arithmetic on the input's device and
     # dtype (so depth keeps its precision and any autograd history).

@@ -38,40 +38,41 @@ class RenderConfig:
     """Sampling and integration settings; defaults are the reference render scripts'."""
 
     num_steps: int = option(24, help="samples per pass of the reference schedule (12 x ray_step_multiplier 2)",
-                            range=(1, None))
+                            range=(1, 1024))
     hierarchical: bool = option(True, help="reference schedule: add the hierarchical (importance) passes")
     sample_near_mesh: bool = option(True, help="reference schedule: blend the last pass into the band around "
                                     "the mesh depth on mesh pixels")
     thick_ratio: float = option(0.005, help="near-mesh band thickness as a fraction of ray_end - ray_start",
-                                range=(0, None))
+                                range=(0, 1))
     narrow_ratio: float = option(1.0, help="share of the near-mesh band in the last pass on mesh pixels",
                                  range=(0, 1))
     last_back: bool = option(True, help="give each ray's leftover transmittance to its last sample")
     white_back: bool = option(False, help="composite on white instead of black")
     clamp_mode: str = option("relu", help="raw density -> density", choices=("relu", "softplus"))
-    nerf_noise: float = option(0.0, help="std of the noise added to raw densities", range=(0, None))
-    chunk_points: int = option(50_000, help="field evaluations per call (memory bound)", range=(1, None))
-    fast_band_samples: int = option(5, help="fast path: samples across the band on mesh pixels", range=(1, None))
+    nerf_noise: float = option(0.0, help="std of the noise added to raw densities", range=(0, 1000))
+    chunk_points: int = option(50_000, help="field evaluations per call (memory bound)", range=(1, 2_000_000))
+    fast_band_samples: int = option(5, help="fast path: samples across the band on mesh pixels", range=(1, 256))
     fast_band_width: float = option(0.003, help="fast path: band width, world units (wider than the reference "
-                                    "band so small surface offsets still hit)", range=(0, None), open_low=True)
+                                    "band so small surface offsets still hit)", range=(0, 1), open_low=True)
     fast_behind: tuple[float, ...] = option((0.004, 0.010), help="fast path: extra samples this far behind the "
-                                            "band, world units (the solid interior)")
-    fast_background_samples: int = option(4, help="fast path: samples on background pixels", range=(1, None))
+                                            "band, world units (the solid interior)", range=(0, 1), items=(0, 64))
+    fast_background_samples: int = option(4, help="fast path: samples on background pixels", range=(1, 256))
     # Width of the silhouette ring: the field's edge may sit a fixed distance in world units off
     # the mesh's, so the ring is a fraction of the image side (at least fast_edge_pixels; 0 = none).
     fast_edge_pixels: int = option(2, help="fast path: least width of the silhouette ring, pixels (0 = no ring)",
-                                   range=(0, None))
+                                   range=(0, 1024))
     fast_edge_fraction: float = option(1 / 32, help="fast path: silhouette ring width as a fraction of the "
                                        "image side", range=(0, 1))
     fast_edge_samples: int = option(12, help="fast path: coarse and again fine samples per ring pixel",
-                                    range=(1, None))
+                                    range=(1, 256))
     fast_half_precision: bool = option(True, help="fast path: fp16 autocast (CUDA only)")
     # Albedo fields are shaded with the field's normals averaged over these axis-depth offsets around
     # the rendered depth: a single point's gradient is occasionally thrown by sub-millimetre
     # structure inside the surface band, which shows as a wrongly lit speck.
     shading_normal_spread: tuple[float, ...] = option((-0.0005, 0.0, 0.0005), help="albedo fields: axis-depth "
                                                       "offsets (world units) around the rendered depth whose unit "
-                                                      "normals are averaged for shading")
+                                                      "normals are averaged for shading", range=(-0.1, 0.1),
+                                                      items=(1, 16))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -43,7 +43,7 @@ from torch import nn
 from ..camera import CameraConfig, OrbitCamera
 from ..config import from_dict, option, to_dict, validate
 from ..errors import CgofError
-from ..model.field import EXPRESSION_CONDITIONING, FieldConfig, OccupancyField
+from ..model.field import EXPRESSION_CONDITIONING, MAX_LAYERS, MAX_WIDTH, FieldConfig, OccupancyField
 from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
 from ..render.conditioning import mesh_conditioning
@@ -66,9 +66,9 @@ class GanConfig:
     ``pigan_recon4_snm_depr10000_norm1000_lm3d10_warp3d10_bgdepr10000_georeg500_lastback``)."""
 
     # Generator architecture of a fresh run (``--init`` takes the checkpoint's instead).
-    width: int = option(256, help="field: hidden width of the FiLM-SIREN trunk", range=(1, None))
-    film_layers: int = option(8, help="field: FiLM-SIREN layers", range=(1, None))
-    mapping_hidden: int = option(256, help="field: hidden width of the mapping network", range=(1, None))
+    width: int = option(256, help="field: hidden width of the FiLM-SIREN trunk", range=(1, MAX_WIDTH))
+    film_layers: int = option(8, help="field: FiLM-SIREN layers", range=(1, MAX_LAYERS))
+    mapping_hidden: int = option(256, help="field: hidden width of the mapping network", range=(1, MAX_WIDTH))
     free_latent: int = option(80, help="sizes of the free latent slices bg_geo and bg_tex", range=(0, None))
     expression_conditioning: str = option("latent", help="latent (reference) or mesh_warp (ours)",
                                           choices=EXPRESSION_CONDITIONING)
@@ -131,8 +131,11 @@ class GanConfig:
             raise ValueError(f"disc_channels: expected {len(REFERENCE_DISC_CHANNELS)} entries (256 px ... 2 px)")
 
     def field_config(self, layout: LatentLayout) -> FieldConfig:
-        return FieldConfig(z_dim=layout.dim, width=self.width, film_layers=self.film_layers,
-                           mapping_hidden=self.mapping_hidden, expression_conditioning=self.expression_conditioning)
+        try:
+            return FieldConfig(z_dim=layout.dim, width=self.width, film_layers=self.film_layers,
+                               mapping_hidden=self.mapping_hidden, expression_conditioning=self.expression_conditioning)
+        except ValueError as exc:  # e.g. over the field's parameter budget
+            raise CgofError(f"recipe: field: {exc}") from None
 
     def weights(self) -> dict[str, float]:
         return {"gan": 1.0, **{k: getattr(self, f"lambda_{k}") for k in LOSS_NAMES[1:]}}

@@ -40,7 +40,8 @@ import torch
 
 from ..camera import CameraConfig, OrbitCamera
 from ..config import option, to_dict, validate
-from ..model.field import EXPRESSION_CONDITIONING, FieldConfig, OccupancyField
+from ..errors import CgofError
+from ..model.field import EXPRESSION_CONDITIONING, MAX_LAYERS, MAX_WIDTH, FieldConfig, OccupancyField
 from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
 from ..render.integration import band_depths, integrate, stratified_depths
@@ -65,9 +66,9 @@ GEOMETRY_TERMS = ("depth", "dist", "normal", "warp", "warp_depth")  # ramped in 
 class WarmupConfig:
     """Recipe of the warm-up. Defaults train the embedded default (64 wide) on a 2-core CPU."""
 
-    width: int = option(64, help="field: hidden width of the density trunk", range=(1, None))
-    film_layers: int = option(8, help="field: FiLM-SIREN layers of the density trunk", range=(1, None))
-    mapping_hidden: int = option(256, help="field: hidden width of the mapping network", range=(1, None))
+    width: int = option(64, help="field: hidden width of the density trunk", range=(1, MAX_WIDTH))
+    film_layers: int = option(8, help="field: FiLM-SIREN layers of the density trunk", range=(1, MAX_LAYERS))
+    mapping_hidden: int = option(256, help="field: hidden width of the mapping network", range=(1, MAX_WIDTH))
     free_latent: int = option(80, help="sizes of the free latent slices bg_geo and bg_tex (reference: 80 each)",
                               range=(0, None))
     steps: int = option(8000, help="training steps of the run", range=(0, None))
@@ -159,8 +160,11 @@ class WarmupConfig:
             raise ValueError(f"ramps: unknown name {unknown[0]!r} (expected one of {', '.join(RAMP_NAMES)})")
 
     def field_config(self, layout: LatentLayout) -> FieldConfig:
-        return FieldConfig(z_dim=layout.dim, width=self.width, film_layers=self.film_layers,
-                           mapping_hidden=self.mapping_hidden, expression_conditioning=self.expression_conditioning)
+        try:
+            return FieldConfig(z_dim=layout.dim, width=self.width, film_layers=self.film_layers,
+                               mapping_hidden=self.mapping_hidden, expression_conditioning=self.expression_conditioning)
+        except ValueError as exc:  # e.g. over the field's parameter budget
+            raise CgofError(f"recipe: field: {exc}") from None
 
     def default_ramps(self) -> dict[str, Ramp]:
         """The recipe's ramps before ``ramps`` overrides: the geometry terms ramp in over
