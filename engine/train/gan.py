@@ -1,5 +1,5 @@
 """Adversarial cGOF training: the paper's Sec. 3 objective, as the official ``pigan_trainer.py`` and
-``pigan_wrapper.py`` run it (docs/reference.md, 'Training').
+``pigan_wrapper.py`` run it (docs/reference.md, 'Adversarial training').
 
 One iteration (:meth:`GanTrainer.train_step`):
 
@@ -140,7 +140,7 @@ class GanConfig:
     def weights(self) -> dict[str, float]:
         return {"gan": 1.0, **{k: getattr(self, f"lambda_{k}") for k in LOSS_NAMES[1:]}}
 
-    # Curriculum clocks (docs/reference.md, 'Schedules'), all functions of the step.
+    # Curriculum clocks (docs/reference.md, 'Adversarial training'), all functions of the step.
     def alpha(self, step: int) -> float:
         return 1.0 if self.fade_steps == 0 else min(1.0, step / self.fade_steps)
 
