@@ -74,6 +74,12 @@ class GanConfig:
                                           choices=EXPRESSION_CONDITIONING)
     disc_channels: tuple[int, ...] = option(REFERENCE_DISC_CHANNELS, help="discriminator channels per "
                                             "resolution (256 px ... 2 px)")
+    # A fresh pi-GAN field starts nearly transparent (densities O(1), 12 samples over 0.24 world units:
+    # opacity ~2% a sample); every ray then shows its last sample's colour and the density gets almost
+    # no gradient, which the reference's 80k steps outgrow and a short run does not. Scaling the
+    # density layer's init (as the warm-up does) starts from an opaque blob the regularisers carve.
+    density_init_scale: float = option(1.0, help="factor on a fresh field's density-layer init (1: the reference)",
+                                       range=(0, None), open_low=True)
     # Schedule.
     steps: int = option(80_000, help="optimiser steps of the run", range=(0, None))
     img_size: int = option(64, help="image side, pixels (power of two)", range=(8, 256))
@@ -156,7 +162,8 @@ CURRICULA: dict[str, GanConfig] = {
     "reference": GanConfig(),
     "cpu": GanConfig(width=64, film_layers=6, mapping_hidden=128, img_size=32, batch_size=8, batch_split=2,
                      num_steps=10, disc_channels=(16, 32, 64, 128, 128, 128, 128, 128),
-                     fade_steps=500, noise_steps=500, steps=5000, normal_points=128, log_every=20),
+                     fade_steps=500, noise_steps=500, steps=5000, normal_points=128, log_every=20,
+                     density_init_scale=100.0),
     "tiny": GanConfig(width=16, film_layers=2, mapping_hidden=16, free_latent=4, img_size=8, batch_size=2,
                       batch_split=2, num_steps=4, disc_channels=(4, 4, 8, 8, 8, 8, 8, 8), fade_steps=4, noise_steps=4,
                       shrink_steps=2, steps=4, normal_points=8, warp_samples=4, log_every=2),
@@ -311,6 +318,9 @@ class GanTrainer(LoopOwner):
         camera_config = CameraConfig()
         with seeded_init(c.seed):
             field = OccupancyField(c.field_config(self.layout))
+        with torch.no_grad():
+            for p in field.final_layer.parameters():
+                p.mul_(c.density_init_scale)
         if init is not None:
             field, camera_config = self._load_init(init, c)
         if field.config.albedo:
