@@ -61,6 +61,10 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".train.gan_run": ("MonitorOptions", "latest_checkpoint_recipe", "run_gan"),
     ".train.distributed": ("launch", "torchrun_command"),
     ".train.bench_train": ("bench_train",),
+    ".model.recon": ("ReconConfig", "ReconLoss", "ReconNet", "default_recon_path", "editor_pose", "load_deep3d_checkpoint",
+                     "load_recon", "open_recon", "read_image", "save_recon"),
+    ".train.recon_train": ("ReconTrainConfig", "evaluate_recon", "load_folder", "run_recon_training"),
+    ".paper_eval": ("PaperEvalConfig", "evaluate_paper"),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 
