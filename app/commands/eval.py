@@ -79,7 +79,7 @@ def _paper(args, synth) -> int:
     import torch
 
     from engine.api import PaperEvalConfig, evaluate_paper, open_recon
-    from engine.paper_eval import facemodel_generator, net_reader, synthesizer_generator
+    from engine.api import facemodel_generator, net_reader, synthesizer_generator
 
     fm = synth.facemodel
     net = open_recon(args.recon_net, facemodel=fm, device=synth.device)

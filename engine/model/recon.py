@@ -26,7 +26,8 @@ downloaded weights are needed; ``width`` scales the channels (64 = torchvision's
 Our format is a folder: ``weights.safetensors`` (``net.<name>`` tensors, stored as float16 when the
 config says so) and ``config.json`` (backbone, width, input size, units, the face model's source,
 fingerprint and sizes, training provenance). Nothing is pickled; a Deep3DFaceRecon ``epoch_20.pth``
-is read with ``torch.load(weights_only=True)`` (:func:`load_deep3d_checkpoint`).
+is read with ``torch.load(weights_only=True)`` (:func:`load_deep3d_checkpoint`). What this follows and where it
+departs: docs/reference.md, 'Face reconstruction and the paper metrics'.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ out for :func:`evaluate_recon`.
 
 Loss per batch (all terms means over the batch):
 
-* ``coeff``: L1 between predicted and true id/exp/tex/gamma, sigma units (each slice weighs the same);
+* ``coeff``: squared error (``coeff_loss`` l2, default) or L1 between predicted and true id/exp/tex/gamma,
+  sigma units (each slice weighs the same);
 * ``angle``: L1 between predicted and true [pitch, yaw] (radians) divided by the pose prior's std,
   so one prior sigma of pose costs as much as one sigma of a coefficient;
 * ``lm`` (``lambda_lm``): the 68 3DMM landmarks of the predicted (id, exp, angle) and of the true
@@ -55,8 +56,9 @@ class ReconTrainConfig:
     width: int = option(32, help="base channels of the ResNet (64 = torchvision's)", range=(1, None))
     n_images: int = option(3000, help="images rendered when no --data is given", range=(2, None))
     holdout: int = option(200, help="images held out for the evaluation (the folder's last)", range=(0, None))
-    lambda_angle: float = option(1.0, help="pose term weight", range=(0, None))
-    lambda_lm: float = option(1.0, help="projected 3DMM landmark term weight", range=(0, None))
+    coeff_loss: str = option("l2", help="coefficient term: l2 (squared error) or l1, sigma units", choices=("l2", "l1"))
+    lambda_angle: float = option(0.2, help="pose term weight", range=(0, None))
+    lambda_lm: float = option(0.2, help="projected 3DMM landmark term weight", range=(0, None))
     lambda_photo: float = option(0.0, help="photometric term weight (rasterised face model)", range=(0, None))
     storage: str = option("float16", help="weights storage in the saved folder", choices=("float32", "float16"))
     seed: int = option(0, help="seed of the init, the batches and the rendered data", range=(0, 2**31 - 1))
@@ -147,7 +149,8 @@ def _photometric(facemodel: MorphableModel, rasterizer, camera: OrbitCamera, pre
 def evaluate_recon(net: ReconNet, data: ReconData, facemodel: MorphableModel | None = None,
                    batch_size: int = 64) -> dict:
     """Coefficient recovery on images with known coefficients: per slice the mean absolute error in
-    sigma units (``mae``) next to the mean predictor's (all zeros, the prior's mean: ``mae_mean``),
+    sigma units (``mae``) next to the mean predictor's (all zeros, the prior's mean: ``mae_mean``), the
+    explained variance per slice (``r2``: 1 - squared error / the targets' spread),
     and the pose error in degrees (mean absolute yaw / pitch error)."""
     net.eval()
     preds: dict[str, list] = {}
@@ -159,10 +162,12 @@ def evaluate_recon(net: ReconNet, data: ReconData, facemodel: MorphableModel | N
             preds.setdefault(k, []).append(out[k].cpu())
     p = {k: torch.cat(v) for k, v in preds.items()}
     t = data.targets
-    out = {"images": len(data), "mae": {}, "mae_mean": {}}
+    out = {"images": len(data), "mae": {}, "mae_mean": {}, "r2": {}}
     for k in COEFF_KINDS:
         out["mae"][k] = round(float((p[k] - t[k]).abs().mean()), 4)
         out["mae_mean"][k] = round(float(t[k].abs().mean()), 4)
+        # explained variance over all components of the slice (0: the mean predictor, 1: exact)
+        out["r2"][k] = round(1.0 - float((p[k] - t[k]).square().sum() / (t[k] - t[k].mean(0)).square().sum()), 4)
     err = torch.rad2deg((p["angle"] - t["angle"]).abs())
     spread = torch.rad2deg((t["angle"] - t["angle"].mean(0)).abs())
     out["pose_error_deg"] = {"yaw": round(float(err[:, 1].mean()), 3), "pitch": round(float(err[:, 0].mean()), 3)}
@@ -222,7 +227,9 @@ def run_recon_training(out_dir, config: ReconTrainConfig, facemodel: MorphableMo
         x, t = train.batch(idx)
         pred = net(x.to(device))
         pred = {k: v.cpu() for k, v in pred.items()}
-        terms = {"coeff": torch.stack([(pred[k] - t[k]).abs().mean() for k in COEFF_KINDS]).mean(),
+        diff = {k: pred[k] - t[k] for k in COEFF_KINDS}
+        terms = {"coeff": torch.stack([(d.square() if cfg.coeff_loss == "l2" else d.abs()).mean()
+                                       for d in diff.values()]).mean(),
                  "angle": ((pred["angle"][:, :2] - t["angle"][:, :2]).abs() / pose_std).mean()
                  + pred["angle"][:, 2].abs().mean()}
         if cfg.lambda_lm > 0:
