@@ -47,8 +47,11 @@ class ReconTrainConfig:
 
     steps: int = option(4000, help="optimiser steps", range=(1, None))
     batch_size: int = option(32, help="images per step", range=(1, None))
-    lr: float = option(1e-3, help="Adam learning rate (cosine decay to 0.05 x over the steps)", range=(0, None),
+    lr: float = option(1e-3, help="AdamW learning rate (cosine decay to 0.05 x over the steps)", range=(0, None),
                        open_low=True)
+    weight_decay: float = option(1e-4, help="AdamW weight decay", range=(0, None))
+    eval_every: int = option(250, help="steps between held-out evaluations; the best state (lowest mean held-out "
+                             "coefficient squared error) is what is saved (0: save the last)", range=(0, None))
     size: int = option(64, help="the net's input size, pixels (and the rendered data's, without --data)",
                        range=(16, 512))
     backbone: str = option("resnet18", help="resnet18 | resnet34 | resnet50", choices=("resnet18", "resnet34",
@@ -84,8 +87,12 @@ class ReconData:
 
 
 def load_folder(root, facemodel: MorphableModel, size: int | None = None) -> ReconData:
-    """A ``cgof data synth`` folder (validated by scan_dataset) -> :class:`ReconData`, images resized
-    to ``size`` (bilinear, antialiased) when given."""
+    """A ``cgof data synth`` folder (validated by scan_dataset), or a list of them (concatenated), ->
+    :class:`ReconData`, images resized to ``size`` (bilinear) when given."""
+    if isinstance(root, (list, tuple)):
+        parts = [load_folder(r, facemodel, size) for r in root]
+        return ReconData(torch.cat([d.images for d in parts]),
+                         {k: torch.cat([d.targets[k] for d in parts]) for k in parts[0].targets})
     from PIL import Image
 
     from .dataset import read_coefficients, scan_dataset
@@ -205,7 +212,7 @@ def run_recon_training(out_dir, config: ReconTrainConfig, facemodel: MorphableMo
 
     net = ReconNet(ReconConfig.for_facemodel(fm, backbone=cfg.backbone, width=cfg.width, input_size=cfg.size,
                                              storage=cfg.storage)).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     camera = OrbitCamera(CameraConfig())
@@ -218,7 +225,19 @@ def run_recon_training(out_dir, config: ReconTrainConfig, facemodel: MorphableMo
         rasterizer = MeshRasterizer(camera, device="cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     before = evaluate_recon(net, hold, fm) if hold is not None else None
-    history, step, t0 = [], 0, time.perf_counter()
+    history, evals, step, t0 = [], [], 0, time.perf_counter()
+    best = (float("inf"), None, 0)  # (held-out score, state, step)
+
+    def held_out_check():
+        nonlocal best
+        r = evaluate_recon(net, hold, fm)
+        score = float(np.mean([1.0 - r["r2"][k] for k in COEFF_KINDS]))  # mean relative squared error
+        evals.append({"step": step, "score": round(score, 4), "r2": r["r2"], "pose_error_deg": r["pose_error_deg"]})
+        if log:
+            log(json.dumps({"held_out": evals[-1]}))
+        if score < best[0]:
+            best = (score, {k: v.detach().clone() for k, v in net.state_dict().items()}, step)
+        net.train()
     net.train()
     while step < cfg.steps:
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
@@ -250,14 +269,21 @@ def run_recon_training(out_dir, config: ReconTrainConfig, facemodel: MorphableMo
             history.append(row)
             if log:
                 log(json.dumps(row))
+        if hold is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            held_out_check()
+    if hold is not None and cfg.eval_every and (not evals or evals[-1]["step"] != step):
+        held_out_check()
     train_seconds = time.perf_counter() - t0
+    if best[1] is not None:
+        net.load_state_dict(best[1])
     net.eval()
     after = evaluate_recon(net, hold, fm) if hold is not None else None
     record = {"recipe": asdict(cfg), "steps": step, "train_seconds": round(train_seconds, 1),
-              "data_seconds": round(data_seconds, 1), "data": str(data_dir) if data_dir else
+              "data_seconds": round(data_seconds, 1), "data": ([str(d) for d in data_dir] if isinstance(data_dir, (list, tuple)) else str(data_dir)) if data_dir else
               f"rendered on the fly ({cfg.n_images} images, seed {cfg.seed + 1})", "train_images": len(train),
-              "heldout_images": n_hold, "eval_before": before, "eval": after, "history": history}
-    save_recon(out_dir, net.cpu(), provenance={k: record[k] for k in ("recipe", "steps", "train_seconds", "data",
-                                                                       "eval")})
+              "heldout_images": n_hold, "kept_step": best[2] if best[1] is not None else step, "eval_before": before,
+              "eval": after, "history": history, "held_out_history": evals}
+    save_recon(out_dir, net.cpu(), provenance={k: record[k] for k in ("recipe", "steps", "kept_step", "train_seconds",
+                                                                       "data", "eval")})
     (Path(out_dir) / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return record
