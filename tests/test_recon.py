@@ -138,9 +138,10 @@ def tiny_data(fm, tmp_path_factory):
 def test_short_training_lowers_coefficient_error(fm, tiny_data, tmp_path):
     from engine.api import ReconTrainConfig, evaluate_recon, load_folder, run_recon_training
 
-    cfg = ReconTrainConfig(steps=60, batch_size=16, lr=3e-3, size=32, width=8, holdout=8, log_every=20, seed=0)
+    cfg = ReconTrainConfig(steps=60, batch_size=16, lr=3e-3, size=32, width=8, holdout=8, log_every=20, seed=0,
+                           eval_every=0)
     record = run_recon_training(tmp_path / "net", cfg, fm, data_dir=tiny_data, log=None)
-    assert record["steps"] == 60 and record["heldout_images"] == 8
+    assert record["steps"] == 60 and record["heldout_images"] == 8 and record["kept_step"] == 60
     net = load_recon(tmp_path / "net", fm)
     train = load_folder(tiny_data, fm, 32).subset(slice(0, 32))
     after = evaluate_recon(net, train, fm)
@@ -150,6 +151,20 @@ def test_short_training_lowers_coefficient_error(fm, tiny_data, tmp_path):
     assert after["pose_error_deg"]["yaw"] < before["pose_error_deg"]["yaw"]
     saved = json.loads((tmp_path / "net" / "recon_train.json").read_text())
     assert saved["history"][-1]["step"] == 60
+
+
+def test_training_keeps_the_best_held_out_state(fm, tiny_data, tmp_path):
+    from engine.api import ReconTrainConfig, evaluate_recon, load_folder, run_recon_training
+
+    cfg = ReconTrainConfig(steps=30, batch_size=8, lr=3e-3, size=32, width=4, holdout=8, log_every=10, eval_every=10)
+    record = run_recon_training(tmp_path / "net", cfg, fm, data_dir=[tiny_data, tiny_data], log=None)
+    evals = record["held_out_history"]
+    assert [e["step"] for e in evals] == [10, 20, 30]
+    best = min(evals, key=lambda e: e["score"])
+    assert record["kept_step"] == best["step"]
+    # what was saved is that state: its held-out r2 is the one recorded at that step
+    held = load_folder([tiny_data, tiny_data], fm, 32).subset(slice(72, 80))
+    assert evaluate_recon(load_recon(tmp_path / "net", fm), held, fm)["r2"] == pytest.approx(best["r2"], abs=2e-2)
 
 
 def test_landmarks_follow_pose(fm):
