@@ -138,7 +138,7 @@ def tiny_data(fm, tmp_path_factory):
 def test_short_training_lowers_coefficient_error(fm, tiny_data, tmp_path):
     from engine.api import ReconTrainConfig, evaluate_recon, load_folder, run_recon_training
 
-    cfg = ReconTrainConfig(steps=60, batch_size=16, lr=3e-3, size=32, width=8, holdout=8, log_every=20, seed=0,
+    cfg = ReconTrainConfig(steps=60, batch_size=16, lr=3e-3, size=32, width=8, validation=8, log_every=20, seed=0,
                            eval_every=0)
     record = run_recon_training(tmp_path / "net", cfg, fm, data_dir=tiny_data, log=None)
     assert record["steps"] == 60 and record["heldout_images"] == 8 and record["kept_step"] == 60
@@ -156,7 +156,7 @@ def test_short_training_lowers_coefficient_error(fm, tiny_data, tmp_path):
 def test_training_keeps_the_best_held_out_state(fm, tiny_data, tmp_path):
     from engine.api import ReconTrainConfig, evaluate_recon, load_folder, run_recon_training
 
-    cfg = ReconTrainConfig(steps=30, batch_size=8, lr=3e-3, size=32, width=4, holdout=8, log_every=10, eval_every=10)
+    cfg = ReconTrainConfig(steps=30, batch_size=8, lr=3e-3, size=32, width=4, validation=8, log_every=10, eval_every=10)
     record = run_recon_training(tmp_path / "net", cfg, fm, data_dir=[tiny_data, tiny_data], log=None)
     evals = record["held_out_history"]
     assert [e["step"] for e in evals] == [10, 20, 30]

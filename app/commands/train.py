@@ -77,7 +77,7 @@ def register(sub):
     r.add_argument("--out", required=True, help="folder to write (weights.safetensors, config.json, recon_train.json)")
     r.add_argument("--data", metavar="DIR", nargs="+", default=None,
                    help="cgof data synth folder(s) (default: render --n-images faces into a temporary folder first); "
-                        "the last --holdout images are held out")
+                        "the last --validation images are held out")
     r.add_argument("--config", metavar="FILE", default=None, help="recipe: a recon_train.json or an object of fields")
     r.add_argument("--facemodel", default=None, help="face model (.npz ours or BFM_model_front.mat)")
     r.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")

@@ -3,7 +3,7 @@ our synthetic renders, whose 3DMM coefficients and pose are known exactly.
 
 Data: a folder written by ``cgof data synth`` (:func:`engine.train.dataset.synthesize_dataset`:
 faces of the face model under the camera's pose prior over random smooth backgrounds), or, without
-one, such a folder rendered into a temporary directory first. The last ``holdout`` images are held
+one, such a folder rendered into a temporary directory first. The last ``validation`` images are held
 out for :func:`evaluate_recon`.
 
 Loss per batch (all terms means over the batch):
@@ -58,7 +58,8 @@ class ReconTrainConfig:
                                                                                         "resnet50"))
     width: int = option(32, help="base channels of the ResNet (64 = torchvision's)", range=(1, None))
     n_images: int = option(3000, help="images rendered when no --data is given", range=(2, None))
-    holdout: int = option(200, help="images held out for the evaluation (the folder's last)", range=(0, None))
+    validation: int = option(200, help="images held out for validation and model selection (the last ones)",
+                             range=(0, None))
     coeff_loss: str = option("l2", help="coefficient term: l2 (squared error) or l1, sigma units", choices=("l2", "l1"))
     lambda_angle: float = option(0.2, help="pose term weight", range=(0, None))
     lambda_lm: float = option(0.2, help="projected 3DMM landmark term weight", range=(0, None))
@@ -204,7 +205,7 @@ def run_recon_training(out_dir, config: ReconTrainConfig, facemodel: MorphableMo
     else:
         data = load_folder(data_dir, fm, cfg.size)
     data_seconds = time.perf_counter() - t_data
-    n_hold = min(cfg.holdout, len(data) // 5)
+    n_hold = min(cfg.validation, len(data) // 5)
     if len(data) - n_hold < 2:
         raise CgofError(f"{len(data)} images: expected at least {n_hold + 2} (training images plus {n_hold} held out)")
     train = data.subset(slice(0, len(data) - n_hold))
