@@ -263,6 +263,11 @@ def test_run_gan_wraps_a_recon_net(fm):
     wrapped = _recon_loss(tiny_net(fm), fm, cfg, "cpu")
     assert isinstance(wrapped, ReconLoss) and wrapped.layout.bg_geo == cfg.free_latent
     assert _recon_loss(None, fm, cfg, "cpu") is None
+    from engine.train.gan_run import _recon_source
+
+    net = tiny_net(fm)
+    net.source = "/some/net"
+    assert _recon_source(_recon_loss(net, fm, cfg, "cpu")) == "/some/net" and _recon_source(None) is None
 
 
 # ---- cgof recon ----------------------------------------------------------------------------------------------

@@ -330,6 +330,7 @@ def load_recon(folder=None, facemodel: MorphableModel | None = None, device="cpu
                               "cgof train recon")
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own})
     net.provenance = prov
+    net.source = str(p)
     return net.to(device).eval()
 
 
@@ -392,6 +393,7 @@ def load_deep3d_checkpoint(path, facemodel: MorphableModel | None = None, device
             raise FileFormatError(f"{p}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)} "
                                   "(Deep3DFaceRecon's ResNet-50 with 257 outputs)")
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in mapped.items()})
+    net.source = str(p)
     if facemodel is not None and dict(facemodel.sizes) != net.config.sizes:
         raise CgofError(f"{p}: a Deep3DFaceRecon net reads BFM coefficients {net.config.sizes}; the face model in use "
                         f"has {dict(facemodel.sizes)} (pass --facemodel BFM_model_front.mat)")

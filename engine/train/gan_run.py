@@ -219,7 +219,7 @@ def run_gan(run_dir: str | Path, data_dir: str | Path, config: GanConfig, *, fac
         def provenance() -> dict:
             return stage_record("adversarial training (engine.train.gan)", trainer, init=None if init is None
                                 else str(init), data=str(data_dir), world_size=info.world_size,
-                                monitor=to_dict(mon))
+                                monitor=to_dict(mon), recon=_recon_source(trainer.recon))
 
         def fill(folder: Path) -> None:
             save_checkpoint(folder, trainer.field, ema_state=trainer.loop.ema.state_dict(), layout=trainer.layout,
@@ -267,6 +267,13 @@ def _recon_loss(recon, fm, cfg: GanConfig, dev):
         recon.check_facemodel(fm)
         return ReconLoss(recon, LatentLayout.for_sizes(fm.sizes, cfg.free_latent, cfg.free_latent), fm).to(dev)
     return recon
+
+
+def _recon_source(recon) -> str | None:
+    """What the run record says about the reconstruction term: the net's path, or None (off)."""
+    if recon is None:
+        return None
+    return str(getattr(getattr(recon, "net", None), "source", None) or type(recon).__name__)
 
 
 def RenderConfigForRun():
