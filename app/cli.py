@@ -13,7 +13,8 @@ from engine.api import CgofError
 
 # Module names under app.commands, in help order. A missing module is skipped so a partial
 # checkout still has a working CLI for what it has.
-COMMANDS = ("facemodel", "render", "sweeps", "export_mesh", "eval", "bench", "train", "import_official", "data")
+COMMANDS = ("facemodel", "render", "sweeps", "export_mesh", "eval", "bench", "train", "import_official", "data",
+            "recon")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -299,6 +299,32 @@ class RenderService:
         except CgofError as exc:
             raise CgofError(f"preset {p.name}: {exc}") from None
 
+    def start_from_image(self, path: str | os.PathLike | None, current: EditorState) -> tuple[EditorState, dict]:
+        """Read a face image with the reconstruction net (``self.recon_path``; None: the shipped
+        default) -> the state its coefficients and pose make (view settings kept) and the reading.
+        Any problem is a one-line CgofError (the caller keeps ``current``)."""
+        from engine.api import open_recon, read_image
+
+        from .reading import preset_from_reading, read_faces
+
+        if not path:
+            raise CgofError("image: no file given")
+        p = Path(path)
+        try:
+            if p.stat().st_size > 30_000_000:
+                raise CgofError(f"image {p.name}: file is too large (over 30 MB)")
+        except OSError as exc:
+            raise CgofError(f"image {p.name}: cannot read ({exc.strerror or exc})") from None
+        with self._lock:
+            if getattr(self, "_recon", None) is None:
+                self._recon = open_recon(getattr(self, "recon_path", None), facemodel=self.facemodel)
+            net = self._recon
+        image = read_image(p)
+        reading = read_faces(net, net.prepare(image), self.facemodel)[0]
+        preset = preset_from_reading(reading)
+        preset.pop("size")
+        return EditorState.from_preset(preset, self.layout, defaults=current), reading
+
     def export_gif(self, req: GifRequest, progress: Callable[[float, str], Any] | None = None) -> Path:
         """A looping GIF of a pose / expression / identity sweep around ``req.state``."""
         from engine.api import export_sweep_gif

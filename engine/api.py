@@ -33,7 +33,7 @@ __all__ = [
 # (``from engine.api import run_warmup`` imports engine.train.warmup then), so that importing this
 # module, and with it ``cgof --help``, costs no more than the eager imports above.
 _LAZY: dict[str, tuple[str, ...]] = {
-    ".model.latent": ("SPEC_GROUPS",),
+    ".model.latent": ("MAX_SIGMA", "SPEC_GROUPS"),
     ".model.field": ("EXPRESSION_CONDITIONING",),
     ".model.io": ("save_facemodel",),
     ".model.morphable": ("default_facemodel_path",),
@@ -61,6 +61,10 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".train.gan_run": ("MonitorOptions", "latest_checkpoint_recipe", "run_gan"),
     ".train.distributed": ("launch", "torchrun_command"),
     ".train.bench_train": ("bench_train",),
+    ".model.recon": ("ReconConfig", "ReconLoss", "ReconNet", "default_recon_path", "editor_pose", "load_deep3d_checkpoint",
+                     "load_recon", "open_recon", "read_image", "save_recon"),
+    ".train.recon_train": ("ReconTrainConfig", "evaluate_recon", "load_folder", "run_recon_training"),
+    ".paper_eval": ("PaperEvalConfig", "evaluate_paper", "facemodel_generator", "net_reader", "synthesizer_generator"),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -200,3 +200,50 @@ def test_editor_in_a_browser(browser, server, tmp_path):
     shot = _screenshot(page, tmp_path)
     assert shot.stat().st_size > 10_000
     context.close()
+
+
+def test_start_from_an_image_sets_the_sliders(browser, server, tmp_path):
+    """Upload a face image: the reconstruction net's reading sets the sliders and the pose."""
+    import torch
+    from PIL import Image
+
+    from app.reading import read_faces
+    from engine.api import ReconConfig, ReconNet, read_image, render_facemodel, save_recon
+
+    fm = server.service.facemodel
+    torch.manual_seed(0)
+    net = ReconNet(ReconConfig.for_facemodel(fm, width=4, input_size=32))
+    torch.nn.init.normal_(net.head.weight, std=0.5)  # a random reader: readings far from the default face
+    torch.nn.init.normal_(net.head.bias, std=0.5)
+    save_recon(tmp_path / "net", net)
+    server.service.recon_path, server.service._recon = tmp_path / "net", None
+    img, _ = render_facemodel(fm, {0: 1.0}, yaw_deg=20, size=64)
+    Image.fromarray(img).save(tmp_path / "face.png")
+    net.eval()
+    with torch.no_grad():
+        want = read_faces(net, net.prepare(read_image(tmp_path / "face.png")), fm)[0]
+
+    context, page = _open(browser, server.url)
+    _status(page, "✓")
+    src = page.locator("#main-image img").get_attribute("src")
+    with page.expect_file_chooser() as chooser:
+        page.locator("#btn-from-image").click()
+    chooser.value.set_files(str(tmp_path / "face.png"))
+    _new_image(page, src)
+    msg = _status(page, "✓")
+    assert "face.png" in msg
+    for i in (0, 1):
+        shown = float(page.locator(f"#slider-identity-{i} input[type=number]").input_value())
+        assert shown == pytest.approx(max(-3, min(3, want["id"][i])), abs=0.051)
+    assert server.service.facemodel is fm and abs(want["id"][0]) > 0.1  # the reading is not the default face
+    yaw = float(page.locator("#slider-yaw input[type=number]").input_value())
+    assert yaw == pytest.approx(max(-60, min(60, want["yaw"])), abs=0.51)
+
+    # not an image: one line, the face is kept
+    (tmp_path / "notes.png").write_text("hello")
+    with page.expect_file_chooser() as chooser:
+        page.locator("#btn-from-image").click()
+    chooser.value.set_files(str(tmp_path / "notes.png"))
+    msg = _status(page, "⚠")
+    assert "notes.png" in msg and "not an image" in msg
+    context.close()

@@ -8,7 +8,7 @@ import textwrap
 
 from .render import Progress, add_model_args, add_quiet_arg, load_synth
 
-SECTIONS = ("all", "control", "appearance")
+SECTIONS = ("all", "control", "appearance", "paper")
 
 
 def register(sub):
@@ -19,7 +19,14 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quality", choices=("fast", "reference"), default="reference")
     p.add_argument("--section", choices=SECTIONS, default="all",
-                   help="control fidelity, appearance fidelity, or both (default)")
+                   help="control fidelity, appearance fidelity, both (all, default), or paper: the paper's "
+                        "Disentanglement Score and 3DMM distance read by the face-reconstruction net, next to the "
+                        "face model's own renders (the upper bound)")
+    p.add_argument("--subjects", type=int, default=10, help="paper: subjects per varied factor (default 10)")
+    p.add_argument("--variations", type=int, default=6, help="paper: variations per subject (default 6)")
+    p.add_argument("--distance-samples", type=int, default=48, help="paper: random faces for the 3DMM distance")
+    p.add_argument("--recon-net", metavar="DIR|PTH", default=None,
+                   help="paper: reconstruction net (default assets/recon_default; or a Deep3DFaceRecon epoch_20.pth)")
     p.add_argument("--appearance-samples", type=int, default=8, help="random faces for the image PSNR")
     p.add_argument("--appearance-size", type=int, default=128, help="image size of the appearance metrics")
     p.add_argument("--surface-resolution", type=int, default=128, help="marching-cubes resolution of the surface metric")
@@ -38,6 +45,8 @@ def _run(args) -> int:
         raise CgofError(f"--surface-resolution {args.surface_resolution}: expected 16..512")
     synth = load_synth(args)
     out: dict = {}
+    if args.section == "paper":
+        return _paper(args, synth)
     if args.section in ("all", "control"):
         with Progress(args, "control fidelity", "face") as bar:
             out.update(evaluate(synth, EvalConfig(samples=args.samples, size=args.size, seed=args.seed,
@@ -71,3 +80,45 @@ def _run(args) -> int:
         print(f"appearance: {args.appearance_samples} faces at {args.appearance_size}px, {args.quality} path, "
               f"surface at resolution {args.surface_resolution}, {out['appearance_seconds']} s")
     return 0
+
+
+def _paper(args, synth) -> int:
+    import torch
+
+    from engine.api import PaperEvalConfig, evaluate_paper, open_recon
+    from engine.api import facemodel_generator, net_reader, synthesizer_generator
+
+    fm = synth.facemodel
+    net = open_recon(args.recon_net, facemodel=fm, device=synth.device)
+    cfg = PaperEvalConfig(subjects=args.subjects, variations=args.variations, distance_samples=args.distance_samples,
+                          size=args.size, seed=args.seed).check()
+    read = net_reader(net, fm)
+    with torch.no_grad():
+        ours = evaluate_paper(synthesizer_generator(synth, args.size, args.quality), read, fm.sizes, cfg,
+                              label="paper metrics: generator")
+        bound = evaluate_paper(facemodel_generator(fm, args.size), read, fm.sizes, cfg,
+                               label="paper metrics: 3DMM renders")
+    out = {"generator": ours, "facemodel": bound, "checkpoint": str(synth.checkpoint), "quality": args.quality,
+           "recon_net": str(args.recon_net or "assets/recon_default")}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for line in paper_table(ours, bound):
+        print(line)
+    print(f"{cfg.subjects} subjects x {cfg.variations} variations per factor, {cfg.distance_samples} faces for the "
+          f"distance, {cfg.size}px, {args.quality} path; {ours['seconds']} s + {bound['seconds']} s")
+    return 0
+
+
+def paper_table(ours: dict, bound: dict) -> list[str]:
+    """The two result dicts of evaluate_paper as Markdown table lines (README's layout)."""
+    lines = ["| metric | generator | 3DMM renders (upper bound) |", "| --- | ---: | ---: |"]
+    for k in ("id", "exp", "pose"):
+        lines.append(f"| DS {k} (cal_DS.py factors) | {ours['ds'][k]:.3f} | {bound['ds'][k]:.3f} |")
+    lines.append(f"| DS lighting (with lighting as a 4th factor) | {ours['ds_with_lighting']['lighting']:.3f} | "
+                 f"{bound['ds_with_lighting']['lighting']:.3f} |")
+    for k in ("id", "exp", "tex", "gamma"):
+        lines.append(f"| 3DMM distance {k} (mean abs, sigma) | {ours['distance'][k]:.3f} | {bound['distance'][k]:.3f} |")
+    for k in ("yaw", "pitch"):
+        lines.append(f"| pose error {k} (deg) | {ours['pose_error_deg'][k]:.2f} | {bound['pose_error_deg'][k]:.2f} |")
+    return lines

@@ -32,6 +32,7 @@ STAGES = {
     "warmup": ("WarmupConfig", "warmup_config"),
     "colour": ("ColourFitConfig", "colour_fit_config"),
     "albedo": ("AlbedoFitConfig", "albedo_fit_config"),
+    "recon": ("ReconTrainConfig", "recipe"),
 }
 
 
@@ -84,6 +85,19 @@ def register(sub):
                    help="albedo checkpoint whose albedo field starts the fit (e.g. onto retrained geometry)")
     _config_flags(a, _config_class("albedo"))
     a.set_defaults(handler=_albedo, stage="albedo")
+
+    r = tsub.add_parser("recon", help="train the face-reconstruction regressor on synthetic renders (known "
+                                      "coefficients and pose)")
+    r.add_argument("--out", required=True, help="folder to write (weights.safetensors, config.json, recon_train.json)")
+    r.add_argument("--data", metavar="DIR", nargs="+", default=None,
+                   help="cgof data synth folder(s) (default: render --n-images faces into a temporary folder first); "
+                        "the last --validation images are held out")
+    r.add_argument("--config", metavar="FILE", default=None, help="recipe: a recon_train.json or an object of fields")
+    r.add_argument("--facemodel", default=None, help="face model (.npz ours or BFM_model_front.mat)")
+    r.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
+    r.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
+    _config_flags(r, _config_class("recon"))
+    r.set_defaults(handler=_recon, stage="recon", resume=False)
 
 
 def _common(parser, evaluation: str) -> None:
@@ -199,6 +213,18 @@ def _albedo(args) -> int:
     return 0
 
 
+def _recon(args) -> int:
+    from engine.api import load_facemodel, resolve_device, run_recon_training
+
+    cfg = build_config(args)
+    fm = load_facemodel(args.facemodel)
+    record = run_recon_training(args.out, cfg, fm, data_dir=args.data, time_budget_s=args.time_budget,
+                                log=lambda line: print(line, file=sys.stderr), device=resolve_device(args.device))
+    print(json.dumps({"steps": record["steps"], "train_seconds": record["train_seconds"], "eval": record["eval"],
+                      "out": str(args.out)}))
+    return 0
+
+
 def _warmup(args) -> int:
     from engine.api import load_facemodel, resolve_device, run_warmup
 
@@ -236,6 +262,9 @@ def _gan_flags(p) -> None:
     p.add_argument("--coeff-dist", metavar="NPZ", default=None,
                    help="coefficient statistics for a BFM (default: the data set's coeff_distribution_L.npz)")
     p.add_argument("--time-budget", type=_seconds, default=None, help="stop after this many seconds of training")
+    p.add_argument("--recon", metavar="CKPT", default=None,
+                   help="face-reconstruction net for the reconstruction loss (lambda_recon): a cgof train recon folder, "
+                        "'default' (assets/recon_default) or a Deep3DFaceRecon epoch_20.pth; default: none (term off)")
     g = p.add_argument_group("monitoring (may change on --resume)")
     for f in fields(engine.api.MonitorOptions):
         if f.type in (bool, "bool"):
@@ -287,8 +316,13 @@ def _gan(args) -> int:
         print(" ".join(cmd), file=sys.stderr)
         return launch(cmd)
     fm = _facemodel_for(args)
+    recon = None
+    if args.recon:
+        from engine.api import open_recon
+
+        recon = open_recon(None if args.recon == "default" else args.recon, facemodel=fm)
     record = run_gan(args.out, args.data, cfg, facemodel=fm, device=args.device, init=args.init, resume=args.resume,
-                     monitor=monitor, time_budget_s=args.time_budget)
+                     monitor=monitor, time_budget_s=args.time_budget, recon=recon)
     if record is not None:
         print(json.dumps({"steps": record["steps"], "train_seconds": record["train_seconds"],
                           "swd": record["swd"][-1]["mean"] if record.get("swd") else None, "out": str(args.out)}))

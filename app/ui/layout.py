@@ -150,6 +150,7 @@ class PresetsPanel:
     reset_all: gr.Button
     download: gr.DownloadButton
     upload: gr.UploadButton
+    from_image: gr.UploadButton
 
 
 @dataclass
@@ -260,7 +261,9 @@ def build_presets_panel(service: RenderService, initial: EditorState) -> Presets
             download = gr.DownloadButton("⬇ Save preset (.json)", value=str(service.save_preset(initial)),
                                          size="sm", elem_id="btn-save-preset")
             upload = gr.UploadButton("⬆ Load preset", file_types=[".json"], size="sm", elem_id="btn-load-preset")
-    return PresetsPanel(reset_all, download, upload)
+        from_image = gr.UploadButton("📷 Start from an image", file_types=["image"], size="sm",
+                                     elem_id="btn-from-image")
+    return PresetsPanel(reset_all, download, upload, from_image)
 
 
 def build_view_panel(first: FullRender, first_mesh: Any) -> ViewPanel:
@@ -547,6 +550,17 @@ def wire_presets(ed: Editor) -> None:
         return outs.pack(ed.full(new, landmarks, request, note=f" · loaded `{name}`"), **ed.control_values(new))
 
     ed.presets.upload.upload(on_upload, [ed.state, ed.presets.upload, show_lm], outs.components, **EVENT)
+
+    def on_image(st, path, landmarks, request: gr.Request):
+        name = os.path.basename(str(path or ""))
+        try:
+            new, reading = ed.service.start_from_image(path, st)
+        except CgofError as exc:
+            return outs.pack(status=f"⚠ {exc} — kept the current face")
+        note = f" · read `{name}`: yaw {reading['yaw']:+.1f}°, pitch {reading['pitch']:+.1f}°"
+        return outs.pack(ed.full(new, landmarks, request, note=note), **ed.control_values(new))
+
+    ed.presets.from_image.upload(on_image, [ed.state, ed.presets.from_image, show_lm], outs.components, **EVENT)
 
 
 def wire_landmarks(ed: Editor) -> None:

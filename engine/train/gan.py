@@ -17,7 +17,8 @@ One iteration (:meth:`GanTrainer.train_step`):
    split count, as the reference). Clip, Adam step, EMA.
 
 The reconstruction loss (4, through a face-reconstruction network) plugs in through
-:class:`ReconstructionLoss` (none is built yet; ``lambda_recon`` is then inert and recorded so).
+:class:`ReconstructionLoss` (:class:`engine.model.recon.ReconLoss`, given as ``recon``; without one
+``lambda_recon`` is inert and recorded so).
 
 Multi-GPU: the generator (field + renderer) and the discriminator are wrapped in
 ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU) when torchrun starts several processes;
@@ -199,7 +200,7 @@ def step_generator(seed: int, rank: int, step: int, stream: int, device="cpu") -
 class ReconstructionLoss:
     """Interface of the reconstruction term: ``__call__(images (B, 3, H, W) in [-1, 1], z (B, D)) ->
     scalar``, differentiable in the images (a frozen face-reconstruction network compares the 3DMM
-    coefficients it reads off the images with those in z). None is built yet."""
+    coefficients it reads off the images with those in z): engine.model.recon.ReconLoss."""
 
     def __call__(self, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -169,8 +169,11 @@ def _real_images(dataset_cls, samples, size: int, n: int) -> torch.Tensor:
 def run_gan(run_dir: str | Path, data_dir: str | Path, config: GanConfig, *, facemodel=None, device: str = "auto",
             init: str | Path | None = None, resume: str | None = None, steps: int | None = None,
             monitor: MonitorOptions | None = None, time_budget_s: float | None = None, log=print,
-            progress_bar: bool | None = None) -> dict | None:
-    """Train (this process's share of) a run; returns the run record on rank 0 (None elsewhere)."""
+            progress_bar: bool | None = None, recon=None) -> dict | None:
+    """Train (this process's share of) a run; returns the run record on rank 0 (None elsewhere).
+
+    ``recon``: the reconstruction term (``lambda_recon``): a ReconstructionLoss, or a
+    :class:`engine.model.recon.ReconNet` (wrapped in :class:`engine.model.recon.ReconLoss`); None: off."""
     from ..checkpoint import save_checkpoint
     from ..model.io import load_facemodel
     from .dataset import FaceImageDataset, make_loader, scan_dataset
@@ -202,7 +205,8 @@ def run_gan(run_dir: str | Path, data_dir: str | Path, config: GanConfig, *, fac
                             "choose another --out")
         options = RunOptions(save_every=mon.save_every, progress_bar=progress_bar, main_process=main,
                              tensorboard_dir=(run / "tensorboard") if (mon.tensorboard and main) else None)
-        trainer = GanTrainer(fm, loader, cfg, device=dev, init=init, dist=info, options=options)
+        trainer = GanTrainer(fm, loader, cfg, device=dev, init=init, dist=info, options=options,
+                             recon=_recon_loss(recon, fm, cfg, dev))
         if start is not None:
             trainer.loop.load_state_dict(load_state_dir(start), str(start))
             if main and log:
@@ -215,7 +219,7 @@ def run_gan(run_dir: str | Path, data_dir: str | Path, config: GanConfig, *, fac
         def provenance() -> dict:
             return stage_record("adversarial training (engine.train.gan)", trainer, init=None if init is None
                                 else str(init), data=str(data_dir), world_size=info.world_size,
-                                monitor=to_dict(mon))
+                                monitor=to_dict(mon), recon=_recon_source(trainer.recon))
 
         def fill(folder: Path) -> None:
             save_checkpoint(folder, trainer.field, ema_state=trainer.loop.ema.state_dict(), layout=trainer.layout,
@@ -251,6 +255,25 @@ def run_gan(run_dir: str | Path, data_dir: str | Path, config: GanConfig, *, fac
         return record
     finally:
         shutdown()
+
+
+def _recon_loss(recon, fm, cfg: GanConfig, dev):
+    """A ReconNet -> its ReconLoss for the run's latent layout, on the run's device."""
+    from ..model.recon import ReconLoss, ReconNet
+
+    if isinstance(recon, ReconNet):
+        from ..model.latent import LatentLayout
+
+        recon.check_facemodel(fm)
+        return ReconLoss(recon, LatentLayout.for_sizes(fm.sizes, cfg.free_latent, cfg.free_latent), fm).to(dev)
+    return recon
+
+
+def _recon_source(recon) -> str | None:
+    """What the run record says about the reconstruction term: the net's path, or None (off)."""
+    if recon is None:
+        return None
+    return str(getattr(getattr(recon, "net", None), "source", None) or type(recon).__name__)
 
 
 def RenderConfigForRun():
