@@ -66,7 +66,9 @@ CSS = """
 .cgof-view img, #main-image img {width: 100% !important; height: 100% !important; object-fit: contain}
 .cgof-caption {font-size: .85rem; opacity: .8; margin: 4px 0 -6px 2px}
 .cgof-section-title {font-weight: 600; font-size: .95rem; margin: 2px 0 -4px 2px; opacity: .85}
-#gif-frames, #gif-fps {min-width: 170px}
+/* Gradio's slider gives the range input the full width, which pushes the max label past the block's
+   edge (the Frames slider showed "4l" for 48): let the input shrink instead. */
+.slider_input_container input[type=range] {flex: 1 1 0 !important; min-width: 0 !important; width: auto !important}
 """
 
 
