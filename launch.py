@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and adapted to the preview times during the session, never below 64)")
     p.add_argument("--max-request-cost", type=float, default=None, metavar="M",
                    help="largest request the server accepts, in millions of field evaluations (pixels x "
-                        "evaluations per pixel x frames; reference quality ~81/px with normals, fast ~10); "
+                        "evaluations per pixel x frames; reference quality ~81/px with normals, fast ~16); "
                         "default: the most the editor's own controls ask for (a 48-frame 128 px reference GIF)")
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="require this login for the page and the API (visible to other local users in the "
