@@ -246,4 +246,9 @@ def _load(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: a render thread still busy in the engine when the server stops (a GIF frame
+    # takes seconds) must not hold the process up, nor trip the interpreter's shutdown.
+    os._exit(code)

@@ -76,6 +76,7 @@ class Server:
         self.closed = True
         if self._stop is not None:
             self._stop.set()
+        self.service.device.close()  # renders and exports still waiting (or between GIF frames) stop
         try:
             self.demo.close()
         finally:

@@ -54,6 +54,10 @@ GIF_SIZES = (32, 48, 64, 96, 128, 256)
 GIF_UI_SIZES = (32, 48, 64, 96, 128)  # what the editor's export panel offers
 MESH_KINDS = ("3dmm", "isosurface")
 ISOSURFACE_COST = 128.0 ** 3  # field evaluations of the isosurface export's grid
+# Exports are background work: in the fair queue a session's export frames weigh this much against
+# an interactive render (a quarter), so that under load they take their turns without making the
+# people at the sliders wait (the device is never left idle for them either).
+EXPORT_WEIGHT = 0.25
 # A preset is a few hundred bytes; an upload larger than this is refused (Gradio's max_file_size too).
 PRESET_MAX_BYTES = 64 * 1024
 # Files the service wrote are kept this long (downloads need them a while, the disk not forever).
@@ -429,12 +433,14 @@ class RenderService:
                    session=None) -> Path:
         """A looping GIF of a pose / expression / identity sweep around ``req.state``.
 
-        The device is taken once per frame (a fair-queue job the cost of one frame) and given back
-        between frames, so other sessions' renders run in between."""
+        The device is taken once per frame (a fair-queue job the cost of one frame, at EXPORT_WEIGHT;
+        fast frames four at a time, as the engine batches them) and given back in between, so other
+        sessions' renders run between the frames."""
         from engine.api import export_sweep_gif
 
         _check_gif(req)
-        frame_cost = self.gif_cost(req) / req.frames
+        batch = 1 if req.state.quality == "reference" else 4
+        frame_cost = self.gif_cost(req) / req.frames * batch
         with self._export_slot(session):
             path = self.new_path(f"cgof-{req.kind}-sweep", ".gif")
             held = [False]
@@ -445,16 +451,16 @@ class RenderService:
                 if progress is not None:
                     progress(fraction, message)
                 if fraction < 1.0:
-                    self.device.acquire(session, frame_cost)
+                    self.device.acquire(session, frame_cost, EXPORT_WEIGHT)
                     held[0] = True
 
-            self.device.acquire(session, frame_cost)
+            self.device.acquire(session, frame_cost, EXPORT_WEIGHT)
             held[0] = True
             try:
                 export_sweep_gif(
                     self.synth, req.state.spec, path, kind=req.kind, frames=req.frames, size=req.size,
                     fps=req.fps, views=req.views, yaw_deg=req.state.yaw, pitch_deg=req.state.pitch,
-                    quality=req.state.quality, progress=between_frames, batch=1,
+                    quality=req.state.quality, progress=between_frames, batch=batch,
                 )
             except BaseException:
                 path.unlink(missing_ok=True)
@@ -471,7 +477,7 @@ class RenderService:
             raise CgofError(f"mesh export: unknown kind {which!r}; expected one of {', '.join(MESH_KINDS)}")
         with self._export_slot(session):
             path = self.new_path(f"cgof-{which}", ".ply")
-            with self.device.use(session, ISOSURFACE_COST if which == "isosurface" else 0.0):
+            with self.device.use(session, ISOSURFACE_COST if which == "isosurface" else 0.0, EXPORT_WEIGHT):
                 if which == "3dmm":
                     export_3dmm_mesh(self.synth, state.spec, path)
                 else:

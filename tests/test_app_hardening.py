@@ -30,18 +30,18 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
 
 # ---- the fair queue -------------------------------------------------------------------------------
 
-def _grant_order(device: FairDevice, jobs: list[tuple[str, float]]) -> list[str]:
-    """Queue ``jobs`` (session, cost) one after the other while the device is held, then let go
-    and return the sessions in the order the device went to them."""
-    def job(session, cost):
-        with device.use(session, cost):
+def _grant_order(device: FairDevice, jobs: list[tuple]) -> list[str]:
+    """Queue ``jobs`` (session, cost[, weight]) one after the other while the device is held, then
+    let go and return the sessions in the order the device went to them."""
+    def job(session, cost, weight=1.0):
+        with device.use(session, cost, weight):
             pass
 
     device.order = []
     device.acquire("holder", 0.0)
     threads = []
-    for k, (session, cost) in enumerate(jobs):
-        t = threading.Thread(target=job, args=(session, cost))
+    for k, spec in enumerate(jobs):
+        t = threading.Thread(target=job, args=spec)
         t.start()
         threads.append(t)
         deadline = time.monotonic() + 10
@@ -57,14 +57,70 @@ def _grant_order(device: FairDevice, jobs: list[tuple[str, float]]) -> list[str]
 
 def test_a_big_job_waits_behind_the_cheap_jobs_of_other_sessions():
     # the GIF frame asked first; first come, first served would run it first
-    order = _grant_order(FairDevice(overhead=0.0), [("gif", 100.0), ("r1", 10.0), ("r2", 10.0), ("r1", 10.0),
+    order = _grant_order(FairDevice(overhead_s=0.0, rate=1.0, learn=False), [("gif", 100.0), ("r1", 10.0), ("r2", 10.0), ("r1", 10.0),
                                                     ("r3", 10.0)])
     assert order == ["r1", "r2", "r3", "r1", "gif"]
 
 
 def test_a_session_that_floods_the_queue_delays_only_itself():
-    order = _grant_order(FairDevice(overhead=0.0), [("a", 10.0)] * 5 + [("b", 10.0)])
+    order = _grant_order(FairDevice(overhead_s=0.0, rate=1.0, learn=False), [("a", 10.0)] * 5 + [("b", 10.0)])
     assert order[:2] == ["a", "b"] and order.count("a") == 5
+
+
+def test_exports_weigh_less_than_interactive_renders():
+    from app.service import EXPORT_WEIGHT
+
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False)
+    device.order = []
+    order = _grant_order(device, [("gif", 10.0, EXPORT_WEIGHT), ("r1", 10.0), ("r1", 10.0), ("r1", 10.0),
+                                  ("r1", 10.0), ("r1", 10.0)])
+    # at weight 1 the export, asked first, would go first; at 1/4 it waits for three renders of r1
+    assert EXPORT_WEIGHT == 0.25 and order == ["r1", "r1", "r1", "gif", "r1", "r1"]
+
+
+def _share(device: FairDevice, sessions: dict, seconds: float) -> dict:
+    """Run closed-loop clients ``{session: (cost, weight, job seconds)}`` for ``seconds``; return
+    each session's device time."""
+    busy = {s: 0.0 for s in sessions}
+    stop = time.monotonic() + seconds
+
+    def client(session, cost, weight, job_s):
+        while time.monotonic() < stop:
+            with device.use(session, cost, weight):
+                t0 = time.perf_counter()
+                time.sleep(job_s)
+                busy[session] += time.perf_counter() - t0
+
+    threads = [threading.Thread(target=client, args=(s, *spec)) for s, spec in sessions.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 10)
+    return busy
+
+
+def test_sessions_are_charged_what_their_jobs_really_took():
+    """Both estimated alike, one session's jobs take 5x longer: each still gets about half the
+    device time (first come, first served or turn by turn would give the slow one 5/6)."""
+    busy = _share(FairDevice(overhead_s=0.0, rate=0.01, learn=False),
+                  {"slow": (1.0, 1.0, 0.05), "quick": (1.0, 1.0, 0.01)}, 1.5)
+    assert busy["slow"] < 0.7 * (busy["slow"] + busy["quick"]), busy
+
+
+def test_a_heavy_export_gets_its_weighted_share_among_many_renderers():
+    """Six sessions render (10 ms jobs), one exports at weight 1/4 with 100 ms frames, all in a
+    closed loop: the export gets about 0.25 / 6.25 = 4 % of the device, not one frame per round
+    (~60 %) nor its equal share (14 %)."""
+    from app.service import EXPORT_WEIGHT
+
+    sessions = {f"r{k}": (1.0, 1.0, 0.01) for k in range(6)}
+    sessions["gif"] = (10.0, EXPORT_WEIGHT, 0.1)
+    busy = _share(FairDevice(overhead_s=0.0, rate=0.01, learn=False), sessions, 3.0)
+    assert busy["gif"] < 0.12 * sum(busy.values()), busy
+    device = FairDevice()
+    device.close()  # a stopped server refuses further jobs with one line
+    with pytest.raises(CgofError, match="shutting down"):
+        device.acquire("late", 1.0)
 
 
 def test_equal_jobs_are_first_come_first_served_and_the_device_is_reentrant():
@@ -141,7 +197,7 @@ def test_a_gif_export_gives_the_device_back_between_frames(service):
             assert not t.is_alive(), "the render waited for the whole GIF"
         seen.append(fraction)
 
-    req = GifRequest(kind="pose", frames=4, size=32, state=EditorState())
+    req = GifRequest(kind="pose", frames=8, size=32, state=EditorState())  # fast: two batches of 4
     service.export_gif(req, progress=between_frames, session="g")
     assert service.device.order[:3] == ["g", "r", "g"]
 
