@@ -187,8 +187,8 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
     workdir = Path(tempfile.mkdtemp(prefix="cgof-studio-") if own else workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     remove = own if remove_workdir is None else bool(remove_workdir)
-    claim_env(workdir)
     try:
+        claim_env(workdir)
         from .service import RenderService
         from .ui.layout import build_blocks
 

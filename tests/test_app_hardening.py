@@ -389,3 +389,14 @@ def test_a_signal_stops_the_server_and_removes_its_files(tmp_path, sig, code):
     assert exit_code == code, log
     assert load_test.left_behind(tmp) == [], log
     assert "Traceback" not in log
+
+
+def test_a_second_server_in_one_process_is_refused_and_leaves_no_folder(server, tmp_path, monkeypatch):
+    import tempfile
+
+    from app.server import create_server
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(CgofError, match="another editor server"):
+        create_server(make_synth(), preview_size=64)
+    assert list(tmp_path.iterdir()) == []
