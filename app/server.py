@@ -64,11 +64,17 @@ class Server:
         def loop(stop=self._stop):
             while not stop.wait(every_s):
                 try:
-                    sweep_cache(self.workdir / "cache", self.service.workdir)
+                    self.sweep()
                 except Exception:  # pragma: no cover - never let housekeeping take the server down
                     pass
 
         threading.Thread(target=loop, name="cgof-cache-sweeper", daemon=True).start()
+
+    def sweep(self, ttl_s: float = CACHE_TTL_S, budget: int = CACHE_BUDGET) -> int:
+        """One round of :func:`sweep_cache` over this server's cache, sparing the files the page
+        itself shows on load (Gradio's ``keep_in_cache``)."""
+        pinned = {Path(p).resolve() for b in self.demo.blocks.values() for p in getattr(b, "keep_in_cache", ())}
+        return sweep_cache(self.workdir / "cache", self.service.workdir, ttl_s, budget, pinned=pinned)
 
     def close(self) -> None:
         if self.closed:
@@ -136,12 +142,13 @@ def theme():
 
 
 def sweep_cache(cache: Path, keep: Path, ttl_s: float = CACHE_TTL_S, budget: int = CACHE_BUDGET,
-                now: float | None = None) -> int:
-    """Delete files under ``cache`` but outside ``keep`` (the service prunes its own) that are
-    older than ``ttl_s``, then the oldest until the rest fit in ``budget`` bytes; empty folders
-    go too. Returns how many files were deleted."""
+                now: float | None = None, pinned=frozenset()) -> int:
+    """Delete files under ``cache`` but outside ``keep`` (the service prunes its own) and not in
+    ``pinned`` that are older than ``ttl_s``, then the oldest until the rest fit in ``budget``
+    bytes; empty folders go too. Returns how many files were deleted."""
     now = time.time() if now is None else now
     keep = Path(keep).resolve()
+    pinned = {Path(p).resolve() for p in pinned}
     files = []
     for root, dirs, names in os.walk(cache):
         r = Path(root).resolve()
@@ -150,6 +157,8 @@ def sweep_cache(cache: Path, keep: Path, ttl_s: float = CACHE_TTL_S, budget: int
             continue
         for n in names:
             p = r / n
+            if p in pinned:
+                continue
             try:
                 st = p.lstat()
             except OSError:

@@ -120,6 +120,7 @@ class RenderService:
         self._lock = self.device  # the old name: code that only needs "one at a time"
         self._last_prune = 0.0
         self._exports: set = set()  # sessions with an export running
+        self.pinned: set[Path] = set()  # files never pruned (what a fresh page links to)
         self._exports_lock = threading.Lock()
         # ceiling on one request's cost (evaluations); None = what the editor offers at most
         self.max_cost = float(max_cost) if max_cost is not None else self.ui_max_cost()
@@ -377,6 +378,8 @@ class RenderService:
         for root, dirs, files in os.walk(self.workdir, topdown=False):
             for name in files:
                 p = Path(root) / name
+                if p in self.pinned:
+                    continue
                 try:
                     if now - p.stat().st_mtime > FILE_TTL_S:
                         p.unlink()

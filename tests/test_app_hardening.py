@@ -400,3 +400,23 @@ def test_a_second_server_in_one_process_is_refused_and_leaves_no_folder(server, 
     with pytest.raises(CgofError, match="another editor server"):
         create_server(make_synth(), preview_size=64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_housekeeping_spares_what_a_fresh_page_shows(server):
+    """The sweeper and the service's own pruning never delete the files the page links to on load
+    (its pictures in Gradio's cache, the first preset), however old they are."""
+    from app.service import FILE_TTL_S
+
+    shown = [Path(p) for b in server.demo.blocks.values() for p in getattr(b, "keep_in_cache", ())]
+    assert shown and all(p.is_file() for p in shown)
+    stray = server.workdir / "cache" / "stray" / "x.json"
+    stray.parent.mkdir()
+    stray.write_text("{}")
+    assert server.sweep(ttl_s=-1, budget=0) >= 1 and not stray.exists()
+    assert all(p.is_file() for p in shown)
+    (first,) = server.service.pinned
+    past = time.time() - FILE_TTL_S - 10
+    os.utime(first, (past, past))
+    server.service._last_prune = 0.0
+    server.service.new_path("x", ".gif")
+    assert first.is_file()

@@ -284,7 +284,9 @@ def build_presets_panel(service: RenderService, initial: EditorState) -> Presets
     reset_all = gr.Button("↺ Reset everything", variant="stop", size="sm", elem_id="btn-reset-all")
     with gr.Accordion("Presets", open=True):
         with gr.Row():
-            download = gr.DownloadButton("⬇ Save preset (.json)", value=str(service.save_preset(initial)),
+            first_preset = service.save_preset(initial)
+            service.pinned.add(first_preset)  # every fresh page links to it, however long the server runs
+            download = gr.DownloadButton("⬇ Save preset (.json)", value=str(first_preset),
                                          size="sm", elem_id="btn-save-preset")
             upload = gr.UploadButton("⬆ Load preset", file_types=[".json"], size="sm", elem_id="btn-load-preset")
     return PresetsPanel(reset_all, download, upload)
