@@ -1,16 +1,24 @@
 #!/usr/bin/env python
 """Open the cGOF Studio editor.
 
-    python launch.py [--host 127.0.0.1] [--port 7860] [--checkpoint DIR] [--facemodel PATH] [--coeff-dist NPZ] [--device auto]
+    python launch.py [--host 127.0.0.1] [--port 7860] [--checkpoint DIR] [--facemodel PATH] [--coeff-dist NPZ]
+                     [--device auto] [--max-request-cost M] [--auth USER:PASSWORD | --auth-file FILE] [--insecure]
 
 The model is loaded (and checked) before the UI is built: a bad checkpoint or face model prints one
-line on stderr and exits with code 2.
+line on stderr and exits with code 2, as does a busy port or a public --host without a login.
+SIGTERM and SIGINT (Ctrl+C) stop the server, delete its temporary folder (/tmp/cgof-studio-*: every
+GIF, preset, upload and picture it kept) and exit with 143 and 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import signal
 import sys
+
+DEFAULT_PORT = 7860
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,7 +29,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="launch.py", description="cGOF Studio: the interactive face editor (Gradio).")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 = any free port)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default $GRADIO_SERVER_PORT, else 7860; 0 = any free port)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="checkpoint folder (weights.safetensors + config.json); default: the embedded model")
     p.add_argument("--facemodel", default=None, metavar="PATH",
@@ -30,19 +39,128 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cGOF's coeff_distribution_L.npz, for a BFM checkpoint made with those statistics")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="render device")
     p.add_argument("--preview-size", type=int, default=None, metavar="PX",
-                   help="size of the live preview while dragging (default: measured at start-up so that "
-                        "dragging shows >= 8 updates/s)")
+                   help="fixed size of the live preview while dragging, 64..256 (default: measured at start-up "
+                        "and adapted to the preview times during the session, never below 64)")
+    p.add_argument("--max-request-cost", type=float, default=None, metavar="M",
+                   help="largest request the server accepts, in millions of field evaluations (pixels x "
+                        "evaluations per pixel x frames; reference quality ~81/px with normals, fast ~16); "
+                        "default: the most the editor's own controls ask for (a 48-frame 128 px reference GIF)")
+    p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
+                   help="require this login for the page and the API (visible to other local users in the "
+                        "process list: prefer --auth-file)")
+    p.add_argument("--auth-file", default=None, metavar="FILE",
+                   help="require a login from FILE: one USER:PASSWORD per line (# comments)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without --auth/--auth-file (anyone who can reach the port "
+                        "can use the server)")
     return p
 
 
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def read_auth(args) -> list[tuple[str, str]] | None:
+    """(user, password) pairs from --auth / --auth-file; a bad value is a ValueError (one line)."""
+    if args.auth is not None and args.auth_file is not None:
+        raise ValueError("give --auth or --auth-file, not both")
+    if args.auth is not None:
+        lines, where = [args.auth], "--auth"
+    elif args.auth_file is not None:
+        try:
+            with open(args.auth_file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--auth-file {args.auth_file}: cannot read ({getattr(exc, 'strerror', None) or exc})") \
+                from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        where = f"--auth-file {args.auth_file}"
+        if not lines:
+            raise ValueError(f"{where}: no USER:PASSWORD line")
+    else:
+        return None
+    pairs = []
+    for k, line in enumerate(lines, 1):
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            at = "" if where == "--auth" else f" line {k}"
+            raise ValueError(f"{where}{at}: expected USER:PASSWORD (both non-empty)")
+        pairs.append((user, password))
+    return pairs
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by SIGTERM / SIGINT: unwinds through the cleanup."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame):
+    raise _Stop(signum)
+
+
+def default_port() -> tuple[int, str]:
+    """--port's default: $GRADIO_SERVER_PORT (Gradio's own variable) when set, else 7860."""
+    env = os.environ.get("GRADIO_SERVER_PORT", "").strip()
+    if env:
+        try:
+            return int(env), "GRADIO_SERVER_PORT"
+        except ValueError:
+            raise ValueError(f"GRADIO_SERVER_PORT={env!r}: expected a port number") from None
+    return DEFAULT_PORT, "default"
+
+
 def main(argv: list[str] | None = None) -> int:
+    # From here on SIGTERM and SIGINT unwind through the cleanup below (exit 143 / 130).
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _main(argv)
+    except _Stop as stop:
+        print(f"launch.py: stopped ({signal.Signals(stop.signum).name}); temporary files removed", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _error(message: str) -> int:
+    print(f"launch.py: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        print(f"launch.py: error: --port {args.port}: expected 0..65535", file=sys.stderr)
-        return 2
-    if args.preview_size is not None and not 16 <= args.preview_size <= 256:
-        print(f"launch.py: error: --preview-size {args.preview_size}: expected 16..256", file=sys.stderr)
-        return 2
+    try:
+        port, port_from = (args.port, "--port") if args.port is not None else default_port()
+        auth = read_auth(args)
+    except ValueError as exc:
+        return _error(str(exc))
+    if not 0 <= port <= 65535:
+        return _error(f"{port_from} {port}: expected 0..65535")
+    if args.preview_size is not None and not 64 <= args.preview_size <= 256:
+        return _error(f"--preview-size {args.preview_size}: expected 64..256")
+    if args.max_request_cost is not None and not (args.max_request_cost > 0 and args.max_request_cost < 1e9):
+        return _error(f"--max-request-cost {args.max_request_cost:g}: expected a positive number of millions "
+                      "of evaluations")
+    if not is_loopback(args.host) and auth is None:
+        if not args.insecure:
+            return _error(f"--host {args.host} serves beyond this machine without a login; add --auth USER:PASSWORD "
+                          "or --auth-file FILE (or --insecure to serve it open to anyone who can reach it)")
+        print(f"launch.py: warning: --insecure: serving on {args.host} without a login; anyone who can reach "
+              f"port {port} can use this server and its device", file=sys.stderr, flush=True)
+
+    from app.server import free_port, port_in_use
+
+    if port and port_in_use(args.host, port):
+        return _error(f"port {port} on {args.host} is in use (another server?); choose another with --port N, "
+                      "PORT=N make run or GRADIO_SERVER_PORT=N, or --port 0 for any free port")
 
     from engine.api import CgofError
 
@@ -56,35 +174,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch.py: error: cannot load the {what}: {_one_line(exc)}", file=sys.stderr)
         return 2
 
+    import shutil
     import tempfile
+    import threading
     from pathlib import Path
 
-    from app.server import claim_env, create_server, free_port, launch
+    from app.server import claim_env, create_server, launch
 
     # Gradio's folders must point into the server's own folder before gradio is first imported.
     workdir = Path(tempfile.mkdtemp(prefix="cgof-studio-"))
-    claim_env(workdir)
+    server = None
     try:
-        server = create_server(synth, workdir, preview_size=args.preview_size or "auto", remove_workdir=True)
-    except Exception as exc:  # the first render failed: the model does not work, do not serve it
-        import shutil
-
+        claim_env(workdir)
+        max_cost = None if args.max_request_cost is None else args.max_request_cost * 1e6
+        try:
+            server = create_server(synth, workdir, preview_size=args.preview_size or "auto", remove_workdir=True,
+                                   max_cost=max_cost)
+        except CgofError as exc:
+            return _error(str(exc))
+        except Exception as exc:  # the first render failed: the model does not work, do not serve it
+            return _error(f"the model loaded but cannot render: {_one_line(exc)}")
+        port = port or free_port(args.host)
+        svc = server.service
+        measured = f", {svc.preview_ms:.0f} ms" if svc.preview_ms is not None else ""
+        login = f"; login required ({len(auth)} user{'s' if len(auth) > 1 else ''})" if auth else ""
+        try:
+            launch(server, host=args.host, port=port, block=False, auth=auth)
+        except OSError as exc:
+            return _error(f"cannot serve on {args.host}:{port}: {_one_line(exc)}")
+        print(f"cGOF Studio: model on {synth.device}; live preview {svc.preview_size} px{measured}; "
+              f"request limit {svc.max_cost / 1e6:.1f} M evaluations{login}; "
+              f"serving http://{args.host}:{port} (Ctrl+C to stop)", flush=True)
+        forever = threading.Event()
+        while not forever.wait(3600):  # the signal handlers end this wait
+            pass
+        return 0
+    finally:
+        if server is not None:
+            server.close()  # removes workdir
         shutil.rmtree(workdir, ignore_errors=True)
-        print(f"launch.py: error: the model loaded but cannot render: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    port = args.port or free_port(args.host)
-    svc = server.service
-    measured = f", {svc.preview_ms:.0f} ms" if svc.preview_ms is not None else ""
-    print(f"cGOF Studio: model on {synth.device}; live preview {svc.preview_size} px{measured}; "
-          f"serving http://{args.host}:{port} (Ctrl+C to stop)", flush=True)
-    try:
-        launch(server, host=args.host, port=port, block=True)
-    except OSError as exc:
-        print(f"launch.py: error: cannot serve on {args.host}:{port}: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
 
 
 def _one_line(exc: BaseException) -> str:
@@ -118,4 +246,9 @@ def _load(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: a render thread still busy in the engine when the server stops (a GIF frame
+    # takes seconds) must not hold the process up, nor trip the interpreter's shutdown.
+    os._exit(code)

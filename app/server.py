@@ -1,7 +1,10 @@
 """Build and launch the editor server.
 
-Each server owns one temporary folder: the service writes its files (GIFs, meshes, presets) under
-``out/`` and Gradio's upload / cache folders live beside it. Gradio reads those folder names from
+Each server owns one temporary folder (``cgof-studio-*``): Gradio's cache (uploads, the pictures it
+hands out) is ``cache/`` and the service writes its files (GIFs, meshes, presets) to ``cache/out/``,
+inside Gradio's cache, so Gradio serves them where they are instead of keeping a second copy.
+Uploads are capped (MAX_UPLOAD), deleted once read, and a sweeper thread keeps the cache to
+CACHE_TTL_S and CACHE_BUDGET bytes. Gradio reads those folder names from
 the process environment at request time, so a server claims the environment for its lifetime and
 gives it back on close (one server per process at a time). ``out/`` is the only entry of
 ``allowed_paths`` and the repository is a blocked path, so the server never serves a file from
@@ -16,6 +19,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +28,17 @@ from engine.api import CgofError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-CONCURRENCY = 1  # render jobs on the device at once, over all sessions
+# Handlers Gradio runs at once. They do not render at once: every render takes the one device
+# through the service's fair queue (app.scheduler); these only bound how many wait there. Exports
+# (GIF, meshes) have their own, smaller group (ui.layout.EXPORT_SLOTS) so they never fill the render slots.
+RENDER_SLOTS = 8
 QUEUE_SIZE = 256
-MAX_UPLOAD = "1mb"  # presets are a few hundred bytes; nothing else is uploaded
+MAX_UPLOAD = "64kb"  # presets are a few hundred bytes; nothing else is uploaded (= service.PRESET_MAX_BYTES)
+# Gradio's cache outside our own out/ folder (uploads, pictures handed to browsers): kept this long
+# and, all together, at most this many bytes (the oldest go first).
+CACHE_TTL_S = 600.0
+CACHE_BUDGET = 256 * 1024 * 1024
+SWEEP_EVERY_S = 30.0
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _CLAIM = threading.Lock()
@@ -41,11 +53,36 @@ class Server:
     url: str | None = None
     remove_workdir: bool = True
     closed: bool = False
+    _stop: threading.Event | None = None
+
+    def start_sweeper(self, every_s: float = SWEEP_EVERY_S) -> None:
+        """Prune Gradio's cache every ``every_s`` seconds until close (a daemon thread)."""
+        if self._stop is not None:
+            return
+        self._stop = threading.Event()
+
+        def loop(stop=self._stop):
+            while not stop.wait(every_s):
+                try:
+                    self.sweep()
+                except Exception:  # pragma: no cover - never let housekeeping take the server down
+                    pass
+
+        threading.Thread(target=loop, name="cgof-cache-sweeper", daemon=True).start()
+
+    def sweep(self, ttl_s: float = CACHE_TTL_S, budget: int = CACHE_BUDGET) -> int:
+        """One round of :func:`sweep_cache` over this server's cache, sparing the files the page
+        itself shows on load (Gradio's ``keep_in_cache``)."""
+        pinned = {Path(p).resolve() for b in self.demo.blocks.values() for p in getattr(b, "keep_in_cache", ())}
+        return sweep_cache(self.workdir / "cache", self.service.workdir, ttl_s, budget, pinned=pinned)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self._stop is not None:
+            self._stop.set()
+        self.service.device.close()  # renders and exports still waiting (or between GIF frames) stop
         try:
             self.demo.close()
         finally:
@@ -104,8 +141,54 @@ def theme():
                           radius_size="sm", spacing_size="sm", text_size="sm")
 
 
+def sweep_cache(cache: Path, keep: Path, ttl_s: float = CACHE_TTL_S, budget: int = CACHE_BUDGET,
+                now: float | None = None, pinned=frozenset()) -> int:
+    """Delete files under ``cache`` but outside ``keep`` (the service prunes its own) and not in
+    ``pinned`` that are older than ``ttl_s``, then the oldest until the rest fit in ``budget``
+    bytes; empty folders go too. Returns how many files were deleted."""
+    now = time.time() if now is None else now
+    keep = Path(keep).resolve()
+    pinned = {Path(p).resolve() for p in pinned}
+    files = []
+    for root, dirs, names in os.walk(cache):
+        r = Path(root).resolve()
+        if r == keep or r.is_relative_to(keep):
+            dirs[:] = []
+            continue
+        for n in names:
+            p = r / n
+            if p in pinned:
+                continue
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            files.append((st.st_mtime, st.st_size, p))
+    files.sort()
+    total = sum(size for _, size, _ in files)
+    gone = 0
+    for mtime, size, p in files:
+        if now - mtime <= ttl_s and total <= budget:
+            break
+        try:
+            p.unlink()
+            gone += 1
+        except OSError:
+            pass
+        total -= size
+    for root, dirs, names in os.walk(cache, topdown=False):
+        r = Path(root)
+        if r != Path(cache) and not (r.resolve() == keep or r.resolve().is_relative_to(keep)):
+            try:
+                r.rmdir()
+            except OSError:
+                pass
+    return gone
+
+
 def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
-                  preview_size: int | str = "auto", remove_workdir: bool | None = None) -> Server:
+                  preview_size: int | str = "auto", remove_workdir: bool | None = None,
+                  max_cost: float | None = None) -> Server:
     """Service + Blocks over a loaded synthesizer, with a private folder: a fresh temporary one
     unless ``workdir`` is given. The folder is removed on close when it was made here (or when
     ``remove_workdir`` says so)."""
@@ -113,16 +196,14 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
     workdir = Path(tempfile.mkdtemp(prefix="cgof-studio-") if own else workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     remove = own if remove_workdir is None else bool(remove_workdir)
-    claim_env(workdir)
     try:
+        claim_env(workdir)
         from .service import RenderService
         from .ui.layout import build_blocks
 
-        service = RenderService(synth, workdir / "out", preview_size=preview_size)
+        service = RenderService(synth, workdir / "cache" / "out", preview_size=preview_size, max_cost=max_cost)
         demo = build_blocks(service, initial)
-        # One shared concurrency group ('device', see ui.layout) with this limit: however many
-        # sessions there are, one render job runs on the device at a time; the rest wait in line.
-        demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+        demo.queue(default_concurrency_limit=RENDER_SLOTS, max_size=QUEUE_SIZE)
     except BaseException:
         release_env(workdir)
         if remove:
@@ -144,8 +225,9 @@ def blocked_paths(server: Server) -> list[str]:
 
 
 def launch(server: Server, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT, block: bool = True,
-           quiet: bool = False) -> Server:
-    """Start serving. ``block=False`` returns once the server is up (tests, scripts)."""
+           quiet: bool = False, auth: list[tuple[str, str]] | None = None) -> Server:
+    """Start serving. ``block=False`` returns once the server is up (tests, scripts). ``auth``:
+    (user, password) pairs; with it every page and API call needs a login."""
     from .ui.layout import CSS
 
     try:
@@ -168,11 +250,14 @@ def launch(server: Server, host: str = DEFAULT_HOST, port: int | None = DEFAULT_
             enable_monitoring=False,
             run_history=False,  # nothing of a session is kept in the browser or sent elsewhere
             footer_links=["api"],
+            auth=auth or None,
+            auth_message="cGOF Studio: log in" if auth else None,
         )
     except BaseException:
         server.close()
         raise
     server.url = url
+    server.start_sweeper()
     if block:
         try:
             server.demo.block_thread()
@@ -185,3 +270,15 @@ def free_port(host: str = DEFAULT_HOST) -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when ``port`` cannot be bound on ``host`` right now (someone serves there)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with closing(socket.socket(family, socket.SOCK_STREAM)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False

@@ -1,9 +1,14 @@
 """The editor's render service: turns an :class:`~app.state.EditorState` into pictures and files.
 
 It talks to the engine only through its public surface (``engine.api``: ``FaceSynthesizer`` and the exports)
-and holds nothing per session: the synthesizer (read-only model) and an output folder are all it
-keeps. A lock serialises calls into the synthesizer so that the API, the UI and exports never
-run on the device at the same time (the Gradio queue limits concurrency as well).
+and holds almost nothing per session: the synthesizer (read-only model), an output folder and the
+set of sessions with an export running. Every call into the synthesizer takes the device through
+:class:`~app.scheduler.FairDevice` (one job at a time, fair between sessions); a GIF export takes
+it once per frame, so other sessions' renders run between its frames.
+
+Every request has a cost, :func:`request_cost` = pixels x evaluations per pixel x frames, and the
+service refuses one over ``max_cost`` (``launch.py --max-request-cost``) with one line naming the
+limit. The default ceiling is what the editor itself offers at most (:meth:`RenderService.ui_max_cost`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,14 +28,19 @@ import numpy as np
 
 from engine.api import CgofError
 
-from .state import GROUP_KIND, SH_BANDS, SLIDER_COUNTS, EditorState, parse_json
+from .scheduler import FairDevice
+from .state import GROUP_KIND, SH_BANDS, SIZES, SLIDER_COUNTS, EditorState, parse_json
 
-# Preview while dragging. Its size is measured at start-up ("auto"): the largest candidate whose
-# render fits the budget, so that with the ~25 ms a round trip through Gradio costs, a drag shows
-# >= 8 updates/s on whatever device and model the server runs (on the 2-core dev CPU with the
-# 256-wide default field that is the smallest candidate; on a GPU the largest).
-PREVIEW_CANDIDATES = (24, 32, 40, 48, 64, 96)
+# Preview while dragging. Its size is measured at start-up ("auto": the largest candidate whose
+# render fits the budget, so that with the ~25 ms a round trip through Gradio costs a drag shows
+# ~8 updates/s) and then follows the measured preview times during the session
+# (:meth:`RenderService.adapt_preview`): down a step when previews get slower than the budget, up a
+# step when the next size would still fit with room to spare. Never below PREVIEW_MIN: a smaller
+# picture is a blob that helps no one, however fast it comes.
+PREVIEW_CANDIDATES = (64, 80, 96, 128)
+PREVIEW_MIN = PREVIEW_CANDIDATES[0]
 PREVIEW_BUDGET_MS = 100.0
+PREVIEW_WINDOW = 4  # previews measured at one size before it may change again
 # Signed depth error map: +-ERROR_LIMIT world units span the colour scale (the face box is 0.24).
 ERROR_LIMIT = 0.01
 # What the 3D mesh preview sends to the browser at most.
@@ -40,7 +51,15 @@ GIF_VIEWS = ("rgb", "depth", "normals", "side-by-side")
 GIF_FRAMES = (4, 48)
 GIF_FPS = (1, 30)
 GIF_SIZES = (32, 48, 64, 96, 128, 256)
+GIF_UI_SIZES = (32, 48, 64, 96, 128)  # what the editor's export panel offers
 MESH_KINDS = ("3dmm", "isosurface")
+ISOSURFACE_COST = 128.0 ** 3  # field evaluations of the isosurface export's grid
+# Exports are background work: in the fair queue a session's export frames weigh this much against
+# an interactive render (a quarter), so that under load they take their turns without making the
+# people at the sliders wait (the device is never left idle for them either).
+EXPORT_WEIGHT = 0.25
+# A preset is a few hundred bytes; an upload larger than this is refused (Gradio's max_file_size too).
+PRESET_MAX_BYTES = 64 * 1024
 # Files the service wrote are kept this long (downloads need them a while, the disk not forever).
 FILE_TTL_S = 3600.0
 
@@ -92,13 +111,22 @@ class GifRequest:
 class RenderService:
     """Everything the UI and the API need, over one loaded synthesizer."""
 
-    def __init__(self, synth, workdir: str | os.PathLike, preview_size: int | str = "auto"):
+    def __init__(self, synth, workdir: str | os.PathLike, preview_size: int | str = "auto",
+                 max_cost: float | None = None):
         self.synth = synth
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
+        self.device = FairDevice()
+        self._lock = self.device  # the old name: code that only needs "one at a time"
         self._last_prune = 0.0
+        self._exports: set = set()  # sessions with an export running
+        self.pinned: set[Path] = set()  # files never pruned (what a fresh page links to)
+        self._exports_lock = threading.Lock()
+        # ceiling on one request's cost (evaluations); None = what the editor offers at most
+        self.max_cost = float(max_cost) if max_cost is not None else self.ui_max_cost()
         self.preview_ms: float | None = None  # what the calibration measured at the chosen size
+        self._preview_times: list[float] = []
+        self.adaptive_preview = preview_size == "auto"
         self.preview_size = self.calibrate_preview() if preview_size == "auto" else int(preview_size)
 
     def calibrate_preview(self, budget_ms: float = PREVIEW_BUDGET_MS) -> int:
@@ -106,7 +134,7 @@ class RenderService:
         dragging) takes at most ``budget_ms`` (median of 3); the smallest if none does."""
         spec = EditorState().spec
         chosen = PREVIEW_CANDIDATES[0]
-        with self._lock:
+        with self.device.use("start-up", 0.0):
             self.synth.render(spec, size=chosen, quality="preview", normals=False)  # warm-up: mapping, allocations
             for size in PREVIEW_CANDIDATES:
                 times = []
@@ -119,6 +147,73 @@ class RenderService:
                     break
                 chosen, self.preview_ms = size, ms
         return chosen
+
+    def adapt_preview(self, ms: float, size: int, budget_ms: float = PREVIEW_BUDGET_MS) -> int:
+        """Record one preview's device time at ``size`` and return the size for the next one: a
+        step down when the median of the last PREVIEW_WINDOW previews is over the budget, a step
+        up when the next candidate would take (by area) at most 70 % of it; never below
+        PREVIEW_MIN. A fixed ``preview_size`` (not "auto") never changes."""
+        if not self.adaptive_preview or size != self.preview_size:
+            return self.preview_size
+        times = self._preview_times
+        times.append(float(ms))
+        if len(times) < PREVIEW_WINDOW:
+            return self.preview_size
+        med = sorted(times[-PREVIEW_WINDOW:])[PREVIEW_WINDOW // 2]
+        sizes = sorted(set(PREVIEW_CANDIDATES) | {self.preview_size})
+        k = sizes.index(self.preview_size)
+        new = self.preview_size
+        if med > budget_ms and k > 0:
+            new = max(PREVIEW_MIN, sizes[k - 1])
+        elif k + 1 < len(sizes) and med * (sizes[k + 1] / self.preview_size) ** 2 <= 0.7 * budget_ms:
+            new = sizes[k + 1]
+        if new != self.preview_size:
+            self.preview_size, self.preview_ms = new, None
+            times.clear()
+        else:
+            del times[:-PREVIEW_WINDOW]
+            self.preview_ms = med
+        return self.preview_size
+
+    # ---- cost ------------------------------------------------------------------------------------
+    def samples_per_pixel(self, quality: str, normals: bool = False) -> float:
+        """Field evaluations per pixel of a render: the reference schedule's 3 passes of
+        ``num_steps`` (72 with the defaults); the fast path's band and behind samples on a mesh
+        pixel; with normals the gradient (~3 evaluations per point, at each shading offset)."""
+        cfg = getattr(getattr(self.synth, "renderer", None), "config", None)
+        if quality == "reference":
+            steps = int(getattr(cfg, "num_steps", 24))
+            n = steps * (3 if getattr(cfg, "hierarchical", True) else 1)
+        else:
+            n = int(getattr(cfg, "fast_band_samples", 5)) + len(getattr(cfg, "fast_behind", (0, 0)))
+        if normals:
+            albedo = bool(getattr(getattr(getattr(self.synth, "field", None), "config", None), "albedo", False))
+            points = len(getattr(cfg, "shading_normal_spread", (0.0,))) if albedo and quality != "preview" else 1
+            n += 3 * max(1, points)
+        return float(n)
+
+    def request_cost(self, size: int, quality: str, frames: int = 1, normals: bool = False) -> float:
+        """pixels x evaluations per pixel x frames."""
+        return float(size) * float(size) * self.samples_per_pixel(quality, normals) * int(frames)
+
+    def ui_max_cost(self) -> float:
+        """The most the editor's own controls can ask for: the larger of a full render at the
+        largest size in reference quality and the longest GIF at the largest export size in
+        reference quality with every view (normals included)."""
+        return max(self.request_cost(max(SIZES), "reference", 1, normals=True),
+                   self.request_cost(max(GIF_UI_SIZES), "reference", GIF_FRAMES[1], normals=True))
+
+    def check_cost(self, what: str, size: int, quality: str, frames: int = 1, normals: bool = False) -> float:
+        """The request's cost, or a one-line CgofError when it is over ``max_cost``."""
+        cost = self.request_cost(size, quality, frames, normals)
+        if cost > self.max_cost:
+            spp = self.samples_per_pixel(quality, normals)
+            shape = f"{frames} frames x " if frames != 1 else ""
+            raise CgofError(
+                f"{what} is too expensive for this server: {shape}{size}x{size} px x {spp:g} evaluations/px "
+                f"({quality}) = {cost / 1e6:.1f} M evaluations; the limit is {self.max_cost / 1e6:.1f} M evaluations "
+                "per request (launch.py --max-request-cost); ask for fewer frames, a smaller size or fast quality")
+        return cost
 
     # ---- about the loaded model ---------------------------------------------------------------
     @property
@@ -147,12 +242,19 @@ class RenderService:
             n = min(n // 3, SH_BANDS)
         return min(SLIDER_COUNTS[group], n)
 
-    def slider_names(self, group: str) -> list[str]:
+    def component_count(self, group: str) -> int:
+        """Every slider-sized control the group has: the model's components (SH bands for lighting)."""
+        n = int(getattr(self.layout, GROUP_KIND[group]))
+        return min(n // 3, SH_BANDS) if group == "lighting" else n
+
+    def slider_names(self, group: str, start: int = 0, stop: int | None = None) -> list[str]:
         """Slider labels: the face model's component names where it has them (for lighting the
-        band's name without its colour, since a slider moves all three colours)."""
+        band's name without its colour, since a slider moves all three colours). By default the
+        visible sliders; ``start``/``stop`` pick others (the "more components" control)."""
         kind = GROUP_KIND[group]
         out = []
-        for i in range(self.slider_count(group)):
+        stop = self.slider_count(group) if stop is None else stop
+        for i in range(start, stop):
             name = self.facemodel.component_name(kind, i)
             if name == f"{kind} {i}":  # the model has no name for it
                 out.append(f"{'SH band' if group == 'lighting' else 'PC'} {i}")
@@ -163,24 +265,28 @@ class RenderService:
         return out
 
     # ---- rendering ----------------------------------------------------------------------------
-    def render_preview(self, state: EditorState, size: int | None = None) -> Frame:
-        """Small, fast render of the face only (no normals) for live slider dragging."""
-        size = int(size or self.preview_size)
-        t0 = time.perf_counter()
-        with self._lock:
+    def render_preview(self, state: EditorState, size: int | None = None, session=None) -> Frame:
+        """Small, fast render of the face only (no normals) for live slider dragging; its time
+        (on the device, not waiting for it) steers the next preview's size."""
+        with self.device.use(session, self.request_cost(int(size or self.preview_size), "preview")):
+            size = int(size or self.preview_size)
+            t0 = time.perf_counter()
             res = self.synth.render(state.spec, yaw_deg=state.yaw, pitch_deg=state.pitch, size=size,
                                     quality="preview", normals=False)
-        return Frame(np.asarray(res.image), (time.perf_counter() - t0) * 1000.0, size)
+            ms = (time.perf_counter() - t0) * 1000.0
+            self.adapt_preview(ms, size)
+        return Frame(np.asarray(res.image), ms, size)
 
-    def render_full(self, state: EditorState) -> FullRender:
+    def render_full(self, state: EditorState, session=None) -> FullRender:
         """Full-size render at the state's size and quality, with depth / error / normal views."""
         from engine.api import depth_to_image, normals_to_image, signed_error_image
 
-        t0 = time.perf_counter()
-        with self._lock:
+        cost = self.check_cost("this render", state.size, state.quality, normals=True)
+        with self.device.use(session, cost):
+            t0 = time.perf_counter()
             res = self.synth.render(state.spec, yaw_deg=state.yaw, pitch_deg=state.pitch, size=state.size,
                                     quality=state.quality, normals=True)
-        ms = (time.perf_counter() - t0) * 1000.0
+            ms = (time.perf_counter() - t0) * 1000.0
         mask = np.asarray(res.mask, dtype=bool)
         mesh_depth = np.asarray(res.mesh_depth, dtype=np.float32)
         field_depth = np.asarray(res.depth, dtype=np.float32)
@@ -230,9 +336,9 @@ class RenderService:
 
         return np.asarray(error_legend(ERROR_LIMIT, width, height))
 
-    def preview_mesh(self, state: EditorState, max_faces: int = MESH_PREVIEW_FACES) -> PreviewMesh:
+    def preview_mesh(self, state: EditorState, max_faces: int = MESH_PREVIEW_FACES, session=None) -> PreviewMesh:
         """The current 3DMM mesh, decimated by vertex clustering to at most ~``max_faces`` faces."""
-        with self._lock:
+        with self.device.use(session, 0.0):
             mesh = self.synth.mesh(state.spec)
         v = np.asarray(mesh.vertices, dtype=np.float32)
         f = np.asarray(mesh.triangles, dtype=np.int64)
@@ -272,6 +378,8 @@ class RenderService:
         for root, dirs, files in os.walk(self.workdir, topdown=False):
             for name in files:
                 p = Path(root) / name
+                if p in self.pinned:
+                    continue
                 try:
                     if now - p.stat().st_mtime > FILE_TTL_S:
                         p.unlink()
@@ -283,17 +391,24 @@ class RenderService:
                 except OSError:
                     pass
 
-    def load_preset(self, path: str | os.PathLike | None, current: EditorState) -> EditorState:
-        """Read a preset file; any problem is a one-line CgofError (the caller keeps ``current``)."""
+    def load_preset(self, path: str | os.PathLike | None, current: EditorState, delete_under=None) -> EditorState:
+        """Read a preset file; any problem is a one-line CgofError (the caller keeps ``current``).
+
+        ``delete_under``: a folder (Gradio's upload cache); a file inside it is deleted once read,
+        whatever became of it, so uploads are not kept."""
         if not path:
             raise CgofError("preset: no file given")
         p = Path(path)
         try:
-            if p.stat().st_size > 1_000_000:
-                raise CgofError(f"preset {p.name}: file is too large for a preset (over 1 MB)")
-            raw = p.read_bytes()
-        except OSError as exc:
-            raise CgofError(f"preset {p.name}: cannot read ({exc.strerror or exc})") from None
+            try:
+                if p.stat().st_size > PRESET_MAX_BYTES:
+                    raise CgofError(f"preset {p.name}: file is too large for a preset (over {PRESET_MAX_BYTES // 1024} kB)")
+                raw = p.read_bytes()
+            except OSError as exc:
+                raise CgofError(f"preset {p.name}: cannot read ({exc.strerror or exc})") from None
+        finally:
+            if delete_under is not None:
+                _delete_upload(p, Path(delete_under), keep=self.workdir)
         try:
             return EditorState.from_json(raw, self.layout, defaults=current)
         except CgofError as exc:
@@ -325,37 +440,83 @@ class RenderService:
         preset.pop("size")
         return EditorState.from_preset(preset, self.layout, defaults=current), reading
 
-    def export_gif(self, req: GifRequest, progress: Callable[[float, str], Any] | None = None) -> Path:
-        """A looping GIF of a pose / expression / identity sweep around ``req.state``."""
+    def gif_cost(self, req: GifRequest) -> float:
+        normals = req.views in ("normals", "side-by-side")
+        return self.check_cost(f"a {req.frames}-frame GIF", req.size, req.state.quality, req.frames, normals)
+
+    @contextmanager
+    def _export_slot(self, session):
+        """One export at a time per session (a second one is refused with one line)."""
+        with self._exports_lock:
+            if session in self._exports:
+                raise CgofError("an export of this session is still running; wait for it to finish "
+                                "(one export at a time per session)")
+            self._exports.add(session)
+        try:
+            yield
+        finally:
+            with self._exports_lock:
+                self._exports.discard(session)
+
+    def export_gif(self, req: GifRequest, progress: Callable[[float, str], Any] | None = None,
+                   session=None) -> Path:
+        """A looping GIF of a pose / expression / identity sweep around ``req.state``.
+
+        The device is taken once per frame (a fair-queue job the cost of one frame, at EXPORT_WEIGHT;
+        fast frames four at a time, as the engine batches them) and given back in between, so other
+        sessions' renders run between the frames."""
         from engine.api import export_sweep_gif
 
         _check_gif(req)
-        path = self.new_path(f"cgof-{req.kind}-sweep", ".gif")
-        with self._lock:
-            export_sweep_gif(
-                self.synth, req.state.spec, path, kind=req.kind, frames=req.frames, size=req.size,
-                fps=req.fps, views=req.views, yaw_deg=req.state.yaw, pitch_deg=req.state.pitch,
-                quality=req.state.quality, progress=progress,
-            )
+        batch = 1 if req.state.quality == "reference" else 4
+        frame_cost = self.gif_cost(req) / req.frames * batch
+        with self._export_slot(session):
+            path = self.new_path(f"cgof-{req.kind}-sweep", ".gif")
+            held = [False]
+
+            def between_frames(fraction: float, message: str = ""):
+                self.device.release()
+                held[0] = False
+                if progress is not None:
+                    progress(fraction, message)
+                if fraction < 1.0:
+                    self.device.acquire(session, frame_cost, EXPORT_WEIGHT)
+                    held[0] = True
+
+            self.device.acquire(session, frame_cost, EXPORT_WEIGHT)
+            held[0] = True
+            try:
+                export_sweep_gif(
+                    self.synth, req.state.spec, path, kind=req.kind, frames=req.frames, size=req.size,
+                    fps=req.fps, views=req.views, yaw_deg=req.state.yaw, pitch_deg=req.state.pitch,
+                    quality=req.state.quality, progress=between_frames, batch=batch,
+                )
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            finally:
+                if held[0]:
+                    self.device.release()
         return path
 
-    def export_mesh(self, state: EditorState, which: str, progress=None) -> Path:
+    def export_mesh(self, state: EditorState, which: str, progress=None, session=None) -> Path:
         from engine.api import export_3dmm_mesh, export_isosurface
 
         if which not in MESH_KINDS:
             raise CgofError(f"mesh export: unknown kind {which!r}; expected one of {', '.join(MESH_KINDS)}")
-        path = self.new_path(f"cgof-{which}", ".ply")
-        with self._lock:
-            if which == "3dmm":
-                export_3dmm_mesh(self.synth, state.spec, path)
-            else:
-                export_isosurface(self.synth, state.spec, path)
+        with self._export_slot(session):
+            path = self.new_path(f"cgof-{which}", ".ply")
+            with self.device.use(session, ISOSURFACE_COST if which == "isosurface" else 0.0, EXPORT_WEIGHT):
+                if which == "3dmm":
+                    export_3dmm_mesh(self.synth, state.spec, path)
+                else:
+                    export_isosurface(self.synth, state.spec, path)
         return path
 
     # ---- JSON API -----------------------------------------------------------------------------
-    def api_render(self, text: Any) -> tuple[np.ndarray, dict]:
+    def api_render(self, text: Any, session=None) -> tuple[np.ndarray, dict]:
         state = EditorState.from_json(text, self.layout)
-        full = self.render_full(state)
+        full = self.render_full(state, session=session)
         return full.image, full.summary
 
     def parse_gif_request(self, text: Any) -> GifRequest:
@@ -372,10 +533,25 @@ class RenderService:
                          fps=opts.get("fps", 10), views=opts.get("views", "rgb"))
         _check_gif(req)
         req.state = EditorState.from_preset(data, self.layout)
+        self.gif_cost(req)
         return req
 
-    def api_export_gif(self, text: Any) -> Path:
-        return self.export_gif(self.parse_gif_request(text))
+    def api_export_gif(self, text: Any, session=None) -> Path:
+        return self.export_gif(self.parse_gif_request(text), session=session)
+
+
+def _delete_upload(path: Path, folder: Path, keep: Path) -> None:
+    """Remove an uploaded file (and its now empty folder) when it lies inside ``folder`` and not
+    inside ``keep`` (the service's own files, which live in the same cache)."""
+    try:
+        p, root, keep = path.resolve(), folder.resolve(), keep.resolve()
+        if p == root or not p.is_relative_to(root) or p.is_relative_to(keep) or not p.is_file():
+            return
+        p.unlink()
+        if p.parent != root:
+            p.parent.rmdir()  # Gradio keeps each upload in a folder of its own; only when empty
+    except OSError:
+        pass
 
 
 def _check_gif(req: GifRequest) -> None:

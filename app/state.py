@@ -117,8 +117,9 @@ class EditorState:
         return replace(self, spec=replace(self.spec, **{group: values}))
 
     def reset_all(self) -> "EditorState":
-        """Default face and frontal pose; the view settings (size, quality) are kept."""
-        return EditorState(size=self.size, quality=self.quality)
+        """Everything back to the start: the default face, frontal pose, the default render size
+        and quality."""
+        return EditorState()
 
     # ---- reading ------------------------------------------------------------------------------
     def value(self, group: str, index: int) -> float:

@@ -3,12 +3,23 @@
 
     python scripts/load_test.py [--url http://127.0.0.1:7860/] [--clients 8] [--duration 30]
                                 [--size 64] [--checkpoint DIR] [--device cpu] [--seed 0]
+                                [--gif-clients 2] [--compare]
 
-Without ``--url`` it starts ``launch.py`` on a free port in a child process (and stops it at the
-end). Each client is its own gradio_client ``Client`` in its own thread and calls ``/render`` with
+Without ``--url`` it starts ``launch.py`` on a free port in a child process, with its own
+temporary folder, and stops it at the end with SIGTERM (as a user would): the server must exit 143
+and leave nothing behind; the report says whether it did (``server_exit``, ``left_behind``), and
+the tool's own temporary folder (server log, downloads) is removed too.
+
+Each client is its own gradio_client ``Client`` in its own thread and calls ``/render`` with
 random valid presets until the time is up; a few deliberately bad requests check that errors stay
-errors and do not take the server down. Prints one JSON object: request and error counts, p50 /
-p95 / max latency in ms, throughput, and samples of the errors seen.
+errors and do not take the server down. ``--gif-clients N`` adds N clients that ask for the most
+expensive GIF the server allows by default (48 frames, 128 px, reference quality, side-by-side:
+what the editor's own controls offer at most) over and over. ``--compare`` runs the renders alone
+first and then with the GIF clients, and reports the ratio of the renders' p95 latencies (the
+fairness check of issue 15: it must stay within 3x).
+
+Prints one JSON object: request and error counts, p50 / p95 / max latency in ms, throughput, and
+samples of the errors seen (per phase with --compare).
 """
 
 from __future__ import annotations
@@ -18,16 +29,21 @@ import json
 import math
 import os
 import random
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_REQUESTS = ('{"yaw": NaN}', '{"identity": {"0": 99}}', '{"mood": 1}')
+# The most expensive GIF the editor's controls offer (= the server's default request limit).
+HEAVIEST_GIF = {"kind": "pose", "frames": 48, "size": 128, "views": "side-by-side", "quality": "reference"}
 
 
 def random_preset(rng: random.Random, size: int) -> dict:
@@ -58,53 +74,121 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[k]
 
 
-def start_server(args) -> tuple[subprocess.Popen, str]:
+def start_server(tmp: Path, device: str = "auto", checkpoint=None, facemodel=None, startup_timeout: float = 300.0,
+                 extra=()) -> tuple[subprocess.Popen, str]:
+    """``launch.py`` on a free port with TMPDIR=``tmp`` (so everything it writes lands there);
+    its log is ``tmp/server.log``. Returns (process, url) once it answers."""
     from app.server import free_port
 
     port = free_port()
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--device", args.device]
-    if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint]
-    if args.facemodel:
-        cmd += ["--facemodel", args.facemodel]
-    log = open(Path(tempfile.gettempdir()) / f"cgof-load-server-{port}.log", "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--device", device, *extra]
+    if checkpoint:
+        cmd += ["--checkpoint", str(checkpoint)]
+    if facemodel:
+        cmd += ["--facemodel", str(facemodel)]
+    log_path = Path(tmp) / "server.log"
+    env = dict(os.environ, TMPDIR=str(tmp))
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + args.startup_timeout
+    deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"load_test: the server exited with code {proc.returncode}; see {log.name}")
+            raise SystemExit(f"load_test: the server exited with code {proc.returncode}: {_tail(log_path)}")
         try:
             with urllib.request.urlopen(url + "gradio_api/info", timeout=2):
                 return proc, url
+        except urllib.error.HTTPError:  # it answers (a login-protected server says 401)
+            return proc, url
         except OSError:
             time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit(f"load_test: the server did not come up within {args.startup_timeout:.0f} s; see {log.name}")
+    stop_server(proc)
+    raise SystemExit(f"load_test: the server did not come up within {startup_timeout:.0f} s: {_tail(log_path)}")
 
 
-def run(url: str, clients: int, duration: float, size: int, seed: int) -> dict:
+def stop_server(proc: subprocess.Popen, timeout: float = 60.0) -> int:
+    """SIGTERM, as a user or a service manager stops it; SIGKILL only if it does not exit within
+    ``timeout`` s. Returns the exit code (143 when it stopped cleanly)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def left_behind(tmp: Path) -> list[str]:
+    """What the server left in its temporary folder (its own folders, cgof-studio-*)."""
+    return sorted(p.name for p in Path(tmp).glob("cgof-studio-*"))
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-3:]) or "(empty log)"
+
+
+def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clients: int = 0,
+        gif: dict | None = None, downloads: str | None = None) -> dict:
     from gradio_client import Client
 
+    downloads = downloads or tempfile.mkdtemp(prefix="cgof-load-")
     latencies: list[float] = []
     errors: list[str] = []
     bad_ok: list[bool] = []
+    gifs = {"done": 0, "errors": [], "ms": [], "unfinished": 0}
     lock = threading.Lock()
-    ready = threading.Barrier(clients + 1)
+    ready = threading.Barrier(clients + gif_clients + 1)
     go = threading.Event()  # set once the deadline is known, so no client starts before it
     stop_at = [0.0]
 
-    def worker(k: int) -> None:
-        rng = random.Random(seed * 1000 + k)
+    def connect(k: int):
         try:
-            client = Client(url, verbose=False, analytics_enabled=False,
-                            download_files=tempfile.mkdtemp(prefix=f"cgof-load-{k}-"))
+            return Client(url, verbose=False, analytics_enabled=False,
+                          download_files=os.path.join(downloads, f"client-{k}"))
         except Exception as exc:  # counted, not raised: the report must still come out
             with lock:
                 errors.append(f"client {k}: cannot connect: {type(exc).__name__}: {exc}")
-            ready.wait()
-            return
+            return None
+
+    def gif_worker(k: int) -> None:
+        client = connect(1000 + k)
         ready.wait()
+        if client is None:
+            return
+        go.wait()
+        body = json.dumps(gif or HEAVIEST_GIF)
+        while time.monotonic() < stop_at[0]:
+            t0 = time.perf_counter()
+            job = client.submit(body, api_name="/export_gif")
+            while not job.done() and time.monotonic() < stop_at[0]:
+                time.sleep(0.2)
+            if not job.done():
+                job.cancel()
+                with lock:
+                    gifs["unfinished"] += 1
+                return
+            try:
+                job.result()
+            except Exception as exc:
+                with lock:
+                    gifs["errors"].append(" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
+                time.sleep(1.0)
+                continue
+            with lock:
+                gifs["done"] += 1
+                gifs["ms"].append((time.perf_counter() - t0) * 1000.0)
+
+    def worker(k: int) -> None:
+        rng = random.Random(seed * 1000 + k)
+        client = connect(k)
+        ready.wait()
+        if client is None:
+            return
         go.wait()
         calls = 0
         while time.monotonic() < stop_at[0]:
@@ -131,6 +215,7 @@ def run(url: str, clients: int, duration: float, size: int, seed: int) -> dict:
                 latencies.append((time.perf_counter() - t0) * 1000.0)
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
+    threads += [threading.Thread(target=gif_worker, args=(k,), daemon=True) for k in range(gif_clients)]
     for t in threads:
         t.start()
     ready.wait()
@@ -144,14 +229,22 @@ def run(url: str, clients: int, duration: float, size: int, seed: int) -> dict:
     try:
         from gradio_client import Client
 
-        _, summary = Client(url, verbose=False, analytics_enabled=False, download_files=tempfile.mkdtemp()).predict(
+        _, summary = Client(url, verbose=False, analytics_enabled=False,
+                            download_files=os.path.join(downloads, "final")).predict(
             json.dumps({"size": size}), api_name="/render")
         device = summary.get("device")
     except Exception as exc:
         errors.append(f"final check: {type(exc).__name__}: {exc}")
+    gif_report = None
+    if gif_clients:
+        gif_report = {"clients": gif_clients, "request": gif or HEAVIEST_GIF, "completed": gifs["done"],
+                      "still_running_at_the_end": gifs["unfinished"], "errors": len(gifs["errors"]),
+                      "error_samples": gifs["errors"][:3],
+                      "latency_ms_max": _r(max(gifs["ms"]) if gifs["ms"] else None)}
     return {
         "url": url,
         "clients": clients,
+        "gif_clients": gif_report,
         "duration_s": round(wall, 1),
         "size": size,
         "device": device,
@@ -187,30 +280,56 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--startup-timeout", type=float, default=300.0)
+    p.add_argument("--gif-clients", type=int, default=0,
+                   help="clients asking for the most expensive allowed GIF over and over (default 0)")
+    p.add_argument("--gif", default=None, metavar="JSON", help="the GIF request of --gif-clients "
+                   f"(default {json.dumps(HEAVIEST_GIF)})")
+    p.add_argument("--compare", action="store_true",
+                   help="run the renders alone, then with --gif-clients (default 2), and report the p95 ratio")
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
     args = p.parse_args(argv)
-    if args.clients < 1 or args.duration <= 0:
-        p.error("--clients must be >= 1 and --duration > 0")
+    if args.clients < 1 or args.duration <= 0 or args.gif_clients < 0:
+        p.error("--clients must be >= 1, --gif-clients >= 0 and --duration > 0")
+    try:
+        gif = json.loads(args.gif) if args.gif else None
+    except json.JSONDecodeError as exc:
+        p.error(f"--gif: invalid JSON ({exc.msg})")
+    if args.compare and not args.gif_clients:
+        args.gif_clients = 2
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     sys.path.insert(0, str(ROOT))
+    tmp = Path(tempfile.mkdtemp(prefix="cgof-load-"))
     proc = None
     url = args.url
-    if url is None:
-        proc, url = start_server(args)
+    stopped = {}
     try:
-        report = run(url if url.endswith("/") else url + "/", args.clients, args.duration, args.size, args.seed)
+        if url is None:
+            proc, url = start_server(tmp, args.device, args.checkpoint, args.facemodel, args.startup_timeout)
+        url = url if url.endswith("/") else url + "/"
+        common = dict(clients=args.clients, duration=args.duration, size=args.size, seed=args.seed)
+        if args.compare:
+            alone = run(url, **common, downloads=str(tmp / "alone"))
+            mixed = run(url, **common, gif_clients=args.gif_clients, gif=gif, downloads=str(tmp / "mixed"))
+            a, b = alone["latency_ms"]["p95"], mixed["latency_ms"]["p95"]
+            report = {"renders_alone": alone, "renders_with_gif_clients": mixed,
+                      "p95_ratio": round(b / a, 2) if a and b else None}
+            ok = all(r["errors"] == 0 and r["server_alive_after"] for r in (alone, mixed))
+        else:
+            report = run(url, **common, gif_clients=args.gif_clients, gif=gif, downloads=str(tmp / "run"))
+            ok = report["errors"] == 0 and report["server_alive_after"]
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stopped = {"server_exit": stop_server(proc), "left_behind": left_behind(tmp)}
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.update(stopped)
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    return 0 if report["errors"] == 0 and report["server_alive_after"] else 1
+    if stopped and (stopped["server_exit"] != 128 + signal.SIGTERM or stopped["left_behind"]):
+        ok = False
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

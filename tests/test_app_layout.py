@@ -60,7 +60,7 @@ def demo():
 
     from _app_synth import make_synth
 
-    srv = create_server(make_synth(), preview_size=24)
+    srv = create_server(make_synth(), preview_size=64)
     yield srv.demo
     srv.close()
 
@@ -87,11 +87,14 @@ def test_every_ui_event_has_distinct_outputs(demo):
 
 def test_reset_everything_sets_every_control_and_the_views(demo):
     fn = _handler(demo, "btn-reset-all", "click")
-    edited = EditorState().with_slider("identity", 0, 2.0).with_slider("lighting", 1, -1.0).with_pose(yaw=30.0)
+    edited = (EditorState().with_slider("identity", 0, 2.0).with_slider("lighting", 1, -1.0).with_pose(yaw=30.0)
+              .with_view(size=256, quality="reference").with_component("identity", 30, 1.5))
     out = _by_id(fn, fn.fn(edited, False, None))
     base = EditorState()
     assert out["State"] == base and out["slider-identity-0"] == 0.0 and out["slider-lighting-1"] == 0.0
-    assert out["slider-yaw"] == base.yaw and out["num-seed"] == base.spec.seed and out["radio-size"] == base.size
+    assert out["slider-yaw"] == base.yaw and out["num-seed"] == base.spec.seed
+    assert (out["radio-size"], out["radio-quality"]) == (base.size, base.quality) == (128, "fast")
+    assert out["more-identity-index"] == 10 and out["more-identity-value"] == 0.0
     assert out["status"].startswith("✓") and out["main-image"].shape[:2] == (base.size, base.size)
     assert not [k for k, v in out.items() if _skipped(v)]
 
@@ -144,3 +147,59 @@ def test_every_group_has_its_buttons(demo):
     for group in GROUPS:
         for what in ("random", "reset"):
             assert _handler(demo, f"btn-{what}-{group}", "click")
+
+
+def test_every_component_can_be_reached(demo):
+    """The footer counts 38 identity / 21 expression components: the visible sliders plus the
+    "more" control reach every one, and it edits, previews and renders like a slider."""
+    from app.state import SLIDER_COUNTS
+
+    layout_counts = {"identity": 38, "expression": 21}
+    for group, total in layout_counts.items():
+        pick = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == f"more-{group}-index")
+        indices = [v for _, v in pick.choices]
+        assert indices == list(range(SLIDER_COUNTS[group], total))
+    pick_fn = _handler(demo, "more-identity-index", "input")
+    st = EditorState().with_component("identity", 30, 1.25)
+    assert pick_fn.fn(st, 30) == 1.25 and pick_fn.fn(st, 31) == 0.0
+    release = _handler(demo, "more-identity-value", "release")
+    out = _by_id(release, release.fn(EditorState(), -2.0, 37, False, None))
+    assert out["State"].spec.identity == {37: -2.0} and out["status"].startswith("✓")
+    drag = _handler(demo, "more-expression-value", "input")
+    small = _by_id(drag, drag.fn(EditorState(), 1.0, 20, None))
+    assert small["State"].spec.expression == {20: 1.0} and small["status"].startswith("◌ preview")
+    # a picked index outside the hidden range is one line in the status bar, nothing else changes
+    bad = _by_id(release, release.fn(EditorState(), 1.0, 3, False, None))
+    assert bad.pop("status").startswith("⚠ identity component 3") and all(_skipped(v) for v in bad.values())
+    # lighting: the remaining SH bands, one band in all three colours
+    light = _handler(demo, "more-lighting-value", "release")
+    out = _by_id(light, light.fn(EditorState(), 0.5, 6, False, None))
+    assert out["State"].spec.lighting == {6: 0.5, 15: 0.5, 24: 0.5}
+
+
+def test_a_group_reset_also_resets_the_more_control(demo):
+    fn = _handler(demo, "btn-reset-identity", "click")
+    out = _by_id(fn, fn.fn(EditorState().with_component("identity", 30, 2.0), False, None))
+    assert out["State"].spec.identity == {} and out["more-identity-index"] == 10 and out["more-identity-value"] == 0.0
+
+
+def test_a_fresh_page_shows_a_warm_render_time(demo, monkeypatch, tmp_path):
+    """The start-up render pays one-time costs; the status line of a fresh page shows the time of
+    a second, warm render instead. (Built beside the module's page, in its Gradio folders.)"""
+    from app.service import RenderService
+    from app.ui.layout import build_blocks
+
+    from _app_synth import make_synth
+
+    real = RenderService.render_full
+    times = iter([2786.0, 42.0])
+
+    def timed(self, state, session=None):
+        fr = real(self, state, session)
+        fr.ms = next(times, fr.ms)
+        return fr
+
+    monkeypatch.setattr(RenderService, "render_full", timed)
+    page = build_blocks(RenderService(make_synth(), tmp_path / "out", preview_size=64))
+    status = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "status")
+    assert "42 ms/frame" in status.value and "2786" not in status.value

@@ -21,15 +21,15 @@ def synth():
 
 @pytest.fixture()
 def service(synth, tmp_path):
-    return RenderService(synth, tmp_path / "out", preview_size=32)
+    return RenderService(synth, tmp_path / "out", preview_size=64)
 
 
 def test_preview_is_the_engine_render_at_the_preview_size(service, synth):
     st = EditorState(spec=FaceSpec(identity={0: 1.0}, seed=2), yaw=12, pitch=-4, size=128, quality="reference")
     fr = service.render_preview(st)
-    assert fr.image.shape == (32, 32, 3) and fr.image.dtype == np.uint8 and fr.size == 32 and fr.ms > 0
+    assert fr.image.shape == (64, 64, 3) and fr.image.dtype == np.uint8 and fr.size == 64 and fr.ms > 0
     # fast quality whatever the state asks for: the preview must stay cheap while dragging
-    direct = synth.render(st.spec, 12, -4, size=32, quality="fast", normals=False)
+    direct = synth.render(st.spec, 12, -4, size=64, quality="fast", normals=False)
     assert np.array_equal(fr.image, direct.image)
 
 
@@ -216,19 +216,19 @@ def test_internal_errors_become_one_line(service, monkeypatch):
 
 
 def test_preview_size_is_calibrated_to_the_budget(synth, tmp_path, monkeypatch):
-    """A fake clock makes a render cost 0.06 ms per pixel: 40 px (96 ms) is the largest candidate
-    within the 100 ms budget; with a budget below every candidate the smallest is used."""
+    """A fake clock makes a render cost 0.012 ms per pixel: 80 px (76.8 ms) is the largest candidate
+    within the 100 ms budget; with a budget below every candidate the smallest (64 px) is used."""
     import app.service as service_module
 
     clock = [0.0]
     real_render = synth.render
 
     def render(spec, yaw_deg=0.0, pitch_deg=0.0, size=128, quality="fast", normals=True):
-        clock[0] += size * size * 0.06e-3
+        clock[0] += size * size * 0.012e-3
         return real_render(spec, yaw_deg, pitch_deg, size=16, quality=quality, normals=normals)
 
     monkeypatch.setattr(synth, "render", render)
     monkeypatch.setattr(service_module.time, "perf_counter", lambda: clock[0])
     svc = RenderService(synth, tmp_path / "a")
-    assert svc.preview_size == 40 and svc.preview_ms == pytest.approx(96.0)
-    assert svc.calibrate_preview(budget_ms=1.0) == service_module.PREVIEW_CANDIDATES[0]
+    assert svc.preview_size == 80 and svc.preview_ms == pytest.approx(76.8)
+    assert svc.calibrate_preview(budget_ms=1.0) == service_module.PREVIEW_CANDIDATES[0] == 64

@@ -44,7 +44,8 @@ def test_random_reset_and_reset_all():
     assert r.reset_group("identity").spec.identity == {}  # Reset clears the hidden ones too
     z = r.reset_all()
     assert z.spec == FaceSpec() and (z.yaw, z.pitch) == (0.0, 0.0)
-    assert (z.size, z.quality) == (256, "reference")  # view settings survive a reset
+    assert z == EditorState()  # everything back to the start, the render size and quality too
+    assert (z.size, z.quality) == (EditorState().size, EditorState().quality) != (st.size, st.quality)
 
 
 def test_preset_round_trip():

@@ -1,0 +1,144 @@
+"""Fair use of the one render device across browser sessions and API clients.
+
+Everything that runs the synthesizer takes the device through :class:`FairDevice`: one job at a
+time (the synthesizer is not thread-safe), handed out by weighted fair queueing over sessions, in
+seconds of device time:
+
+- a job of session *s* with cost *c* (field evaluations, ``app.service.RenderService.request_cost``)
+  and weight *w* is estimated at ``c x rate + overhead`` seconds (``rate``: seconds per evaluation,
+  learned from the jobs run so far) and tagged ``F = max(V, F_last[s]) + estimate / w``;
+- ``V`` is the virtual clock of the ideal fluid share: each job that ends moves it by its device
+  time divided by the total weight of the sessions still due service (a job waiting, or
+  ``F_last > V``). With 16 people rendering, V moves 1/16 s per second of renders, so a GIF frame
+  tagged 30 s ahead waits for every one of them to have had 30 s of device time / weight, not for
+  30 s of renders in all;
+- the waiting job with the smallest tag runs next (ties: first come, first served);
+- when a job ends, its session is charged what it really took: ``F_last[s]`` moves by
+  ``(elapsed - estimate) / w``, so a wrong estimate costs its own session, never the others.
+
+A session therefore gets device time in proportion to its weight, whatever it asks for: a client
+sending a long GIF (one job per frame, see ``RenderService.export_gif``) waits its turn behind the
+cheap renders of the others instead of holding the device for minutes, and a session that floods
+the queue only delays itself. Exports run at a lower weight than interactive renders (see
+``app.service.EXPORT_WEIGHT``): they are background work and yield to people dragging sliders.
+The device never idles while a job waits (work-conserving): alone, a GIF runs at full speed.
+
+Re-entrant per thread: a thread that holds the device may take it again (nested calls).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from contextlib import contextmanager
+from typing import Hashable, Iterator
+
+from engine.api import CgofError
+
+# Seconds every job costs on top of its evaluations (rasterising, the mapping network, moving the
+# picture around); keeps a flood of tiny jobs from looking free.
+JOB_OVERHEAD_S = 0.02
+INITIAL_RATE_S = 2e-6  # seconds per field evaluation until measured (a CPU; a GPU is far faster)
+
+
+class FairDevice:
+    """A lock with weighted fair (SCFQ) hand-over between sessions. Thread-safe."""
+
+    def __init__(self, overhead_s: float = JOB_OVERHEAD_S, rate: float = INITIAL_RATE_S, learn: bool = True):
+        self.overhead_s = float(overhead_s)
+        self.rate = float(rate)
+        self.learn = learn
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._seq = itertools.count()
+        self._finish: dict[Hashable, float] = {}  # session -> tag of its last job (while > V)
+        self._weight: dict[Hashable, float] = {}  # session -> weight of its last job
+        self._vtime = 0.0
+        self._owner: int | None = None
+        self._depth = 0
+        self._job: tuple | None = None  # (session, cost, estimate, weight, start time) of the running job
+        self._closed = False
+        self.order: list[Hashable] | None = None  # when a list: sessions in the order they got the device (tests)
+
+    @property
+    def waiting(self) -> int:
+        with self._cv:
+            return len(self._heap)
+
+    def close(self) -> None:
+        """Refuse every job from now on (the server is stopping); waiting ones are refused too."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def acquire(self, session: Hashable, cost: float, weight: float = 1.0) -> None:
+        me = threading.get_ident()
+        with self._cv:
+            if self._owner == me:
+                self._depth += 1
+                return
+            if self._closed:
+                raise CgofError("the server is shutting down")
+            weight = max(float(weight), 1e-6)
+            estimate = max(0.0, float(cost)) * self.rate + self.overhead_s
+            start = max(self._vtime, self._finish.get(session, 0.0))
+            tag = start + estimate / weight
+            self._finish[session] = tag  # the session's next job queues behind this one
+            self._weight[session] = weight
+            ticket = (tag, next(self._seq), session)
+            heapq.heappush(self._heap, ticket)
+            while not self._closed and (self._owner is not None or self._heap[0] is not ticket):
+                self._cv.wait()
+            if self._closed:
+                self._heap.remove(ticket)
+                heapq.heapify(self._heap)
+                self._cv.notify_all()
+                raise CgofError("the server is shutting down")
+            heapq.heappop(self._heap)
+            self._owner, self._depth = me, 1
+            self._job = (session, float(cost), estimate, weight, time.perf_counter())
+            if self.order is not None:
+                self.order.append(session)
+
+    def release(self) -> None:
+        with self._cv:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("FairDevice.release by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth:
+                return
+            session, cost, estimate, weight, t0 = self._job
+            elapsed = time.perf_counter() - t0
+            # charge the session what the job really took
+            self._finish[session] = self._finish.get(session, self._vtime) + (elapsed - estimate) / weight
+            # the fluid clock: this much device time shared by everyone still due service
+            due = {t[2] for t in self._heap} | {s for s, f in self._finish.items() if f > self._vtime}
+            total = sum(self._weight.get(s, 1.0) for s in due) or weight
+            self._vtime += elapsed / total
+            # sessions whose last tag lies behind the clock start from the clock anyway
+            for s in [s for s, f in self._finish.items() if f <= self._vtime and s not in due]:
+                del self._finish[s]
+                self._weight.pop(s, None)
+            if self.learn and cost > 0 and elapsed > self.overhead_s:
+                self.rate = 0.8 * self.rate + 0.2 * (elapsed - self.overhead_s) / cost
+            self._owner, self._job = None, None
+            self._cv.notify_all()
+
+    @contextmanager
+    def use(self, session: Hashable, cost: float, weight: float = 1.0) -> Iterator[None]:
+        self.acquire(session, cost, weight)
+        try:
+            yield
+        finally:
+            self.release()
+
+    # the plain lock protocol (``with device:``), for code that has no session or cost to give
+    def __enter__(self):
+        self.acquire(None, 0.0)
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
