@@ -12,12 +12,11 @@ sent to the API as it is.
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from engine.api import SPEC_GROUPS, CgofError, FaceSpec, LatentLayout
+from engine.api import SPEC_GROUPS, CgofError, FaceSpec, LatentLayout, finite_number
 
 # Editable groups, in UI order, with the face-model kind that names their components.
 GROUPS: tuple[str, ...] = ("identity", "expression", "texture", "lighting")
@@ -57,7 +56,7 @@ class EditorState:
         """Set one 3DMM component (sigma units); 0 removes it so presets stay sparse."""
         _check_group(group)
         values = dict(getattr(self.spec, group))
-        value = float(value)
+        value = finite_number(value, f"{group} {index}", unit="sigma")
         if value == 0.0:
             values.pop(int(index), None)
         else:
@@ -77,21 +76,21 @@ class EditorState:
         """Pose-only edit: the spec object is kept as is (the synthesizer's mapping cache hits)."""
         return replace(
             self,
-            yaw=self.yaw if yaw is None else float(yaw),
-            pitch=self.pitch if pitch is None else float(pitch),
+            yaw=self.yaw if yaw is None else finite_number(yaw, "yaw", unit="degrees"),
+            pitch=self.pitch if pitch is None else finite_number(pitch, "pitch", unit="degrees"),
         )
 
     def with_view(self, size: int | None = None, quality: str | None = None) -> "EditorState":
         return replace(self, size=self.size if size is None else int(size), quality=quality or self.quality)
 
     def with_seed(self, seed: int) -> "EditorState":
-        seed = int(seed)
+        seed = int(finite_number(seed, "seed", 0, 2**31 - 1))
         if seed == self.spec.seed:
             return self
         return replace(self, spec=replace(self.spec, seed=seed))
 
     def with_psi(self, psi: float) -> "EditorState":
-        psi = float(psi)
+        psi = finite_number(psi, "psi")
         if psi == self.spec.psi:
             return self
         return replace(self, spec=replace(self.spec, psi=psi))
@@ -233,7 +232,4 @@ def _number(data: Mapping, key: str, default: float, limit: float, unit: str) ->
     v = data.get(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise CgofError(f"{key} = {v!r}: expected a number of {unit}, got {_json_type(v)}")
-    v = float(v)
-    if not math.isfinite(v) or abs(v) > limit:
-        raise CgofError(f"{key} = {v}: expected a finite number in [-{limit:g}, {limit:g}] {unit}")
-    return v
+    return finite_number(v, key, -limit, limit, unit)

@@ -115,3 +115,18 @@ def test_a_lighting_slider_moves_one_band_in_all_three_colours():
     assert EditorState().with_slider("texture", 3, -1.0).spec.texture == {3: -1.0}
     with pytest.raises(CgofError):
         st.with_slider("lighting", 9, 1.0)
+
+
+def test_huge_and_non_finite_numbers_are_one_line_errors():
+    """10**400 and NaN in a pose, a component, psi, a seed or a preset: one CgofError line, no OverflowError."""
+    st = EditorState()
+    for edit in (lambda: st.with_pose(yaw=10**400), lambda: st.with_pose(pitch=float("nan")),
+                 lambda: st.with_component("identity", 0, 10**400), lambda: st.with_psi(10**400),
+                 lambda: st.with_seed(10**400)):
+        with pytest.raises(CgofError) as e:
+            edit()
+        assert "\n" not in str(e.value)
+    raw = '{"yaw": 1' + "0" * 400 + ', "pitch": 0}'
+    with pytest.raises(CgofError) as e:
+        EditorState.from_json(raw, LAYOUT)
+    assert "\n" not in str(e.value) and "yaw" in str(e.value)
