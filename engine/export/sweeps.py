@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import CgofError
+from ..procs import pid_alive
 from ..model.latent import MAX_SIGMA, FaceSpec, LatentLayout
 from .layout import depth_to_image, normals_to_image, side_by_side
 from .video import GIF_MAX_FPS, write_gif, write_mp4
@@ -338,15 +339,7 @@ def _partial_owner_alive(folder: Path) -> bool:
         pid = int(folder.name.split(PARTIAL, 1)[1].split("-", 1)[0])
     except (IndexError, ValueError):
         return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def remove_stale_partials(out: Path, stem: str) -> list[Path]:

@@ -50,7 +50,7 @@ from ..model.morphable import MorphableModel
 from ..render.conditioning import mesh_conditioning
 from ..render.rasterizer import MeshRasterizer
 from ..render.volume import RenderConfig, VolumeRenderer
-from .loop import LoopOwner, RunOptions, TrainLoop, fold_seed, seeded_init
+from .loop import LoopOwner, RunOptions, TrainLoop, fold_seed, recipe_field_config, seeded_init
 from .losses import (band_thickness, bg_depr, d_nonsaturating, dist_depr, g_nonsaturating, geo_reg,
                      landmark_depth_loss, latent_penalty, normal_smoothness, position_penalty, r1_penalty)
 from .warp import expression_flow, resample_expression, warp_depths, warp_terms
@@ -138,11 +138,7 @@ class GanConfig:
             raise ValueError(f"disc_channels: expected {len(REFERENCE_DISC_CHANNELS)} entries (256 px ... 2 px)")
 
     def field_config(self, layout: LatentLayout) -> FieldConfig:
-        try:
-            return FieldConfig(z_dim=layout.dim, width=self.width, film_layers=self.film_layers,
-                               mapping_hidden=self.mapping_hidden, expression_conditioning=self.expression_conditioning)
-        except ValueError as exc:  # e.g. over the field's parameter budget
-            raise CgofError(f"recipe: field: {exc}") from None
+        return recipe_field_config(self, layout)
 
     def weights(self) -> dict[str, float]:
         return {"gan": 1.0, **{k: getattr(self, f"lambda_{k}") for k in LOSS_NAMES[1:]}}

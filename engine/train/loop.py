@@ -419,3 +419,15 @@ def stage_record(kind: str, trainer, **extra) -> dict:
     return {"kind": kind, "steps": trainer.step, "train_seconds": round(trainer.loop.elapsed(), 1),
             "device": str(trainer.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "recipe": trainer.recipe(), **extra}
+
+
+def recipe_field_config(recipe, layout):
+    """The field a recipe with width / film_layers / mapping_hidden / expression_conditioning fields
+    (WarmupConfig, GanConfig) builds for ``layout``; a field over its budget is one line."""
+    from ..model.field import FieldConfig
+
+    try:
+        return FieldConfig(z_dim=layout.dim, width=recipe.width, film_layers=recipe.film_layers,
+                           mapping_hidden=recipe.mapping_hidden, expression_conditioning=recipe.expression_conditioning)
+    except ValueError as exc:  # e.g. over the field's parameter budget
+        raise CgofError(f"recipe: field: {exc}") from None

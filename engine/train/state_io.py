@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..procs import pid_alive
+
 from ..errors import CgofError, FileFormatError
 
 STATE_TENSORS = "state.safetensors"
@@ -254,15 +256,7 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (someone else's) or cannot tell: leave its folder alone
-    return True
+    return pid_alive(pid)
 
 
 def check_complete(folder: Path) -> str | None:

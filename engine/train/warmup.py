@@ -40,7 +40,6 @@ import torch
 
 from ..camera import CameraConfig, OrbitCamera
 from ..config import option, to_dict, validate
-from ..errors import CgofError
 from ..model.field import EXPRESSION_CONDITIONING, MAX_LAYERS, MAX_WIDTH, FieldConfig, OccupancyField
 from ..model.latent import LatentLayout
 from ..model.morphable import MorphableModel
@@ -48,7 +47,8 @@ from ..render.integration import band_depths, integrate, stratified_depths
 from ..render.rasterizer import MeshRasterizer
 from .data import random_latents, random_poses, render_targets
 from .losses import band_thickness, dist_depr
-from .loop import STATE_FILE, cosine_schedule, make_generator, RunOptions, seeded_init, stage_record, TrainLoop
+from .loop import (STATE_FILE, RunOptions, TrainLoop, cosine_schedule, make_generator, recipe_field_config, seeded_init,
+                   stage_record)
 from .schedule import Ramp, ramp_value, weighted_total
 from .warp import expression_flow, resample_expression, signed_log, warp_depths, warp_terms
 
@@ -160,11 +160,7 @@ class WarmupConfig:
             raise ValueError(f"ramps: unknown name {unknown[0]!r} (expected one of {', '.join(RAMP_NAMES)})")
 
     def field_config(self, layout: LatentLayout) -> FieldConfig:
-        try:
-            return FieldConfig(z_dim=layout.dim, width=self.width, film_layers=self.film_layers,
-                               mapping_hidden=self.mapping_hidden, expression_conditioning=self.expression_conditioning)
-        except ValueError as exc:  # e.g. over the field's parameter budget
-            raise CgofError(f"recipe: field: {exc}") from None
+        return recipe_field_config(self, layout)
 
     def default_ramps(self) -> dict[str, Ramp]:
         """The recipe's ramps before ``ramps`` overrides: the geometry terms ramp in over
