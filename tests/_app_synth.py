@@ -66,3 +66,21 @@ def count_mapping_calls(synth):
         yield lambda: n[0]
     finally:
         handle.remove()
+
+
+# Fixtures of the service tests (imported by the test modules that use them).
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synth():
+    """One small synthesizer per test module."""
+    return make_synth()
+
+
+@pytest.fixture()
+def service(synth, tmp_path):
+    """A RenderService over ``synth`` writing under tmp_path, 64 px previews."""
+    from app.service import RenderService
+
+    return RenderService(synth, tmp_path / "out", preview_size=64)

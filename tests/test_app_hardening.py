@@ -21,7 +21,7 @@ from app.service import PREVIEW_MIN, GifRequest, RenderService
 from app.state import EditorState
 from engine.errors import CgofError
 
-from _app_synth import make_synth, small_checkpoint
+from _app_synth import make_synth, service, small_checkpoint, synth  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
@@ -135,14 +135,6 @@ def test_equal_jobs_are_first_come_first_served_and_the_device_is_reentrant():
 
 # ---- request cost -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def synth():
-    return make_synth()
-
-
-@pytest.fixture()
-def service(synth, tmp_path):
-    return RenderService(synth, tmp_path / "out", preview_size=64)
 
 
 def test_the_default_limit_allows_what_the_editor_offers_and_refuses_more(service):

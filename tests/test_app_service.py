@@ -11,17 +11,9 @@ from app.state import EditorState
 from engine.errors import CgofError
 from engine.model.latent import FaceSpec
 
-from _app_synth import count_mapping_calls, make_synth
+from _app_synth import count_mapping_calls, make_synth, service, synth  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="module")
-def synth():
-    return make_synth()
-
-
-@pytest.fixture()
-def service(synth, tmp_path):
-    return RenderService(synth, tmp_path / "out", preview_size=64)
 
 
 def test_preview_is_the_engine_render_at_the_preview_size(service, synth):
