@@ -290,7 +290,7 @@ def build_presets_panel(service: RenderService, initial: EditorState) -> Presets
             download = gr.DownloadButton("⬇ Save preset (.json)", value=str(first_preset),
                                          size="sm", elem_id="btn-save-preset")
             upload = gr.UploadButton("⬆ Load preset", file_types=[".json"], size="sm", elem_id="btn-load-preset")
-        from_image = gr.UploadButton("📷 Start from an image", file_types=["image"], size="sm",
+        from_image = gr.UploadButton("⬆ Start from an image", file_types=["image"], size="sm",
                                      elem_id="btn-from-image")
     return PresetsPanel(reset_all, download, upload, from_image)
 
