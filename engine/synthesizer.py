@@ -60,7 +60,10 @@ class RenderResult:
     float32 (0 on background); mask (H, W) bool mesh mask with the mouth closed; normals (H, W, 3)
     float32 world unit normals of the field on the mask (0 elsewhere) or None; timings {stage: ms};
     evals_per_pixel: density evaluations per pixel for the image (normals excluded);
-    albedo_evals_per_pixel: albedo-field evaluations per pixel (albedo fields only).
+    albedo_evals_per_pixel: albedo-field evaluations per pixel (albedo fields only);
+    evals_per_face_pixel / evals_per_background_pixel: the density evaluations split between mesh
+    pixels and the rest (of the batch); normal_evals_per_pixel: points whose density gradient was
+    taken for the normals (each a forward and a backward pass).
     """
 
     image: np.ndarray
@@ -73,6 +76,9 @@ class RenderResult:
     yaw_deg: float = 0.0
     pitch_deg: float = 0.0
     albedo_evals_per_pixel: float = 0.0
+    evals_per_face_pixel: float = 0.0
+    evals_per_background_pixel: float = 0.0
+    normal_evals_per_pixel: float = 0.0
 
     def normals_image(self) -> np.ndarray:
         """(H, W, 3) uint8: (n + 1) / 2 with world x -> R, y -> G, z -> B; black off the mask."""
@@ -235,6 +241,7 @@ class FaceSynthesizer:
             out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets)
             rgb, depth, acc, surf = out.rgb, out.depth, out.acc, out.surface_depth
             evals, albedo_evals = out.evaluations, out.albedo_evaluations
+            spread_hint, bg_evals = out.normal_spread, out.background_evaluations
         else:
             outs = []
             for i, s in enumerate(specs):
@@ -245,10 +252,13 @@ class FaceSynthesizer:
                                                     mask_r[i:i + 1], g, pick(cond.offsets), pick(cond.appearance_offsets)))
             rgb, depth, acc, surf = (torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "depth", "acc", "surface_depth"))
             evals, albedo_evals = sum(o.evaluations for o in outs), sum(o.albedo_evaluations for o in outs)
+            spread_hint = None
+            bg_evals = evals * float((~mask_r).float().mean())  # the same schedule on every ray
         sync()
         t["volume"] = time.perf_counter()
         shaded = self.field.config.albedo
         nrm = None
+        normal_evals = 0
         if normals or shaded:
             # An albedo field is shaded with its own normals wherever the field is seen (mesh pixels
             # and silhouette pixels it partly covers), taken where the seen surface is: on a partly
@@ -256,9 +266,13 @@ class FaceSynthesizer:
             if shaded:
                 where = mask_r | (acc > SHADE_MIN_OPACITY)
                 spread = (0.0,) if quality == "preview" else self.renderer.config.shading_normal_spread
+                if spread_hint is not None:
+                    spread = spread_hint
                 nrm = self.renderer.normals(films, rays, surf, where, cond.offsets, spread)
+                normal_evals = int(where.sum()) * len(spread)
             else:
                 nrm = self.renderer.normals(films, rays, depth, mask_r, cond.offsets)
+                normal_evals = int(mask_r.sum())
             nrm = cond.to_view_frame(nrm)
         if shaded:
             # Colour only where the mesh guidance says the face can be seen (its pixels and the
@@ -282,8 +296,13 @@ class FaceSynthesizer:
         mesh_np = mesh_depth.reshape(b, size, size).float().cpu().numpy()
         mask_np = mask.reshape(b, size, size).cpu().numpy()
         nrm_np = None if nrm is None else nrm.reshape(b, size, size, 3).float().cpu().numpy()
+        face_px = int(mask_r.sum())
+        bg_px = b * r - face_px
+        split = dict(evals_per_face_pixel=(evals - bg_evals) / max(face_px, 1),
+                     evals_per_background_pixel=bg_evals / max(bg_px, 1), normal_evals_per_pixel=normal_evals / (b * r))
         return [RenderResult(img[i], depth_np[i], mesh_np[i], mask_np[i], None if nrm_np is None else nrm_np[i],
-                             dict(ms), evals / (b * r), yaws[i], pitches[i], albedo_evals / (b * r)) for i in range(b)]
+                             dict(ms), evals / (b * r), yaws[i], pitches[i], albedo_evals / (b * r), **split)
+                for i in range(b)]
 
     # ---- geometry queries ----------------------------------------------------------------------
     @torch.no_grad()

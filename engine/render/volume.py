@@ -31,6 +31,7 @@ from ..camera import OrbitCamera, Rays
 from ..config import from_dict, option
 from ..model.field import Film, OccupancyField
 from .integration import integrate, sample_pdf, stratified_depths
+from .surface_search import find_surface, grid_levels, interpolate
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,35 @@ class RenderConfig:
     fast_edge_samples: int = option(12, help="fast path: coarse and again fine samples per ring pixel",
                                     range=(1, 256))
     fast_half_precision: bool = option(True, help="fast path: fp16 autocast (CUDA only)")
+    # Albedo fields are occupancy-like (empty, then a step to solid at the surface), so the fast path
+    # can find the step instead of sampling across where it might be (engine/render/surface_search.py).
+    fast_surface: bool = option(True, help="fast path, albedo fields: search for the surface (a few evaluations "
+                                "per face pixel, none on background) instead of band samples")
+    surface_level: float = option(200.0, help="surface search: raw density that marks the surface (the solid "
+                                  "interior of our defaults is ~2000)", range=(0, None), open_low=True)
+    surface_step: float = option(0.0004, help="surface search: bracket width the search stops at, world units "
+                                 "(normals are steady within it)", range=(0, 0.1), open_low=True)
+    # The field is tied to the mesh (dist_depr); where it strays farther in front than surface_front
+    # (the closed lips in front of the 3DMM's mouth interior, say) it is drawn at that limit, which is
+    # what the mesh asks for there.
+    surface_front: float = option(0.002, help="surface search: how far in front of the mesh depth the surface is "
+                                  "looked for (a pixel solid all the way is drawn there), world units",
+                                  range=(0, 1), open_low=True)
+    surface_behind: float = option(0.012, help="surface search: how far behind the mesh depth the surface is "
+                                   "looked for (a pixel empty all the way is a hole), world units",
+                                   range=(0, 1), open_low=True)
+    surface_grid: int = option(32, help="surface search: pixels per image side solved first (from the mesh "
+                               "depth alone); finer pixels start from their offsets", range=(1, 4096))
+    surface_normal_spread: tuple[float, ...] = option((0.0,), help="surface search: depth offsets (world units) "
+                                                      "from the first point behind the surface step whose unit "
+                                                      "normals are averaged for shading", range=(-0.1, 0.1),
+                                                      items=(1, 16))
+    surface_normals_at: str = option("mesh", help="surface search: where a face pixel's shading normal is taken: "
+                                     "'mesh' (its ray at the mesh depth, where training ties the field's normals to "
+                                     "the mesh's) or 'surface' (just behind the surface step)", choices=("mesh", "surface"))
+    surface_ring_fraction: float = option(1 / 64, help="surface search: width of the searched ring of "
+                                          "background pixels around the silhouette, as a fraction of the image "
+                                          "side (at least one pixel)", range=(0, 1))
     # Albedo fields are shaded with the field's normals averaged over these axis-depth offsets around
     # the rendered depth: a single point's gradient is occasionally thrown by sub-millimetre
     # structure inside the surface band, which shows as a wrongly lit speck.
@@ -78,6 +108,7 @@ class RenderConfig:
         d = asdict(self)
         d["fast_behind"] = list(self.fast_behind)
         d["shading_normal_spread"] = list(self.shading_normal_spread)
+        d["surface_normal_spread"] = list(self.surface_normal_spread)
         return d
 
     @classmethod
@@ -93,6 +124,11 @@ class RenderConfig:
     def fast_face_samples(self) -> int:
         return self.fast_band_samples + len(self.fast_behind)
 
+
+# Surface search, silhouette ring: depths (world units, relative to the neighbours' surface depth)
+# where a ray beside the silhouette is sampled, and the least opacity drawn.
+RING_CHORD = (-0.003, 0.004, 0.011, 0.018, 0.025)
+RING_MIN_OPACITY = 0.01
 
 # An albedo field's colour is evaluated only where a sample's rendering weight exceeds this: the
 # samples left out change a pixel's integrated albedo by at most S times this (S samples per ray).
@@ -113,6 +149,12 @@ class VolumeOutput:
     evaluations: int
     albedo_evaluations: int = 0
     surface_depth: torch.Tensor | None = None
+    # Depth offsets whose normals should be averaged for shading at surface_depth (None: the
+    # renderer's configured spread). The surface search returns a point just inside the surface,
+    # where one normal is already steady.
+    normal_spread: tuple[float, ...] | None = None
+    # Of ``evaluations``: those spent on background rays (off the mesh mask); None where not split.
+    background_evaluations: int | None = None
 
 
 @dataclass
@@ -354,6 +396,8 @@ class VolumeRenderer:
         reference). Evaluations per pixel are at most max(face, background) samples. offsets and
         appearance_offsets as in :meth:`reference`.
         """
+        if self.field.config.albedo and self.config.fast_surface:
+            return self.fast_surface(film, rays, mesh_depth, mask, offsets, appearance_offsets)
         c, cam = self.config, self.camera.config
         b, r = rays.directions.shape[:2]
         dev = rays.directions.device
@@ -369,17 +413,18 @@ class VolumeRenderer:
         edge_z = torch.linspace(cam.ray_start, cam.ray_end, c.fast_edge_samples, device=dev)
         ring = self.silhouette_ring(mask, rays.height, rays.width)
         albedo = self.field.config.albedo
-        evals = albedo_evals = 0
+        evals = albedo_evals = bg_evals = 0
         with self._autocast(dev):
             for i in range(b):
                 f_i = film.index(slice(i, i + 1))
                 groups = ((mask[i], lambda idx: mesh_depth[i, idx][:, None] + face_off, False),
                           (ring[i], lambda idx: edge_z.expand(idx.shape[0], -1), True),
                           (~mask[i] & ~ring[i], lambda idx: bg_z.expand(idx.shape[0], -1), False))
-                for sel, z_of, hierarchical in groups:
+                for group, (sel, z_of, hierarchical) in enumerate(groups):
                     idx = sel.nonzero().squeeze(-1)
                     if idx.numel() == 0:
                         continue
+                    before = evals
                     z = z_of(idx)[None].float()  # (1, n, S)
                     d = rays.directions[i:i + 1, idx]
                     off = None if offsets is None else offsets[i:i + 1, idx]
@@ -394,6 +439,8 @@ class VolumeRenderer:
                         sigma = torch.cat([sigma, sigma_f], -1).gather(-1, order)
                         if rgb is not None:
                             rgb = torch.cat([rgb, rgb_f], -2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
+                    if group > 0:  # the ring and the rest of the background
+                        bg_evals += evals - before
                     out = self._integrate(rgb, sigma, z)
                     if albedo:
                         app = None if appearance_offsets is None else appearance_offsets[i:i + 1, idx]
@@ -405,7 +452,107 @@ class VolumeRenderer:
                     depth_out[i, idx] = out.depth[0]
                     acc_out[i, idx] = out.acc[0]
                     surf_out[i, idx] = surface_depth(out, z, c.last_back)[0]
-        return VolumeOutput(rgb_out, depth_out, acc_out, evals, albedo_evals, surf_out)
+        return VolumeOutput(rgb_out, depth_out, acc_out, evals, albedo_evals, surf_out,
+                            background_evaluations=bg_evals)
+
+    def surface_ring_pixels(self, h: int, w: int) -> int:
+        """Width (pixels) of the background ring the surface search looks at (at least 1)."""
+        return max(1, round(self.config.surface_ring_fraction * max(h, w)))
+
+    @torch.no_grad()
+    def fast_surface(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor,
+                     offsets: torch.Tensor | None = None,
+                     appearance_offsets: torch.Tensor | None = None) -> VolumeOutput:
+        """The fast path of albedo fields (:mod:`.surface_search`): the surface found per pixel, drawn
+        opaque. Mesh pixels are searched coarse to fine from the mesh depth; a ring of background
+        pixels ``surface_ring_pixels`` wide from the neighbouring surface depth; the rest of the
+        background is empty (depth ray_end, opacity 0) without an evaluation. rgb is the albedo
+        just behind the surface step, where ``surface_depth`` (the normals' point) is too; depth is
+        the step's depth (within surface_step / 2). Same arguments as :meth:`fast`."""
+        c, cam = self.config, self.camera.config
+        b, r = rays.directions.shape[:2]
+        h, w = rays.height, rays.width
+        dev = rays.directions.device
+        rgb_out = torch.zeros(b, r, 3, device=dev)
+        depth_out = torch.full((b, r), float(cam.ray_end), device=dev)
+        acc_out = torch.zeros(b, r, device=dev)
+        surf_out = torch.full((b, r), float(cam.ray_end), device=dev)
+        levels = grid_levels(h, w, max(1, max(h, w) // c.surface_grid), device=dev)
+        ring_px = self.surface_ring_pixels(h, w)
+        evals = albedo_evals = bg_evals = 0
+        with self._autocast(dev):
+            for i in range(b):
+                f_i = film.index(slice(i, i + 1))
+                off_i = None if offsets is None else offsets[i]
+
+                def density_at(idx: torch.Tensor, rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                    pix = idx[rows]
+                    o = rays.origins[i] if off_i is None else rays.origins[i] + off_i[pix]
+                    p = o + rays.directions[i, pix] * t[:, None]
+                    return self.density(f_i, p[None, :, None, :])[0, :, 0]
+
+                md = mesh_depth[i]
+                offset = torch.zeros(r, device=dev)
+                solved = torch.zeros(r, dtype=torch.bool, device=dev)
+                hit = torch.zeros(r, dtype=torch.bool, device=dev)
+                lo_all = torch.zeros(r, device=dev)
+                hi_all = torch.zeros(r, device=dev)
+                opacity = torch.ones(r, device=dev)
+                for j, (pixels, stride) in enumerate(levels):
+                    idx = (pixels & mask[i]).nonzero().squeeze(-1)
+                    if idx.numel() == 0:
+                        continue
+                    guess = md[idx]
+                    if j > 0:
+                        est, near = interpolate(offset, solved, h, w, 2 * stride)
+                        guess = guess + torch.where(near[idx], est[idx], torch.zeros_like(guess))
+                    br = find_surface(lambda rows, t: density_at(idx, rows, t), guess, md[idx] - c.surface_front,
+                                      md[idx] + c.surface_behind, c.surface_level, c.surface_step)
+                    evals += br.evaluations
+                    offset[idx] = br.depth - md[idx]
+                    solved[idx] = br.found
+                    hit[idx], lo_all[idx], hi_all[idx] = br.found, br.lo, br.hi
+                ring = self.silhouette_ring(mask[i:i + 1], h, w, ring_px)[0]
+                idx = ring.nonzero().squeeze(-1)
+                if idx.numel() and bool(solved.any()):
+                    est, near = interpolate(torch.where(solved, md + offset, md), solved, h, w, ring_px + 1)
+                    idx = idx[near[idx]]
+                    # A ray just beside a convex silhouette meets the field (if at all) where it is
+                    # tangent, centimetres behind where its neighbours inside the silhouette meet it
+                    # (a head of radius R seen a pixel p inside its edge: sqrt(2 R p), 1.7 cm at 128 px),
+                    # and often only its thin outer layer, whose density stays below the surface level
+                    # but adds up over the long chord. So its opacity is integrated from samples along
+                    # that stretch rather than searched for.
+                    z = est[idx, None] + torch.tensor(RING_CHORD, device=dev)
+                    rows = torch.arange(idx.numel(), device=dev)
+                    sig = torch.stack([density_at(idx, rows, z[:, k]) for k in range(z.shape[1])], -1)
+                    evals += sig.numel()
+                    bg_evals += sig.numel()
+                    chord = self._integrate(None, sig, z, last_back=False)
+                    seen = chord.acc > RING_MIN_OPACITY
+                    idx, cw, z, op = idx[seen], chord.weights[seen], z[seen], chord.acc[seen]
+                    at = (cw * z).sum(-1) / op
+                    hit[idx], opacity[idx] = True, op
+                    lo_all[idx] = hi_all[idx] = at
+                idx = hit.nonzero().squeeze(-1)
+                op = opacity[idx]
+                depth_out[i, idx] = op * 0.5 * (lo_all[idx] + hi_all[idx]) + (1 - op) * cam.ray_end
+                surf_out[i, idx] = hi_all[idx]
+                if c.surface_normals_at == "mesh":
+                    on = idx[mask[i, idx]]
+                    surf_out[i, on] = md[on]
+                acc_out[i, idx] = op
+                if idx.numel():
+                    o = rays.origins[i] if appearance_offsets is None else rays.origins[i] + appearance_offsets[i, idx]
+                    pts = o + rays.directions[i, idx] * hi_all[idx, None]
+                    chunk = c.chunk_points
+                    for start in range(0, idx.numel(), chunk):
+                        sl = slice(start, start + chunk)
+                        # An albedo is a reflectance in [0, 1] (see albedo_integral).
+                        rgb_out[i, idx[sl]] = self.field.albedo(pts[sl][None], f_i)[0].float().clamp(0, 1) * op[sl, None]
+                    albedo_evals += idx.numel()
+        return VolumeOutput(rgb_out, depth_out, acc_out, evals, albedo_evals, surf_out, normal_spread=c.surface_normal_spread,
+                            background_evaluations=bg_evals)
 
     def _evaluate_at(self, film: Film, points: torch.Tensor, dirs: torch.Tensor):
         """(rgb (1, n, S, 3) or None for an albedo field, sigma (1, n, S) float32) at points (1, n, S, 3)."""
@@ -428,9 +575,10 @@ class VolumeRenderer:
         c = self.config
         return 0 if c.fast_edge_pixels <= 0 else max(c.fast_edge_pixels, round(c.fast_edge_fraction * max(h, w)))
 
-    def silhouette_ring(self, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(B, R) mesh mask -> (B, R) background pixels within ``fast_edge_pixels`` of it."""
-        k = self.silhouette_ring_pixels(h, w)
+    def silhouette_ring(self, mask: torch.Tensor, h: int, w: int, pixels: int | None = None) -> torch.Tensor:
+        """(B, R) mesh mask -> (B, R) background pixels within ``pixels`` (default
+        :meth:`silhouette_ring_pixels`) of it."""
+        k = self.silhouette_ring_pixels(h, w) if pixels is None else pixels
         if k <= 0:
             return torch.zeros_like(mask)
         m = mask.reshape(-1, 1, h, w).float()
