@@ -34,7 +34,7 @@ __all__ = [
 # module, and with it ``cgof --help``, costs no more than the eager imports above.
 _LAZY: dict[str, tuple[str, ...]] = {
     ".model.latent": ("MAX_SIGMA", "SPEC_GROUPS"),
-    ".model.field": ("EXPRESSION_CONDITIONING",),
+    ".model.field": ("CAPTURE_MODES", "EXPRESSION_CONDITIONING"),
     ".model.io": ("save_facemodel",),
     ".model.morphable": ("default_facemodel_path",),
     ".model.preview": ("render_facemodel",),
@@ -48,7 +48,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".eval": ("EvalConfig", "evaluate"),
     ".appearance_eval": ("APPEARANCE_GOALS", "AppearanceEvalConfig", "evaluate_appearance"),
     ".official": ("import_official",),
-    ".render.bench_raster": ("bench_raster",),
+    ".render.bench_raster": ("bench_raster", "compare_raster"),
     ".render.bench_render": ("bench_render",),
     ".train.warmup": ("WarmupConfig", "run_warmup"),
     ".train.colour": ("ColourFitConfig", "run_colour_fit"),

@@ -117,9 +117,13 @@ class FaceSynthesizer:
 
     def __init__(self, field: OccupancyField, facemodel: MorphableModel, layout: LatentLayout,
                  camera: OrbitCamera | None = None, render_config: RenderConfig | None = None,
-                 device: str | torch.device = "cpu", checkpoint: Path | None = None, provenance: dict | None = None):
+                 device: str | torch.device = "cpu", checkpoint: Path | None = None, provenance: dict | None = None,
+                 capture: str = "auto"):
         self.device = resolve_device(device)
         self.field = field.to(self.device).eval().requires_grad_(False)
+        # The field's no-grad evaluations through torch.compile (CUDA graphs with "graphs"): "auto"
+        # compiles on CUDA and leaves the CPU eager (OccupancyField.set_capture).
+        self.capture = self.field.set_capture(capture, self.device)
         self.facemodel = facemodel.to(self.device)
         self.layout = layout
         self.camera = camera or OrbitCamera(CameraConfig())
@@ -135,11 +139,12 @@ class FaceSynthesizer:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, facemodel: str | Path | MorphableModel | None = None,
              device: str | torch.device = "auto", render_config: RenderConfig | None = None,
-             coeff_dist: str | Path | None = None) -> "FaceSynthesizer":
+             coeff_dist: str | Path | None = None, capture: str = "auto") -> "FaceSynthesizer":
         """``checkpoint`` None = the embedded default; ``facemodel`` None = the one the checkpoint
         was trained for when that is the embedded synthetic model (otherwise it must be given);
         ``coeff_dist``: cGOF's coeff_distribution_L.npz for a BFM (the statistics must be those the
-        checkpoint was made with)."""
+        checkpoint was made with); ``capture``: "auto" | "off" | "compile" | "graphs", see
+        :meth:`engine.model.field.OccupancyField.set_capture`."""
         from .model.io import load_facemodel
 
         dev = resolve_device(device)
@@ -161,7 +166,7 @@ class FaceSynthesizer:
                             "pass it with --facemodel PATH")
         check_facemodel(info, fm)
         rc = render_config or RenderConfig.from_dict(info.render)
-        return cls(fld, fm, info.layout, OrbitCamera(info.camera), rc, dev, ckpt, info.provenance)
+        return cls(fld, fm, info.layout, OrbitCamera(info.camera), rc, dev, ckpt, info.provenance, capture)
 
     # ---- conditioning --------------------------------------------------------------------------
     @property

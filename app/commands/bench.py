@@ -20,6 +20,7 @@ def _sizes(text: str) -> list[int]:
 
 def register(sub):
     p = sub.add_parser("bench", help="timing figures (rasteriser, renderer, training)")
+    from engine.api import CAPTURE_MODES
     what = p.add_subparsers(dest="bench_command", metavar="WHAT")
     what.required = True
 
@@ -32,6 +33,10 @@ def register(sub):
     r.add_argument("--mesh", default="face", choices=("face", "sphere"),
                    help="the face model's mean shape (default) or a procedural 10k-vertex sphere")
     r.add_argument("--facemodel", metavar="PATH", default=None, help="face model file (default: embedded)")
+    r.add_argument("--compare", action="store_true",
+                   help="instead of timing: nvdiffrast against the torch rasteriser on the face model's meshes "
+                        "and a sphere at several poses (mask IoU, depth error); needs CUDA, says so in one line "
+                        "otherwise; exit 1 when a case misses the agreement thresholds")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     add_quiet_arg(r)
     r.set_defaults(handler=_raster)
@@ -42,6 +47,12 @@ def register(sub):
     q.add_argument("--reference-repeats", type=int, default=3, help="timed reference-path runs per size (default 3)")
     q.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     q.add_argument("--checkpoint", metavar="DIR", default=None, help="checkpoint folder (default: embedded)")
+    q.add_argument("--widths", type=_widths, default=[],
+                   help="also time random-weight fields of these widths, comma-separated (e.g. 256, the "
+                        "reference's; speed only)")
+    q.add_argument("--capture", default="auto", choices=CAPTURE_MODES,
+                   help="the field's no-grad evaluations: auto (torch.compile on CUDA, eager on the CPU), off, "
+                        "compile, or graphs (CUDA graphs, CUDA only); default auto")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     add_quiet_arg(q)
     q.set_defaults(handler=_render)
@@ -54,14 +65,28 @@ def register(sub):
     t.add_argument("--steps", type=int, default=3, help="timed steps per curriculum (default 3)")
     t.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    t.add_argument("--samplings", default="reference,mesh",
+                   help="comma-separated training schedules to time: reference, mesh (default both)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     add_quiet_arg(t)
     t.set_defaults(handler=_train)
 
 
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 256") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected field widths >= 1")
+    return widths
+
+
 def _raster(args) -> int:
     from engine.api import CgofError, bench_raster
 
+    if args.compare:
+        return _compare(args)
     if args.repeats < 1:
         raise CgofError("--repeats must be >= 1")
     with Progress(args, "bench raster", "size") as bar:
@@ -82,6 +107,30 @@ def _raster(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from engine.api import compare_raster
+
+    facemodel = args.facemodel
+    with Progress(args, "bench raster --compare", "size") as bar:
+        bar.update(0, 1)
+        out = compare_raster(sizes=args.sizes, device=args.device, facemodel=facemodel)
+        bar.update(1, 1)
+    if args.json:
+        print(json.dumps(out))
+    elif out["status"] == "skipped":
+        print(f"bench raster --compare: skipped: {out['reason']}")
+    else:
+        print(f"{'mesh':<12} {'yaw':>5} {'pitch':>5} {'size':>5} {'IoU':>8} {'same tri':>8} {'depth mean':>10} "
+              f"{'depth max':>10} {'within':>7} ok")
+        for c in out["cases"]:
+            print(f"{c['mesh']:<12} {c['yaw_deg']:>5.0f} {c['pitch_deg']:>5.0f} {c['size']:>5} {c['mask_iou']:>8.4f} "
+                  f"{c['same_triangle']:>8.4f} {c['depth_err_mean']:>10.2e} {c['depth_err_max']:>10.2e} "
+                  f"{c['depth_within_tol']:>7.4f} {'yes' if c['ok'] else 'NO'}")
+        print(f"{out['status']}: min IoU {out['min_mask_iou']}, max depth error {out['max_depth_err']:.2e}"
+              + (f" ({out['reason']})" if out["reason"] else ""))
+    return 1 if out["status"] == "failed" else 0
+
+
 def _render(args) -> int:
     from engine.api import CgofError, bench_render  # imported only when used
 
@@ -89,8 +138,10 @@ def _render(args) -> int:
         raise CgofError("--repeats and --reference-repeats must be >= 1")
     with Progress(args, "bench render", "size") as bar:
         bar.update(0, len(args.sizes))
+        total = len(args.sizes) * (1 + len(args.widths))
         out = bench_render(sizes=args.sizes, repeats=args.repeats, reference_repeats=args.reference_repeats,
-                           device=args.device, checkpoint=args.checkpoint, log=_logger(args, bar, len(args.sizes)))
+                           device=args.device, checkpoint=args.checkpoint, widths=args.widths, capture=args.capture,
+                           log=_logger(args, bar, total))
     if args.json:
         print(json.dumps(out))
         return 0
@@ -131,10 +182,13 @@ def _train(args) -> int:
         raise CgofError("--steps must be >= 1 and --warmup >= 0")
     size = args.size or (64 if resolve_device(args.device).type == "cuda" else 32)
     names = [c.strip() for c in args.curricula.split(",") if c.strip()]
+    samplings = [s.strip() for s in args.samplings.split(",") if s.strip()]
+    if not samplings or any(s not in ("reference", "mesh") for s in samplings):
+        raise CgofError(f"--samplings {args.samplings!r}: expected reference and/or mesh, comma-separated")
     with Progress(args, "bench train", "curriculum") as bar:
-        bar.update(0, len(names))
+        bar.update(0, len(names) * len(samplings))
         out = bench_train(names, size=size, steps=args.steps, warmup=args.warmup, device=args.device,
-                          log=_logger(args, bar, len(names)))
+                          samplings=samplings, log=_logger(args, bar, len(names) * len(samplings)))
     if args.json:
         print(json.dumps(out))
     else:

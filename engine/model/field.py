@@ -12,6 +12,7 @@ ray directions scaled so camera-space z = -1 (not unit length), as in the refere
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,6 +31,8 @@ MAX_WIDTH = 4096
 MAX_LAYERS = 64
 MAX_Z_DIM = 6 * 4096
 MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights
+# Capture of the density trunk's no-grad evaluations (:meth:`OccupancyField.set_capture`).
+CAPTURE_MODES = ("auto", "off", "compile", "graphs")
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,8 @@ class OccupancyField(nn.Module):
         self.mapping_network = MappingNetwork(c.z_dim, c.mapping_hidden, 2 * c.film_dim)
         self.warp_scale = 2.0 / c.box_size
         self._avg_film: Film | None = None
+        self._capture = "off"  # see set_capture
+        self._captured = None
         self.reset_parameters()
 
     # ---- initialisation (pi-GAN's; docs/reference.md, 'Occupancy field (FiLM-SIREN)') --------
@@ -321,12 +326,58 @@ class OccupancyField(nn.Module):
 
     # ---- evaluation ---------------------------------------------------------------------------
     def _trunk(self, points: torch.Tensor, film: Film) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.config.width
         freqs = film.freqs * FREQ_SCALE + FREQ_SHIFT
-        x = points * self.warp_scale
-        for i, layer in enumerate(self.network):
-            x = layer(x, freqs[:, i * w:(i + 1) * w], film.phases[:, i * w:(i + 1) * w])
-        return x, freqs
+        if self._capture != "off" and not torch.is_grad_enabled():
+            x = self._captured_trunk(points, freqs, film.phases)
+            if x is not None:
+                return x, freqs
+        return _trunk_tensors(self, points, freqs, film.phases), freqs
+
+    # ---- capture of no-grad evaluations (torch.compile; CUDA graphs on CUDA) ---------------------
+    def set_capture(self, mode: str = "auto", device: torch.device | str | None = None) -> str:
+        """Run the density trunk's no-grad evaluations (the fast path, the reference schedule's
+        passes, density queries) through ``torch.compile``; returns the mode in effect.
+
+        mode: "off"; "compile" (inductor with dynamic shapes: one compilation, at the first call,
+        serves every point count); "graphs" (CUDA only: inductor with CUDA graphs, torch.compile's
+        "reduce-overhead"; point counts are padded up to one of a few sizes per octave so that a
+        handful of recorded graphs serve every frame); "auto": "compile" on a CUDA device where
+        Triton is present, "off" elsewhere. ``device``: where the field runs (default: its
+        parameters'). Evaluations with autograd (training, normals) always run eagerly, so gradients
+        and the CPU default are unchanged. A capture that fails at run time warns once and the field
+        evaluates eagerly from then on.
+        """
+        mode, note = resolve_capture(mode, device if device is not None else _param_device(self))
+        if note:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+        self._capture, self._captured = mode, None
+        return mode
+
+    @property
+    def capture(self) -> str:
+        """The capture mode in effect: "off", "compile" or "graphs" (:meth:`set_capture`)."""
+        return self._capture
+
+    def _captured_trunk(self, points: torch.Tensor, freqs: torch.Tensor, phases: torch.Tensor):
+        """The trunk through the captured function, or None after a failure (then eager from now on)."""
+        try:
+            if self._captured is None:
+                kw = {"mode": "reduce-overhead"} if self._capture == "graphs" else {"dynamic": True}
+                self._captured = torch.compile(_trunk_tensors, **kw)
+            if self._capture != "graphs":
+                return self._captured(self, points, freqs, phases)
+            n = points.shape[1]
+            m = capture_bucket(n)
+            padded = torch.nn.functional.pad(points, (0, 0, 0, m - n)) if m > n else points
+            torch.compiler.cudagraph_mark_step_begin()
+            # A graph's output buffer is overwritten by its next replay: copy out what this call keeps.
+            return self._captured(self, padded.contiguous(), freqs, phases)[:, :n].clone()
+        except Exception as exc:  # noqa: BLE001 - any failure of the captured path falls back to eager
+            first = (str(exc).splitlines() or [""])[0][:200]
+            warnings.warn(f"field capture {self._capture!r} failed ({type(exc).__name__}: {first}); "
+                          "evaluating eagerly from now on", RuntimeWarning, stacklevel=3)
+            self._capture, self._captured = "off", None
+            return None
 
     def forward(self, points: torch.Tensor, dirs: torch.Tensor, film: Film) -> tuple[torch.Tensor, torch.Tensor]:
         """points, dirs (B, N, 3) -> rgb (B, N, 3), sigma (B, N, 1) (see the class docstring)."""
@@ -401,3 +452,62 @@ class OccupancyField(nn.Module):
             (g,) = torch.autograd.grad(sigma.sum(), p, create_graph=create_graph)
         n = -g / (g.norm(dim=-1, keepdim=True) + 1e-7)
         return torch.nan_to_num(n.clamp(-1, 1), nan=0.0)
+
+
+# ---- capture helpers (OccupancyField.set_capture) ------------------------------------------------
+def _trunk_tensors(field: OccupancyField, points: torch.Tensor, freqs: torch.Tensor,
+                   phases: torch.Tensor) -> torch.Tensor:
+    """The FiLM-SIREN trunk on tensors: points (B, N, 3) world, scaled frequencies and raw phases
+    (B, (L+1)*W) -> features (B, N, W). A free function taking the module, so that one compiled
+    version serves every field (a copy of one included), each under its own guards."""
+    w = field.config.width
+    x = points * field.warp_scale
+    for i, layer in enumerate(field.network):
+        x = layer(x, freqs[:, i * w:(i + 1) * w], phases[:, i * w:(i + 1) * w])
+    return x
+
+
+def _param_device(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def capture_available() -> tuple[bool, str]:
+    """(True, "") where ``torch.compile`` can build CUDA kernels (Triton importable), else (False, why)."""
+    if not hasattr(torch, "compile"):
+        return False, "this torch has no torch.compile"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False, "Triton is not installed"
+    return True, ""
+
+
+def resolve_capture(mode: str, device: torch.device | str) -> tuple[str, str]:
+    """A requested capture mode and the field's device -> (mode in effect, a one-line note or "").
+
+    "auto" -> "compile" on CUDA with Triton, "off" elsewhere (no note: the CPU default is plain
+    eager evaluation); "graphs" off CUDA -> "off" with a note; "compile" is honoured on the CPU too
+    (inductor's C++ backend: it needs a C++ compiler, and its first call compiles for a while)."""
+    if mode not in CAPTURE_MODES:
+        raise ValueError(f"capture {mode!r}: expected one of {', '.join(CAPTURE_MODES)}")
+    kind = torch.device(device).type
+    if mode == "off" or (mode == "auto" and kind != "cuda"):
+        return "off", ""
+    if mode == "graphs" and kind != "cuda":
+        return "off", f"capture graphs needs a CUDA device (the field is on {kind}); evaluating eagerly"
+    if kind == "cuda":
+        ok, why = capture_available()
+        if not ok:
+            return "off", f"capture {mode}: {why}; evaluating eagerly"
+    return ("compile" if mode == "auto" else mode), ""
+
+
+def capture_bucket(n: int, per_octave: int = 4) -> int:
+    """The padded point count for CUDA-graph capture: at least 256, else n rounded up to a multiple
+    of 2**floor(log2 n) / per_octave (``per_octave`` a power of two), i.e. one of ``per_octave``
+    sizes per octave, so at most 1/per_octave of a call is padding and a few graphs serve all."""
+    if n <= 256:
+        return 256
+    step = max(1, (1 << (n.bit_length() - 1)) // per_octave)
+    return -(-n // step) * step

@@ -1,5 +1,9 @@
 """``cgof bench render``: ms per frame of the fast and reference paths, evaluations per pixel, and
-PSNR of fast vs reference on the same weights and pose. Figures for notes, never timed tests."""
+PSNR of fast vs reference on the same weights and pose. Figures for notes, never timed tests.
+
+``capture`` chooses how the field's no-grad evaluations run (OccupancyField.set_capture: "auto"
+compiles on CUDA, eager on the CPU); each row's ``first_frame_ms`` is the untimed warm-up frame, which
+holds any compilation or graph recording."""
 
 from __future__ import annotations
 
@@ -41,7 +45,10 @@ def bench_synth(synth, sizes=(64, 128, 256), repeats: int = 10, reference_repeat
     spec = FaceSpec.random(synth.layout, seed=seed, psi=0.7)
     rows = []
     for size in sizes:
-        synth.render(spec, yaw, pitch, size, "fast", normals=False)  # warm caches (mapping, kernels)
+        t0 = time.perf_counter()
+        synth.render(spec, yaw, pitch, size, "fast", normals=False)  # warm caches (mapping, kernels, capture)
+        sync()
+        first = (time.perf_counter() - t0) * 1000
         fast = _time(lambda: synth.render(spec, yaw, pitch, size, "fast", normals=False), repeats, sync)
         fast_n = _time(lambda: synth.render(spec, yaw, pitch, size, "fast", normals=True), max(3, repeats // 3), sync)
         f = synth.render(spec, yaw, pitch, size, "fast", normals=False)
@@ -52,6 +59,8 @@ def bench_synth(synth, sizes=(64, 128, 256), repeats: int = 10, reference_repeat
             "size": size,
             "fast_ms_median": round(statistics.median(fast), 2),
             "fast_ms_p90": round(float(np.percentile(fast, 90)), 2),
+            "fast_fps": round(1000 / max(statistics.median(fast), 1e-6), 1),
+            "first_frame_ms": round(first, 1),
             "fast_with_normals_ms_median": round(statistics.median(fast_n), 2),
             "fast_evals_per_pixel": round(f.evals_per_pixel, 3),
             "fast_albedo_evals_per_pixel": round(f.albedo_evals_per_pixel, 3),
@@ -70,13 +79,24 @@ def bench_synth(synth, sizes=(64, 128, 256), repeats: int = 10, reference_repeat
 
 
 def bench_render(sizes=(64, 128, 256), repeats: int = 10, reference_repeats: int = 3, device="auto",
-                 checkpoint=None, widths=(), log=None) -> dict:
+                 checkpoint=None, widths=(), log=None, capture: str = "auto") -> dict:
     """Benchmark the default (or given) checkpoint; ``widths`` adds random-weight fields of those
-    widths (e.g. 256, the reference) on the same face model for speed only (no PSNR meaning)."""
-    from ..model.field import FieldConfig, OccupancyField
+    widths (e.g. 256, the reference) on the same face model for speed only (no PSNR meaning).
+    ``capture``: "auto" | "off" | "compile" | "graphs" (see the module docstring)."""
+    import warnings
+
+    from ..device import resolve_device
+    from ..errors import CgofError
+    from ..model.field import CAPTURE_MODES, FieldConfig, OccupancyField, resolve_capture
     from ..synthesizer import FaceSynthesizer
 
-    synth = FaceSynthesizer.load(checkpoint=checkpoint, device=device)
+    if capture not in CAPTURE_MODES:
+        raise CgofError(f"bench render: --capture {capture!r}: expected one of {', '.join(CAPTURE_MODES)}")
+    effective, note = resolve_capture(capture, resolve_device(device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the note is in the result ("capture_note")
+        synth = FaceSynthesizer.load(checkpoint=checkpoint, device=device, capture=capture)
+    half = synth.device.type == "cuda" and synth.renderer.config.fast_half_precision
     result = {
         "device": str(synth.device),
         "device_name": torch.cuda.get_device_name(synth.device) if synth.device.type == "cuda" else platform.processor() or platform.machine(),
@@ -85,13 +105,25 @@ def bench_render(sizes=(64, 128, 256), repeats: int = 10, reference_repeats: int
         "checkpoint": str(synth.checkpoint),
         "field_width": synth.field.config.width,
         "appearance": synth.field.config.appearance,
+        "capture_requested": capture,
+        "capture": effective,
+        "capture_note": note,
+        "fast_half_precision": half,
+        "rasterizer": synth.rasterizer.backend,
         "reference_schedule_evals_per_pixel": REFERENCE_EVALS_PER_PIXEL,
         "target_fast_evals_per_pixel": REFERENCE_EVALS_PER_PIXEL / 8,
         "rows": bench_synth(synth, sizes, repeats, reference_repeats, log=log),
     }
+    captured = {"default": synth}
     for w in widths:
         torch.manual_seed(0)
         fld = OccupancyField(FieldConfig(z_dim=synth.layout.dim, width=int(w)))
-        other = FaceSynthesizer(fld, synth.facemodel, synth.layout, synth.camera, synth.renderer.config, synth.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            other = FaceSynthesizer(fld, synth.facemodel, synth.layout, synth.camera, synth.renderer.config,
+                                    synth.device, capture=capture)
         result[f"random_field_width_{w}"] = bench_synth(other, sizes, repeats, reference_repeats, log=log)
+        captured[f"random_field_width_{w}"] = other
+    # The mode each field ended in: a capture that failed at run time fell back to eager ("off").
+    result["capture_at_end"] = {k: s.field.capture for k, s in captured.items()}
     return result

@@ -87,7 +87,8 @@ class MeshRasterizer:
     """Rasterises triangle meshes through :class:`OrbitCamera` poses.
 
     ``device``: 'auto' | 'cpu' | 'cuda[:k]' | torch.device; inputs are moved there and outputs live
-    there. ``backend``: 'auto' (nvdiffrast on CUDA devices, torch otherwise), 'torch' or 'nvdiffrast'.
+    there. ``backend``: 'auto' (nvdiffrast on CUDA devices where it is installed, with one warning
+    and the torch backend where it is not; torch otherwise), 'torch' or 'nvdiffrast'.
     Back faces are not culled (a mesh seen from behind still renders; the nearest surface wins).
     """
 
@@ -97,7 +98,7 @@ class MeshRasterizer:
         if backend not in ("auto", "torch", "nvdiffrast"):
             raise CgofError(f"rasterizer backend {backend!r}: expected auto, torch or nvdiffrast")
         if backend == "auto":
-            backend = "nvdiffrast" if self.device.type == "cuda" else "torch"
+            backend = "nvdiffrast" if self.device.type == "cuda" and _nvdiffrast_installed() else "torch"
         if backend == "nvdiffrast" and self.device.type != "cuda":
             raise CgofError(f"rasterizer backend nvdiffrast needs a CUDA device, got {self.device}")
         self.backend = backend
@@ -218,6 +219,27 @@ class MeshRasterizer:
         # Axis depth is linear in 3D, so perspective-correct interpolation reproduces it exactly.
         frags.depth = interpolate(frags, z[..., None], triangles)[..., 0]
         return frags
+
+
+_NVDIFFRAST_FOUND: bool | None = None
+
+
+def _nvdiffrast_installed() -> bool:
+    """Whether ``nvdiffrast.torch`` can be found (not imported: its kernels build at first use); warns
+    once when it cannot, since 'auto' then takes the torch backend on CUDA."""
+    global _NVDIFFRAST_FOUND
+    if _NVDIFFRAST_FOUND is None:
+        import importlib.util
+        import warnings
+
+        try:
+            _NVDIFFRAST_FOUND = importlib.util.find_spec("nvdiffrast.torch") is not None
+        except ModuleNotFoundError:
+            _NVDIFFRAST_FOUND = False
+        if not _NVDIFFRAST_FOUND:
+            warnings.warn("rasterizer: nvdiffrast is not installed (pip install diffrp-nvdiffrast); the torch "
+                          "backend rasterises on CUDA instead", RuntimeWarning, stacklevel=3)
+    return _NVDIFFRAST_FOUND
 
 
 def _empty(b: int, h: int, w: int, device) -> Fragments:
