@@ -2,7 +2,8 @@
 """Open the cGOF Studio editor.
 
     python launch.py [--host 127.0.0.1] [--port 7860] [--checkpoint DIR] [--facemodel PATH] [--coeff-dist NPZ]
-                     [--device auto] [--max-request-cost M] [--auth USER:PASSWORD | --auth-file FILE] [--insecure]
+                     [--device auto] [--max-request-cost M] [--max-batch N]
+                     [--auth USER:PASSWORD | --auth-file FILE] [--insecure]
 
 The model is loaded (and checked) before the UI is built: a bad checkpoint or face model prints one
 line on stderr and exits with code 2, as does a busy port or a public --host without a login.
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request the server accepts, in millions of field evaluations (pixels x "
                         "evaluations per pixel x frames; reference quality ~81/px with normals, fast ~16); "
                         "default: the most the editor's own controls ask for (a 48-frame 128 px reference GIF)")
+    p.add_argument("--max-batch", type=int, default=None, metavar="N",
+                   help="render up to N waiting requests of different sessions (same size, quality and views) "
+                        "in one batch, 1..64 (default 8; 1 = one render at a time)")
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="require this login for the page and the API (visible to other local users in the "
                         "process list: prefer --auth-file)")
@@ -149,6 +153,8 @@ def _main(argv: list[str] | None) -> int:
     if args.max_request_cost is not None and not (args.max_request_cost > 0 and args.max_request_cost < 1e9):
         return _error(f"--max-request-cost {args.max_request_cost:g}: expected a positive number of millions "
                       "of evaluations")
+    if args.max_batch is not None and not 1 <= args.max_batch <= 64:
+        return _error(f"--max-batch {args.max_batch}: expected 1..64")
     if not is_loopback(args.host) and auth is None:
         if not args.insecure:
             return _error(f"--host {args.host} serves beyond this machine without a login; add --auth USER:PASSWORD "
@@ -189,7 +195,7 @@ def _main(argv: list[str] | None) -> int:
         max_cost = None if args.max_request_cost is None else args.max_request_cost * 1e6
         try:
             server = create_server(synth, workdir, preview_size=args.preview_size or "auto", remove_workdir=True,
-                                   max_cost=max_cost)
+                                   max_cost=max_cost, max_batch=args.max_batch)
         except CgofError as exc:
             return _error(str(exc))
         except Exception as exc:  # the first render failed: the model does not work, do not serve it
@@ -202,8 +208,9 @@ def _main(argv: list[str] | None) -> int:
             launch(server, host=args.host, port=port, block=False, auth=auth)
         except OSError as exc:
             return _error(f"cannot serve on {args.host}:{port}: {_one_line(exc)}")
+        batch = f"batches of up to {svc.batcher.max_batch}" if svc.batcher.max_batch > 1 else "one render at a time"
         print(f"cGOF Studio: model on {synth.device}; live preview {svc.preview_size} px{measured}; "
-              f"request limit {svc.max_cost / 1e6:.1f} M evaluations{login}; "
+              f"request limit {svc.max_cost / 1e6:.1f} M evaluations; {batch}{login}; "
               f"serving http://{args.host}:{port} (Ctrl+C to stop)", flush=True)
         forever = threading.Event()
         while not forever.wait(3600):  # the signal handlers end this wait

@@ -24,6 +24,12 @@ the queue only delays itself. Exports run at a lower weight than interactive ren
 The device never idles while a job waits (work-conserving): alone, a GIF runs at full speed.
 
 Re-entrant per thread: a thread that holds the device may take it again (nested calls).
+
+Batching (``app.batcher``): a job may carry a ``job`` object. The thread that holds the device may
+:meth:`~FairDevice.claim` waiting jobs to run them together with its own (one ``render_many`` call):
+at most one per session, smallest tags first, so a session that floods the queue still gets one
+seat per batch, and a batch is one device job whose time is charged to its sessions in proportion
+to their costs. A claimed job's :meth:`~FairDevice.acquire` returns False: the claimer does its work.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import itertools
 import threading
 import time
 from contextlib import contextmanager
-from typing import Hashable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 from engine.api import CgofError
 
@@ -41,6 +47,20 @@ from engine.api import CgofError
 # picture around); keeps a flood of tiny jobs from looking free.
 JOB_OVERHEAD_S = 0.02
 INITIAL_RATE_S = 2e-6  # seconds per field evaluation until measured (a CPU; a GPU is far faster)
+
+
+class _Ticket:
+    """A waiting job: ordered by (tag, arrival)."""
+
+    __slots__ = ("tag", "seq", "session", "cost", "estimate", "weight", "job", "claimed")
+
+    def __init__(self, tag, seq, session, cost, estimate, weight, job):
+        self.tag, self.seq, self.session = tag, seq, session
+        self.cost, self.estimate, self.weight, self.job = cost, estimate, weight, job
+        self.claimed = False
+
+    def __lt__(self, other: "_Ticket") -> bool:
+        return (self.tag, self.seq) < (other.tag, other.seq)
 
 
 class FairDevice:
@@ -51,14 +71,16 @@ class FairDevice:
         self.rate = float(rate)
         self.learn = learn
         self._cv = threading.Condition()
-        self._heap: list[tuple[float, int, Hashable]] = []
+        self._heap: list[_Ticket] = []
         self._seq = itertools.count()
         self._finish: dict[Hashable, float] = {}  # session -> tag of its last job (while > V)
         self._weight: dict[Hashable, float] = {}  # session -> weight of its last job
         self._vtime = 0.0
         self._owner: int | None = None
         self._depth = 0
-        self._job: tuple | None = None  # (session, cost, estimate, weight, start time) of the running job
+        # the running job: its members [(session, cost, estimate, weight)] (more than one when it
+        # claimed others) and its start time
+        self._job: tuple[list[tuple], float] | None = None
         self._closed = False
         self.order: list[Hashable] | None = None  # when a list: sessions in the order they got the device (tests)
 
@@ -73,12 +95,14 @@ class FairDevice:
             self._closed = True
             self._cv.notify_all()
 
-    def acquire(self, session: Hashable, cost: float, weight: float = 1.0) -> None:
+    def acquire(self, session: Hashable, cost: float, weight: float = 1.0, job=None) -> bool:
+        """Wait for the device; True once this thread holds it. False when the holder claimed the job
+        (``job`` given, :meth:`claim`): the device is not held and the claimer does the work."""
         me = threading.get_ident()
         with self._cv:
             if self._owner == me:
                 self._depth += 1
-                return
+                return True
             if self._closed:
                 raise CgofError("the server is shutting down")
             weight = max(float(weight), 1e-6)
@@ -87,10 +111,12 @@ class FairDevice:
             tag = start + estimate / weight
             self._finish[session] = tag  # the session's next job queues behind this one
             self._weight[session] = weight
-            ticket = (tag, next(self._seq), session)
+            ticket = _Ticket(tag, next(self._seq), session, float(cost), estimate, weight, job)
             heapq.heappush(self._heap, ticket)
-            while not self._closed and (self._owner is not None or self._heap[0] is not ticket):
+            while not self._closed and not ticket.claimed and (self._owner is not None or self._heap[0] is not ticket):
                 self._cv.wait()
+            if ticket.claimed:  # taken into the holder's batch (even if the server is closing: it runs)
+                return False
             if self._closed:
                 self._heap.remove(ticket)
                 heapq.heapify(self._heap)
@@ -98,9 +124,37 @@ class FairDevice:
                 raise CgofError("the server is shutting down")
             heapq.heappop(self._heap)
             self._owner, self._depth = me, 1
-            self._job = (session, float(cost), estimate, weight, time.perf_counter())
+            self._job = ([(session, float(cost), estimate, weight)], time.perf_counter())
             if self.order is not None:
                 self.order.append(session)
+            return True
+
+    def claim(self, accept: Callable[[Any], bool], limit: int) -> list:
+        """The holder takes up to ``limit`` waiting jobs whose ``job`` object ``accept`` accepts, at
+        most one per session and none of its own session, smallest tags first; returns their job
+        objects. Their sessions are charged a share of this job's time on release."""
+        with self._cv:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("FairDevice.claim by a thread that does not hold the device")
+            members, _ = self._job
+            seated = {m[0] for m in members}
+            taken = []
+            for t in sorted(self._heap):
+                if len(taken) >= limit:
+                    break
+                if t.job is None or t.session in seated or not accept(t.job):
+                    continue
+                seated.add(t.session)
+                t.claimed = True
+                taken.append(t)
+            if taken:
+                self._heap = [t for t in self._heap if not t.claimed]
+                heapq.heapify(self._heap)
+                members.extend((t.session, t.cost, t.estimate, t.weight) for t in taken)
+                if self.order is not None:
+                    self.order.extend(t.session for t in taken)
+                self._cv.notify_all()
+            return [t.job for t in taken]
 
     def release(self) -> None:
         with self._cv:
@@ -109,13 +163,16 @@ class FairDevice:
             self._depth -= 1
             if self._depth:
                 return
-            session, cost, estimate, weight, t0 = self._job
+            members, t0 = self._job
             elapsed = time.perf_counter() - t0
-            # charge the session what the job really took
-            self._finish[session] = self._finish.get(session, self._vtime) + (elapsed - estimate) / weight
+            cost = sum(m[1] for m in members)
+            for session, c, estimate, weight in members:
+                # charge each session what its part of the job really took (by cost; equal parts when free)
+                part = elapsed * (c / cost if cost > 0 else 1.0 / len(members))
+                self._finish[session] = self._finish.get(session, self._vtime) + (part - estimate) / weight
             # the fluid clock: this much device time shared by everyone still due service
-            due = {t[2] for t in self._heap} | {s for s, f in self._finish.items() if f > self._vtime}
-            total = sum(self._weight.get(s, 1.0) for s in due) or weight
+            due = {t.session for t in self._heap} | {s for s, f in self._finish.items() if f > self._vtime}
+            total = sum(self._weight.get(s, 1.0) for s in due) or members[0][3]
             self._vtime += elapsed / total
             # sessions whose last tag lies behind the clock start from the clock anyway
             for s in [s for s, f in self._finish.items() if f <= self._vtime and s not in due]:

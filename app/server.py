@@ -29,7 +29,8 @@ from engine.api import CgofError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 # Handlers Gradio runs at once. They do not render at once: every render takes the one device
-# through the service's fair queue (app.scheduler); these only bound how many wait there. Exports
+# through the service's fair queue (app.scheduler); these bound how many wait there, and so how
+# many renders of different sessions can be batched into one (app.batcher, --max-batch). Exports
 # (GIF, meshes) have their own, smaller group (ui.layout.EXPORT_SLOTS) so they never fill the render slots.
 RENDER_SLOTS = 8
 QUEUE_SIZE = 256
@@ -188,10 +189,11 @@ def sweep_cache(cache: Path, keep: Path, ttl_s: float = CACHE_TTL_S, budget: int
 
 def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
                   preview_size: int | str = "auto", remove_workdir: bool | None = None,
-                  max_cost: float | None = None) -> Server:
+                  max_cost: float | None = None, max_batch: int | None = None) -> Server:
     """Service + Blocks over a loaded synthesizer, with a private folder: a fresh temporary one
     unless ``workdir`` is given. The folder is removed on close when it was made here (or when
-    ``remove_workdir`` says so)."""
+    ``remove_workdir`` says so). ``max_batch``: views rendered together at most (None: the
+    service's default; 1 = one render at a time)."""
     own = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="cgof-studio-") if own else workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -201,7 +203,9 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
         from .service import RenderService
         from .ui.layout import build_blocks
 
-        service = RenderService(synth, workdir / "cache" / "out", preview_size=preview_size, max_cost=max_cost)
+        batching = {} if max_batch is None else {"max_batch": max_batch}
+        service = RenderService(synth, workdir / "cache" / "out", preview_size=preview_size, max_cost=max_cost,
+                                **batching)
         demo = build_blocks(service, initial)
         demo.queue(default_concurrency_limit=RENDER_SLOTS, max_size=QUEUE_SIZE)
     except BaseException:

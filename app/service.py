@@ -9,6 +9,11 @@ it once per frame, so other sessions' renders run between its frames.
 Every request has a cost, :func:`request_cost` = pixels x evaluations per pixel x frames, and the
 service refuses one over ``max_cost`` (``launch.py --max-request-cost``) with one line naming the
 limit. The default ceiling is what the editor itself offers at most (:meth:`RenderService.ui_max_cost`).
+
+Interactive renders (previews, full renders, ``/render``) go through :class:`~app.batcher.RenderBatcher`:
+requests of different sessions that wait for the device at the same time with the same size,
+quality and normals are rendered by one ``render_many`` call (``max_batch`` views at most,
+``launch.py --max-batch``; 1 = one at a time). Each gets the view of its own request.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 
 from engine.api import CgofError
 
+from .batcher import DEFAULT_MAX_BATCH, RenderBatcher
 from .scheduler import FairDevice
 from .state import GROUP_KIND, SH_BANDS, SIZES, SLIDER_COUNTS, EditorState, parse_json
 
@@ -75,13 +81,14 @@ class Frame:
 
 @dataclass
 class FullRender:
-    """A full render with its inspection views (all uint8 RGB images of the same size)."""
+    """A full render with its inspection views (all uint8 RGB images of the same size; the views
+    are None for an image-only render, ``render_full(views=False)``)."""
 
     image: np.ndarray
-    mesh_depth: np.ndarray
-    field_depth: np.ndarray
-    error: np.ndarray
-    normals: np.ndarray
+    mesh_depth: np.ndarray | None
+    field_depth: np.ndarray | None
+    error: np.ndarray | None
+    normals: np.ndarray | None
     summary: dict
     ms: float
 
@@ -112,12 +119,13 @@ class RenderService:
     """Everything the UI and the API need, over one loaded synthesizer."""
 
     def __init__(self, synth, workdir: str | os.PathLike, preview_size: int | str = "auto",
-                 max_cost: float | None = None):
+                 max_cost: float | None = None, max_batch: int = DEFAULT_MAX_BATCH):
         self.synth = synth
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device = FairDevice()
         self._lock = self.device  # the old name: code that only needs "one at a time"
+        self.batcher = RenderBatcher(self.device, self._render_batch, max_batch)
         self._last_prune = 0.0
         self._exports: set = set()  # sessions with an export running
         self.pinned: set[Path] = set()  # files never pruned (what a fresh page links to)
@@ -265,28 +273,37 @@ class RenderService:
         return out
 
     # ---- rendering ----------------------------------------------------------------------------
+    def _render_batch(self, key: tuple, views: list[tuple]) -> list:
+        """The batcher's render: views (spec, yaw, pitch) sharing key (size, quality, normals)."""
+        size, quality, normals = key
+        if len(views) == 1:  # alone: the synthesizer's one-view entry point (what tests and tools stub)
+            spec, yaw, pitch = views[0]
+            return [self.synth.render(spec, yaw_deg=yaw, pitch_deg=pitch, size=size, quality=quality, normals=normals)]
+        specs, yaws, pitches = zip(*views)
+        return self.synth.render_many(list(specs), list(yaws), list(pitches), size=size, quality=quality,
+                                      normals=normals)
+
+    def _render(self, state: EditorState, size: int, quality: str, normals: bool, cost: float, session):
+        """One view of ``state`` through the batcher -> (RenderResult, BatchInfo)."""
+        return self.batcher.run(session, cost, (int(size), quality, bool(normals)),
+                                (state.spec, state.yaw, state.pitch))
+
     def render_preview(self, state: EditorState, size: int | None = None, session=None) -> Frame:
         """Small, fast render of the face only (no normals) for live slider dragging; its time
-        (on the device, not waiting for it) steers the next preview's size."""
-        with self.device.use(session, self.request_cost(int(size or self.preview_size), "preview")):
-            size = int(size or self.preview_size)
-            t0 = time.perf_counter()
-            res = self.synth.render(state.spec, yaw_deg=state.yaw, pitch_deg=state.pitch, size=size,
-                                    quality="preview", normals=False)
-            ms = (time.perf_counter() - t0) * 1000.0
-            self.adapt_preview(ms, size)
-        return Frame(np.asarray(res.image), ms, size)
+        (on the device, not waiting for it: the whole batch it was rendered in, which is what the
+        user waited for) steers the next preview's size."""
+        size = int(size or self.preview_size)
+        res, info = self._render(state, size, "preview", False, self.request_cost(size, "preview"), session)
+        self.adapt_preview(info.ms, size)
+        return Frame(np.asarray(res.image), info.ms, size)
 
-    def render_full(self, state: EditorState, session=None) -> FullRender:
-        """Full-size render at the state's size and quality, with depth / error / normal views."""
-        from engine.api import depth_to_image, normals_to_image, signed_error_image
-
-        cost = self.check_cost("this render", state.size, state.quality, normals=True)
-        with self.device.use(session, cost):
-            t0 = time.perf_counter()
-            res = self.synth.render(state.spec, yaw_deg=state.yaw, pitch_deg=state.pitch, size=state.size,
-                                    quality=state.quality, normals=True)
-            ms = (time.perf_counter() - t0) * 1000.0
+    def render_full(self, state: EditorState, session=None, views: bool = True) -> FullRender:
+        """Full-size render at the state's size and quality, with depth / error / normal views.
+        ``views`` False: the image and the summary only (the inspection views stay None and the
+        normals are not rendered: the ``/render`` API returns neither)."""
+        cost = self.check_cost("this render", state.size, state.quality, normals=views)
+        res, info = self._render(state, state.size, state.quality, views, cost, session)
+        ms = info.ms
         mask = np.asarray(res.mask, dtype=bool)
         mesh_depth = np.asarray(res.mesh_depth, dtype=np.float32)
         field_depth = np.asarray(res.depth, dtype=np.float32)
@@ -297,10 +314,12 @@ class RenderService:
         summary = {
             "size": state.size,
             "quality": state.quality,
-            "yaw": state.yaw,
-            "pitch": state.pitch,
+            # the view the engine rendered for this request (a check that batching kept them apart)
+            "yaw": float(res.yaw_deg),
+            "pitch": float(res.pitch_deg),
             "device": self.device_name,
             "ms": round(ms, 1),
+            "batch": info.size,
             "timings_ms": {k: round(float(v), 2) for k, v in dict(getattr(res, "timings", {}) or {}).items()},
             "evals_per_pixel": _maybe_float(getattr(res, "evals_per_pixel", None)),
             "depth_range": [round(lo, 5), round(hi, 5)],
@@ -310,6 +329,10 @@ class RenderService:
             "error_limit": ERROR_LIMIT,
             "preset": state.to_preset(),
         }
+        if not views:
+            return FullRender(np.asarray(res.image), None, None, None, None, summary, ms)
+        from engine.api import depth_to_image, normals_to_image, signed_error_image
+
         return FullRender(
             image=np.asarray(res.image),
             mesh_depth=depth_to_image(mesh_depth, mask, lo, hi),
@@ -516,7 +539,7 @@ class RenderService:
     # ---- JSON API -----------------------------------------------------------------------------
     def api_render(self, text: Any, session=None) -> tuple[np.ndarray, dict]:
         state = EditorState.from_json(text, self.layout)
-        full = self.render_full(state, session=session)
+        full = self.render_full(state, session=session, views=False)
         return full.image, full.summary
 
     def parse_gif_request(self, text: Any) -> GifRequest:

@@ -3,7 +3,7 @@
 
     python scripts/load_test.py [--url http://127.0.0.1:7860/] [--clients 8] [--duration 30]
                                 [--size 64] [--checkpoint DIR] [--device cpu] [--seed 0]
-                                [--gif-clients 2] [--compare]
+                                [--gif-clients 2] [--compare] [--batching-compare [--rounds 2]]
 
 Without ``--url`` it starts ``launch.py`` on a free port in a child process, with its own
 temporary folder, and stops it at the end with SIGTERM (as a user would): the server must exit 143
@@ -17,6 +17,16 @@ expensive GIF the server allows by default (48 frames, 128 px, reference quality
 what the editor's own controls offer at most) over and over. ``--compare`` runs the renders alone
 first and then with the GIF clients, and reports the ratio of the renders' p95 latencies (the
 fairness check of issue 15: it must stay within 3x).
+
+``--batching-compare`` (issue 16) starts two servers, one with ``--max-batch 1`` (one render at a
+time) and one with the default batching, and runs the same clients against each in turn
+(``--rounds 2``: off, on, on, off, so that a change in the machine's load during the run weighs on
+both alike). It reports both throughputs and their ratio, the batch sizes the batched server
+reported, and the own-image check: every response must carry its own request's pose in its summary,
+and a sample of each client's requests (``--check-samples`` per client and phase) is sent again
+afterwards, one at a time, to the one-at-a-time server; each returned image must match that solo
+render (up to float rounding: at most 1 % of pixels off by more than 4 levels) and be closer to it
+than to any other sampled request's.
 
 Prints one JSON object: request and error counts, p50 / p95 / max latency in ms, throughput, and
 samples of the errors seen (per phase with --compare).
@@ -133,7 +143,10 @@ def _tail(path: Path) -> str:
 
 
 def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clients: int = 0,
-        gif: dict | None = None, downloads: str | None = None) -> dict:
+        gif: dict | None = None, downloads: str | None = None, samples: list | None = None,
+        keep: int = 0) -> dict:
+    """One phase of load. ``samples``: a list that receives up to ``keep`` (request body, image)
+    pairs per client, spread over the phase (the own-image check)."""
     from gradio_client import Client
 
     downloads = downloads or tempfile.mkdtemp(prefix="cgof-load-")
@@ -141,6 +154,9 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
     errors: list[str] = []
     bad_ok: list[bool] = []
     gifs = {"done": 0, "errors": [], "ms": [], "unfinished": 0}
+    wrong_view: list[str] = []  # responses whose summary is not the pose their request asked for
+    batch_sizes: dict[int, int] = {}
+    device_ms: list[float] = []  # each response's share of the device: its batch's time / batch size
     lock = threading.Lock()
     ready = threading.Barrier(clients + gif_clients + 1)
     go = threading.Event()  # set once the deadline is known, so no client starts before it
@@ -190,7 +206,7 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
         if client is None:
             return
         go.wait()
-        calls = 0
+        calls = kept = 0
         while time.monotonic() < stop_at[0]:
             calls += 1
             if calls % 10 == 5:  # now and then a bad request: it must fail cleanly, one line
@@ -203,16 +219,29 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
                 with lock:
                     bad_ok.append(ok)
                 continue
-            body = json.dumps(random_preset(rng, size))
+            preset = random_preset(rng, size)
+            body = json.dumps(preset)
             t0 = time.perf_counter()
             try:
-                client.predict(body, api_name="/render")
+                image, summary = client.predict(body, api_name="/render")
             except Exception as exc:
                 with lock:
                     errors.append(" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
                 continue
+            ms = (time.perf_counter() - t0) * 1000.0
+            mine = (summary.get("yaw"), summary.get("pitch")) == (preset["yaw"], preset["pitch"])
             with lock:
-                latencies.append((time.perf_counter() - t0) * 1000.0)
+                latencies.append(ms)
+                n = summary.get("batch", 1)
+                batch_sizes[n] = batch_sizes.get(n, 0) + 1
+                device_ms.append(float(summary.get("ms", 0.0)) / n)
+                if not mine:
+                    wrong_view.append(f"client {k}: asked yaw {preset['yaw']} pitch {preset['pitch']}, got "
+                                      f"{summary.get('yaw')} {summary.get('pitch')}")
+            if samples is not None and kept < keep and calls % 4 == 3:
+                kept += 1
+                with lock:
+                    samples.append((body, _read_png(image)))
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
     threads += [threading.Thread(target=gif_worker, args=(k,), daemon=True) for k in range(gif_clients)]
@@ -262,7 +291,106 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
         },
         "throughput_per_s": round(len(latencies) / wall, 2) if wall > 0 else None,
         "server_alive_after": device is not None,
+        "batch_sizes": {str(k): v for k, v in sorted(batch_sizes.items())},
+        "device_ms_per_view": _r(sum(device_ms) / len(device_ms) if device_ms else None),
+        "wrong_view": len(wrong_view),
+        "wrong_view_samples": wrong_view[:3],
     }
+
+
+def _read_png(path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def own_image_check(url: str, samples: list, downloads: str) -> dict:
+    """Render every sampled request again, alone and one after the other, on ``url`` (the
+    one-at-a-time server) and compare: each image must match its own solo render up to float
+    rounding (at most 1 % of the pixels off by more than 4 levels) and be closer to it than to any
+    other sample's solo render. Returns counts and the worst differences."""
+    import numpy as np
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, analytics_enabled=False, download_files=downloads)
+    solo = [_read_png(client.predict(body, api_name="/render")[0]).astype(np.int16) for body, _ in samples]
+    identical = matched = 0
+    worst_diff, worst_frac, bad = 0, 0.0, []
+    for i, (body, got) in enumerate(samples):
+        got = got.astype(np.int16)
+        d = np.abs(got - solo[i])
+        frac = float((d > 4).mean())
+        own = float(d.mean())
+        # the phases send the same request sequences, so another sample may be the same request
+        others = [float(np.abs(got - s).mean()) for j, s in enumerate(solo)
+                  if samples[j][0] != body and s.shape == got.shape]
+        ok = frac <= 0.01 and all(own < o for o in others)
+        identical += int(d.max() == 0)
+        matched += int(ok)
+        worst_diff, worst_frac = max(worst_diff, int(d.max())), max(worst_frac, frac)
+        if not ok:
+            bad.append(f"{body[:80]}...: {frac:.1%} of pixels off by > 4, mean diff {own:.2f}, nearest other "
+                       f"{min(others) if others else None}")
+    return {"checked": len(samples), "matched": matched, "bit_identical": identical, "max_abs_diff": worst_diff,
+            "max_fraction_off_by_more_than_4": round(worst_frac, 5), "mismatch_samples": bad[:3]}
+
+
+def _combine(phases: list[dict]) -> dict:
+    """Phases of one setting -> totals: requests, throughput over the phases' wall time, latency
+    percentiles of the phases (the worst p95), batch sizes."""
+    ok = sum(p["ok"] for p in phases)
+    wall = sum(p["duration_s"] for p in phases)
+    sizes: dict[str, int] = {}
+    for p in phases:
+        for k, v in p["batch_sizes"].items():
+            sizes[k] = sizes.get(k, 0) + v
+    return {"ok": ok, "errors": sum(p["errors"] for p in phases), "duration_s": round(wall, 1),
+            "throughput_per_s": round(ok / wall, 2) if wall else None,
+            "latency_ms_p50": [p["latency_ms"]["p50"] for p in phases],
+            "latency_ms_p95": [p["latency_ms"]["p95"] for p in phases],
+            "batch_sizes": dict(sorted(sizes.items(), key=lambda kv: int(kv[0]))),
+            "device_ms_per_view": [p["device_ms_per_view"] for p in phases],
+            "wrong_view": sum(p["wrong_view"] for p in phases),
+            "error_samples": [e for p in phases for e in p["error_samples"]][:3]}
+
+
+def batching_compare(args, tmp: Path) -> tuple[dict, bool, dict]:
+    """Issue 16's side-by-side run: the same load on a one-at-a-time server and on a batching one."""
+    servers, stopped = {}, {}
+    try:
+        for name, extra in (("one_at_a_time", ["--max-batch", "1"]), ("batched", [])):
+            folder = tmp / name
+            folder.mkdir()
+            servers[name] = (folder, *start_server(folder, args.device, args.checkpoint, args.facemodel,
+                                                   args.startup_timeout, extra=extra))
+        common = dict(clients=args.clients, duration=args.duration, size=args.size, seed=args.seed)
+        order = [("one_at_a_time", "batched"), ("batched", "one_at_a_time")]
+        phases: dict[str, list] = {"one_at_a_time": [], "batched": []}
+        samples: list = []
+        for r in range(args.rounds):
+            for name in order[r % 2]:
+                folder, _, url = servers[name]
+                phases[name].append(run(url, **common, downloads=str(folder / f"run-{r}"), samples=samples,
+                                        keep=args.check_samples))
+        check = own_image_check(servers["one_at_a_time"][2], samples, str(tmp / "check"))
+    finally:
+        for name, (folder, proc, _) in servers.items():
+            stopped[name] = {"server_exit": stop_server(proc), "left_behind": left_behind(folder)}
+    off, on = _combine(phases["one_at_a_time"]), _combine(phases["batched"])
+    report = {
+        "clients": args.clients, "size": args.size, "duration_s_per_phase": args.duration, "rounds": args.rounds,
+        "one_at_a_time": off, "batched": on,
+        "throughput_ratio": round(on["throughput_per_s"] / off["throughput_per_s"], 2)
+        if on["throughput_per_s"] and off["throughput_per_s"] else None,
+        "own_image_check": check,
+        "phases": phases,
+    }
+    ok = (off["errors"] == 0 and on["errors"] == 0 and off["wrong_view"] == 0 and on["wrong_view"] == 0
+          and check["matched"] == check["checked"]
+          and all(p["server_alive_after"] for ps in phases.values() for p in ps))
+    return report, ok, {"servers": stopped}
 
 
 def _r(v):
@@ -286,6 +414,13 @@ def main(argv=None) -> int:
                    f"(default {json.dumps(HEAVIEST_GIF)})")
     p.add_argument("--compare", action="store_true",
                    help="run the renders alone, then with --gif-clients (default 2), and report the p95 ratio")
+    p.add_argument("--batching-compare", action="store_true",
+                   help="the same load on a one-at-a-time server (--max-batch 1) and a batching one, side by side; "
+                        "reports both throughputs, their ratio and whether every client got its own image")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="--batching-compare: phases per server (2: off, on, on, off; default 1: off, on)")
+    p.add_argument("--check-samples", type=int, default=2, metavar="N",
+                   help="--batching-compare: requests per client and phase rendered again alone to compare (default 2)")
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
     args = p.parse_args(argv)
     if args.clients < 1 or args.duration <= 0 or args.gif_clients < 0:
@@ -294,6 +429,11 @@ def main(argv=None) -> int:
         gif = json.loads(args.gif) if args.gif else None
     except json.JSONDecodeError as exc:
         p.error(f"--gif: invalid JSON ({exc.msg})")
+    if args.batching_compare and (args.url or args.compare or args.gif_clients):
+        p.error("--batching-compare starts its own two servers and runs no GIF clients (no --url, --compare, "
+                "--gif-clients)")
+    if args.rounds < 1 or args.check_samples < 0:
+        p.error("--rounds must be >= 1 and --check-samples >= 0")
     if args.compare and not args.gif_clients:
         args.gif_clients = 2
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -303,20 +443,23 @@ def main(argv=None) -> int:
     url = args.url
     stopped = {}
     try:
-        if url is None:
-            proc, url = start_server(tmp, args.device, args.checkpoint, args.facemodel, args.startup_timeout)
-        url = url if url.endswith("/") else url + "/"
-        common = dict(clients=args.clients, duration=args.duration, size=args.size, seed=args.seed)
-        if args.compare:
-            alone = run(url, **common, downloads=str(tmp / "alone"))
-            mixed = run(url, **common, gif_clients=args.gif_clients, gif=gif, downloads=str(tmp / "mixed"))
-            a, b = alone["latency_ms"]["p95"], mixed["latency_ms"]["p95"]
-            report = {"renders_alone": alone, "renders_with_gif_clients": mixed,
-                      "p95_ratio": round(b / a, 2) if a and b else None}
-            ok = all(r["errors"] == 0 and r["server_alive_after"] for r in (alone, mixed))
+        if args.batching_compare:
+            report, ok, stopped = batching_compare(args, tmp)
         else:
-            report = run(url, **common, gif_clients=args.gif_clients, gif=gif, downloads=str(tmp / "run"))
-            ok = report["errors"] == 0 and report["server_alive_after"]
+            if url is None:
+                proc, url = start_server(tmp, args.device, args.checkpoint, args.facemodel, args.startup_timeout)
+            url = url if url.endswith("/") else url + "/"
+            common = dict(clients=args.clients, duration=args.duration, size=args.size, seed=args.seed)
+            if args.compare:
+                alone = run(url, **common, downloads=str(tmp / "alone"))
+                mixed = run(url, **common, gif_clients=args.gif_clients, gif=gif, downloads=str(tmp / "mixed"))
+                a, b = alone["latency_ms"]["p95"], mixed["latency_ms"]["p95"]
+                report = {"renders_alone": alone, "renders_with_gif_clients": mixed,
+                          "p95_ratio": round(b / a, 2) if a and b else None}
+                ok = all(r["errors"] == 0 and r["server_alive_after"] for r in (alone, mixed))
+            else:
+                report = run(url, **common, gif_clients=args.gif_clients, gif=gif, downloads=str(tmp / "run"))
+                ok = report["errors"] == 0 and report["server_alive_after"]
     finally:
         if proc is not None:
             stopped = {"server_exit": stop_server(proc), "left_behind": left_behind(tmp)}
@@ -327,10 +470,10 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    if stopped and (stopped["server_exit"] != 128 + signal.SIGTERM or stopped["left_behind"]):
+    exits = stopped.get("servers", {"server": stopped}).values() if stopped else ()
+    if any(e["server_exit"] != 128 + signal.SIGTERM or e["left_behind"] for e in exits):
         ok = False
     return 0 if ok else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

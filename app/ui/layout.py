@@ -4,7 +4,8 @@ Left: the controls (pose, the four 3DMM groups in tabs, free latents, view setti
 Right: the rendered face and the 3D mesh preview, the depth-inspection row, the status line and
 the exports. Renders run under the queue concurrency id ``device`` and exports under ``export``
 (EXPORT_SLOTS at once); the device itself is taken through the service's fair queue, one job at a
-time, fair between sessions (``app.scheduler``).
+time, fair between sessions (``app.scheduler``), renders of different sessions waiting together
+being batched into one job (``app.batcher``).
 
 Slider protocol: ``.input`` (trigger_mode="always_last") renders a small preview while dragging;
 ``.release`` (pointer up, or leaving the number box) renders the full-size views. Handlers never

@@ -1,0 +1,208 @@
+"""Issue 16, point 3: interactive renders of different sessions that wait for the device together
+are rendered in one ``render_many`` call, each session gets its own image, a bad request in a batch
+fails alone, and the fair queue's guarantees hold for everything else."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.batcher import RenderBatcher
+from app.scheduler import FairDevice
+from app.service import RenderService
+from app.state import EditorState
+from engine.errors import CgofError
+from engine.model.latent import FaceSpec
+
+from _app_synth import synth  # noqa: F401 (fixture)
+
+
+def _wait_for(cond, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def _concurrently(device: FairDevice, calls: list, holder: str = "holder") -> list:
+    """Start ``calls`` (callables) in threads while ``holder`` holds the device, wait until every
+    one of them waits for it, let go; returns their results (or exceptions) in order."""
+    out = [None] * len(calls)
+
+    def go(k, fn):
+        try:
+            out[k] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            out[k] = exc
+
+    device.acquire(holder, 0.0)
+    threads = [threading.Thread(target=go, args=(k, fn)) for k, fn in enumerate(calls)]
+    for t in threads:
+        t.start()
+    _wait_for(lambda: device.waiting == len(calls), "the requests to queue")
+    device.release()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive()
+    return out
+
+
+def _states(n: int, size: int = 64) -> list[EditorState]:
+    return [EditorState(spec=FaceSpec(identity={k % 5: 0.4 * k - 1.0}, seed=10 + k), yaw=-30 + 9 * k,
+                        pitch=4 - k, size=size) for k in range(n)]
+
+
+@pytest.fixture()
+def counted(synth, tmp_path, monkeypatch):
+    """A service whose synthesizer's render_many calls are counted (batch sizes in order)."""
+    svc = RenderService(synth, tmp_path / "out", preview_size=64)
+    sizes = []
+    real = type(synth).render_many
+
+    def render_many(self, specs, *a, **k):
+        sizes.append(len(specs))
+        return real(self, specs, *a, **k)
+
+    monkeypatch.setattr(type(synth), "render_many", render_many)
+    return svc, sizes
+
+
+def test_concurrent_renders_of_several_sessions_are_one_render_many_call_and_each_gets_its_own(counted, synth):
+    svc, sizes = counted
+    states = _states(5)
+    got = _concurrently(svc.device, [lambda st=st, k=k: svc.render_full(st, session=f"s{k}")
+                                     for k, st in enumerate(states)])
+    assert sizes == [5], sizes  # one call for the five waiting sessions
+    assert svc.batcher.calls == 1
+    for st, full in zip(states, got):
+        assert not isinstance(full, BaseException), full
+        assert full.summary["batch"] == 5 and full.summary["yaw"] == st.yaw and full.summary["pitch"] == st.pitch
+        solo = synth.render(st.spec, st.yaw, st.pitch, size=64, quality="fast", normals=True)
+        # its own view: the solo render up to float rounding, and not anyone else's
+        diff = np.abs(full.image.astype(int) - solo.image.astype(int))
+        assert (diff > 4).mean() <= 0.01, (st.yaw, diff.max())
+        for other in got:
+            if other is not full:
+                assert np.abs(other.image.astype(int) - solo.image.astype(int)).mean() > diff.mean()
+    images = [g.image for g in got]
+    assert all(not np.array_equal(images[0], im) for im in images[1:])
+
+
+def test_api_renders_batch_and_match_their_solo_renders(counted, synth):
+    svc, sizes = counted
+    states = _states(3)
+    got = _concurrently(svc.device, [lambda st=st, k=k: svc.api_render(st.to_json(), session=f"api{k}")
+                                     for k, st in enumerate(states)])
+    assert sizes == [3]
+    for st, (image, summary) in zip(states, got):
+        solo = synth.render(st.spec, st.yaw, st.pitch, size=64, quality="fast", normals=False)
+        assert (np.abs(image.astype(int) - solo.image.astype(int)) > 4).mean() <= 0.01
+        assert summary["yaw"] == st.yaw and summary["batch"] == 3
+
+
+def test_a_bad_request_in_a_batch_gets_its_own_one_line_error(counted):
+    svc, sizes = counted
+    states = _states(4)
+    # past the engine's own yaw limit: only render_many can tell, after the batch was formed
+    states[2] = EditorState(spec=states[2].spec, yaw=1e6, size=64)
+    got = _concurrently(svc.device, [lambda st=st, k=k: svc.render_full(st, session=f"s{k}")
+                                     for k, st in enumerate(states)])
+    assert sizes[0] == 4 and sizes[1:] == [1, 1, 1, 1]  # the batch failed; each was rendered alone
+    err = got[2]
+    assert isinstance(err, CgofError) and "yaw" in str(err) and "\n" not in str(err)
+    for k in (0, 1, 3):
+        assert not isinstance(got[k], BaseException) and got[k].image.shape == (64, 64, 3)
+        assert got[k].summary["yaw"] == states[k].yaw
+
+
+def test_only_requests_with_the_same_size_quality_and_views_share_a_batch(counted):
+    svc, sizes = counted
+    a, b = _states(2, size=64)
+    c = EditorState(spec=FaceSpec(seed=3), size=128)
+    got = _concurrently(svc.device, [lambda: svc.render_full(a, session="a"), lambda: svc.render_full(c, session="c"),
+                                     lambda: svc.render_full(b, session="b"),
+                                     lambda: svc.render_preview(a, session="p")])
+    assert not any(isinstance(g, BaseException) for g in got), got
+    assert sorted(sizes) == [1, 1, 2]  # the two 64 px full renders together; the 128 px and the preview alone
+    assert got[0].summary["batch"] == got[2].summary["batch"] == 2 and got[1].summary["batch"] == 1
+
+
+def test_max_batch_one_renders_one_at_a_time(synth, tmp_path):
+    svc = RenderService(synth, tmp_path / "out", preview_size=64, max_batch=1)
+    svc.device.order = []
+    got = _concurrently(svc.device, [lambda st=st, k=k: svc.render_full(st, session=f"s{k}")
+                                     for k, st in enumerate(_states(3))])
+    assert svc.batcher.calls == 3 and all(g.summary["batch"] == 1 for g in got)
+    assert svc.device.order == ["holder", "s0", "s1", "s2"]
+
+
+# ---- the fair queue with batches -----------------------------------------------------------------
+
+def _fake_batcher(device: FairDevice, max_batch: int = 8):
+    calls = []
+
+    def render(key, payloads):
+        calls.append(list(payloads))
+        return [f"image of {p}" for p in payloads]
+
+    return RenderBatcher(device, render, max_batch), calls
+
+
+def test_a_flooding_session_gets_one_seat_per_batch_and_exports_never_join():
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False)
+    batcher, calls = _fake_batcher(device)
+    jobs = [("flood", f"f{k}") for k in range(4)] + [("b", "b0"), ("c", "c0")]
+
+    def export():
+        with device.use("gif", 10.0, 0.25):
+            calls.append(["gif frame"])
+        return "gif"
+
+    got = _concurrently(device, [lambda s=s, p=p: batcher.run(s, 10.0, "k", p)[0] for s, p in jobs] + [export])
+    assert got[:6] == [f"image of {p}" for _, p in jobs] and got[6] == "gif"
+    # the first batch: the flooder's first request and one of each other session; its others later
+    assert sorted(calls[0]) == ["b0", "c0", "f0"], calls
+    assert ["gif frame"] in calls and all("gif frame" not in c or c == ["gif frame"] for c in calls)
+    assert sum(c.count(f"f{k}") for c in calls for k in range(4)) == 4
+    assert all(sum(p.startswith("f") for p in c) <= 1 for c in calls)
+
+
+def test_the_cap_holds_and_every_request_gets_its_own_result():
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False)
+    batcher, calls = _fake_batcher(device, max_batch=3)
+    got = _concurrently(device, [lambda k=k: batcher.run(f"s{k}", 1.0, "k", k) for k in range(7)])
+    assert [g[0] for g in got] == [f"image of {k}" for k in range(7)]
+    assert [len(c) for c in calls] == [3, 3, 1]
+    assert [g[1].size for g in got] == [3, 3, 3, 3, 3, 3, 1]
+
+
+def test_batched_sessions_are_charged_their_share():
+    """A batch is one device job; each of its sessions is charged its part (by cost), not the
+    session that happened to lead it: b, batched with a at three times a's cost, then waits behind
+    a fresh session (charged only what it was estimated, b would tie with it)."""
+    device = FairDevice(overhead_s=0.0, rate=0.01, learn=False)
+
+    def slow(key, payloads):
+        time.sleep(0.2)
+        return payloads
+
+    batcher = RenderBatcher(device, slow, 8)
+    got = _concurrently(device, [lambda: batcher.run("a", 1.0, "k", 1), lambda: batcher.run("b", 3.0, "k", 2)])
+    assert [g[1].size for g in got] == [2, 2]
+
+    def job(session):
+        with device.use(session, 1.0):
+            pass
+
+    device.order = []
+    _concurrently(device, [lambda: job("b"), lambda: job("fresh")])
+    assert device.order[1:] == ["fresh", "b"], device.order
+
+
+def test_claim_needs_the_device():
+    device = FairDevice()
+    with pytest.raises(RuntimeError):
+        device.claim(lambda job: True, 3)
+    with pytest.raises(ValueError):
+        RenderBatcher(device, lambda k, p: p, max_batch=0)
