@@ -118,11 +118,12 @@ class FaceSynthesizer:
     def __init__(self, field: OccupancyField, facemodel: MorphableModel, layout: LatentLayout,
                  camera: OrbitCamera | None = None, render_config: RenderConfig | None = None,
                  device: str | torch.device = "cpu", checkpoint: Path | None = None, provenance: dict | None = None,
-                 capture: str = "auto"):
+                 capture: str = "off"):
         self.device = resolve_device(device)
         self.field = field.to(self.device).eval().requires_grad_(False)
         # The field's no-grad evaluations through torch.compile (CUDA graphs with "graphs"): "auto"
-        # compiles on CUDA and leaves the CPU eager (OccupancyField.set_capture).
+        # compiles on CUDA and leaves the CPU eager (OccupancyField.set_capture). Off by default until
+        # scripts/gpu_check.sh has shown on a GPU that it pays for its compile time.
         self.capture = self.field.set_capture(capture, self.device)
         self.facemodel = facemodel.to(self.device)
         self.layout = layout
@@ -139,7 +140,7 @@ class FaceSynthesizer:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, facemodel: str | Path | MorphableModel | None = None,
              device: str | torch.device = "auto", render_config: RenderConfig | None = None,
-             coeff_dist: str | Path | None = None, capture: str = "auto") -> "FaceSynthesizer":
+             coeff_dist: str | Path | None = None, capture: str = "off") -> "FaceSynthesizer":
         """``checkpoint`` None = the embedded default; ``facemodel`` None = the one the checkpoint
         was trained for when that is the embedded synthetic model (otherwise it must be given);
         ``coeff_dist``: cGOF's coeff_distribution_L.npz for a BFM (the statistics must be those the

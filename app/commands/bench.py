@@ -50,9 +50,14 @@ def register(sub):
     q.add_argument("--widths", type=_widths, default=[],
                    help="also time random-weight fields of these widths, comma-separated (e.g. 256, the "
                         "reference's; speed only)")
-    q.add_argument("--capture", default="auto", choices=CAPTURE_MODES,
-                   help="the field's no-grad evaluations: auto (torch.compile on CUDA, eager on the CPU), off, "
-                        "compile, or graphs (CUDA graphs, CUDA only); default auto")
+    q.add_argument("--capture", default="off", choices=CAPTURE_MODES,
+                   help="the field's no-grad evaluations: off (eager, the synthesizer's default), auto (torch.compile "
+                        "on CUDA, eager on the CPU), compile, or graphs (CUDA graphs, CUDA only); default off")
+    q.add_argument("--views", type=int, default=0,
+                   help="also compare fast and reference paths over this many random faces and poses per size, "
+                        "with the reference's own seed-to-seed agreement (default 0: the bench view only)")
+    q.add_argument("--reference-seeds", type=int, default=3,
+                   help="with --views: reference renders averaged for the reference's expected image (default 3)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     add_quiet_arg(q)
     q.set_defaults(handler=_render)
@@ -136,12 +141,14 @@ def _render(args) -> int:
 
     if args.repeats < 1 or args.reference_repeats < 1:
         raise CgofError("--repeats and --reference-repeats must be >= 1")
-    with Progress(args, "bench render", "size") as bar:
-        bar.update(0, len(args.sizes))
-        total = len(args.sizes) * (1 + len(args.widths))
+    if args.views < 0 or args.reference_seeds < 1:
+        raise CgofError("--views must be >= 0 and --reference-seeds >= 1")
+    with Progress(args, "bench render", "row") as bar:
+        total = len(args.sizes) * (1 + len(args.widths) + (args.views + 1 if args.views else 0))
+        bar.update(0, total)
         out = bench_render(sizes=args.sizes, repeats=args.repeats, reference_repeats=args.reference_repeats,
                            device=args.device, checkpoint=args.checkpoint, widths=args.widths, capture=args.capture,
-                           log=_logger(args, bar, total))
+                           log=_logger(args, bar, total), views=args.views, reference_seeds=args.reference_seeds)
     if args.json:
         print(json.dumps(out))
         return 0

@@ -63,6 +63,9 @@ def bench_synth(synth, sizes=(64, 128, 256), repeats: int = 10, reference_repeat
             "first_frame_ms": round(first, 1),
             "fast_with_normals_ms_median": round(statistics.median(fast_n), 2),
             "fast_evals_per_pixel": round(f.evals_per_pixel, 3),
+            "fast_evals_per_face_pixel": round(f.evals_per_face_pixel, 3),
+            "fast_evals_per_background_pixel": round(f.evals_per_background_pixel, 3),
+            "fast_normal_evals_per_pixel": round(f.normal_evals_per_pixel, 3),
             "fast_albedo_evals_per_pixel": round(f.albedo_evals_per_pixel, 3),
             "reference_ms_median": round(statistics.median(ref), 2),
             "reference_evals_per_pixel": round(r.evals_per_pixel, 3),
@@ -78,11 +81,50 @@ def bench_synth(synth, sizes=(64, 128, 256), repeats: int = 10, reference_repeat
     return rows
 
 
+def fidelity(synth, size: int, views: int = 8, seeds: int = 3, yaw: float = 15.0, pitch: float = 5.0,
+             seed: int = 7, log=None) -> dict:
+    """Fast path against the reference path over the bench's view plus ``views`` random faces and
+    poses (yaw +-35, pitch +-15 degrees; identity and expression random), medians over the views:
+
+    - ``psnr_fast_vs_reference_db``: against one reference render (sampling seed 0);
+    - ``psnr_reference_vs_reference_db``: reference seed 0 against seed 1: the reference schedule
+      draws its samples at random, so this is the most any deterministic renderer can agree with a
+      single reference render of the same weights;
+    - ``psnr_fast_vs_reference_mean_db`` / ``psnr_reference_vs_reference_mean_db``: the fast path, and
+      reference seed 0, against the mean of reference seeds 1..``seeds`` (the reference's expected
+      image, estimated; every figure here is whole-image PSNR).
+    """
+    from ..model.latent import FaceSpec
+
+    g = np.random.default_rng(seed)
+    cases = [(FaceSpec.random(synth.layout, seed=seed, psi=0.7), yaw, pitch)]
+    for k in range(views):
+        cases.append((FaceSpec.random(synth.layout, seed=int(g.integers(2**31)), psi=0.7),
+                      float(g.uniform(-35, 35)), float(g.uniform(-15, 15))))
+    rows = []
+    for spec, y, p in cases:
+        f = synth.render(spec, y, p, size, "fast", normals=False).image
+        refs = [synth.render(spec, y, p, size, "reference", normals=False, sampling_seed=k).image
+                for k in range(max(2, seeds + 1))]
+        mean = np.mean([r.astype(np.float64) for r in refs[1:]], 0)
+        rows.append({"fast_ref": psnr(f, refs[0]), "ref_ref": psnr(refs[0], refs[1]),
+                     "fast_mean": psnr(f, mean), "ref_mean": psnr(refs[0], mean)})
+        if log:
+            log({"size": size, "view": len(rows), **{k: round(v, 2) for k, v in rows[-1].items()}})
+    med = {k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0]}
+    return {"size": size, "views": len(rows), "reference_seeds_in_mean": max(1, seeds),
+            "psnr_fast_vs_reference_db": med["fast_ref"], "psnr_reference_vs_reference_db": med["ref_ref"],
+            "psnr_fast_vs_reference_mean_db": med["fast_mean"],
+            "psnr_reference_vs_reference_mean_db": med["ref_mean"]}
+
+
 def bench_render(sizes=(64, 128, 256), repeats: int = 10, reference_repeats: int = 3, device="auto",
-                 checkpoint=None, widths=(), log=None, capture: str = "auto") -> dict:
+                 checkpoint=None, widths=(), log=None, capture: str = "off", views: int = 0,
+                 reference_seeds: int = 3) -> dict:
     """Benchmark the default (or given) checkpoint; ``widths`` adds random-weight fields of those
     widths (e.g. 256, the reference) on the same face model for speed only (no PSNR meaning).
-    ``capture``: "auto" | "off" | "compile" | "graphs" (see the module docstring)."""
+    ``capture``: "auto" | "off" | "compile" | "graphs" (see the module docstring). ``views`` > 0 adds
+    :func:`fidelity` per size ("fidelity") over that many random views besides the bench's."""
     import warnings
 
     from ..device import resolve_device
@@ -114,6 +156,8 @@ def bench_render(sizes=(64, 128, 256), repeats: int = 10, reference_repeats: int
         "target_fast_evals_per_pixel": REFERENCE_EVALS_PER_PIXEL / 8,
         "rows": bench_synth(synth, sizes, repeats, reference_repeats, log=log),
     }
+    if views > 0:
+        result["fidelity"] = [fidelity(synth, size, views, reference_seeds, log=log) for size in sizes]
     captured = {"default": synth}
     for w in widths:
         torch.manual_seed(0)

@@ -75,12 +75,14 @@ class RenderConfig:
                                   "interior of our defaults is ~2000)", range=(0, None), open_low=True)
     surface_step: float = option(0.0004, help="surface search: bracket width the search stops at, world units "
                                  "(normals are steady within it)", range=(0, 0.1), open_low=True)
-    # The field is tied to the mesh (dist_depr); where it strays farther in front than surface_front
-    # (the closed lips in front of the 3DMM's mouth interior, say) it is drawn at that limit, which is
-    # what the mesh asks for there.
-    surface_front: float = option(0.002, help="surface search: how far in front of the mesh depth the surface is "
-                                  "looked for (a pixel solid all the way is drawn there), world units",
-                                  range=(0, 1), open_low=True)
+    # The field is tied to the mesh (dist_depr pulls its surface into the near-mesh band). Where it is
+    # solid already at the band's front edge (ray_end - ray_start) * thick_ratio / 2 = 0.6 mm in front
+    # of the mesh, it is drawn at that edge, as the reference schedule's band samples mostly draw it
+    # (its first band sample takes the weight): the closed lips a mesh_warp field keeps in front of
+    # the 3DMM's open mouth, say, or a face surface that sits proud of the mesh.
+    surface_front: float = option(0.0006, help="surface search: how far in front of the mesh depth the surface is "
+                                  "looked for (a pixel solid all the way is drawn there), world units; default "
+                                  "the reference's near-mesh band half-width", range=(0, 1), open_low=True)
     surface_behind: float = option(0.012, help="surface search: how far behind the mesh depth the surface is "
                                    "looked for (a pixel empty all the way is a hole), world units",
                                    range=(0, 1), open_low=True)
@@ -127,7 +129,7 @@ class RenderConfig:
 
 # Surface search, silhouette ring: depths (world units, relative to the neighbours' surface depth)
 # where a ray beside the silhouette is sampled, and the least opacity drawn.
-RING_CHORD = (-0.003, 0.004, 0.011, 0.018, 0.025)
+RING_CHORD = (-0.003, 0.006, 0.015, 0.024)
 RING_MIN_OPACITY = 0.01
 
 # An albedo field's colour is evaluated only where a sample's rendering weight exceeds this: the
@@ -464,11 +466,15 @@ class VolumeRenderer:
                      offsets: torch.Tensor | None = None,
                      appearance_offsets: torch.Tensor | None = None) -> VolumeOutput:
         """The fast path of albedo fields (:mod:`.surface_search`): the surface found per pixel, drawn
-        opaque. Mesh pixels are searched coarse to fine from the mesh depth; a ring of background
-        pixels ``surface_ring_pixels`` wide from the neighbouring surface depth; the rest of the
-        background is empty (depth ray_end, opacity 0) without an evaluation. rgb is the albedo
-        just behind the surface step, where ``surface_depth`` (the normals' point) is too; depth is
-        the step's depth (within surface_step / 2). Same arguments as :meth:`fast`."""
+        opaque. Mesh pixels are searched coarse to fine from the mesh depth, between
+        ``surface_front`` in front of it and ``surface_behind`` behind; a ring of background pixels up
+        to ``surface_ring_pixels`` wide gets its opacity from a few samples along its chord past the
+        neighbouring surface depth; the rest of the background is empty (depth ray_end, opacity 0)
+        without an evaluation. Face pixels: rgb is the albedo and depth the first point found solid
+        (within ``surface_step`` behind the density step); ``surface_depth``, where the shading
+        normal is taken, is that point or the mesh depth (``surface_normals_at``). Ring pixels: the
+        albedo at the chord's opacity-weighted depth times the opacity, the depth blended with
+        ray_end by the leftover (last_back). Same arguments as :meth:`fast`."""
         c, cam = self.config, self.camera.config
         b, r = rays.directions.shape[:2]
         h, w = rays.height, rays.width
@@ -512,17 +518,26 @@ class VolumeRenderer:
                     offset[idx] = br.depth - md[idx]
                     solved[idx] = br.found
                     hit[idx], lo_all[idx], hi_all[idx] = br.found, br.lo, br.hi
-                ring = self.silhouette_ring(mask[i:i + 1], h, w, ring_px)[0]
-                idx = ring.nonzero().squeeze(-1)
-                if idx.numel() and bool(solved.any()):
-                    est, near = interpolate(torch.where(solved, md + offset, md), solved, h, w, ring_px + 1)
+                # A ray just beside a convex silhouette meets the field (if at all) where it is
+                # tangent, centimetres behind where its neighbours inside the silhouette meet it (a
+                # head of radius R seen a pixel p inside its edge: sqrt(2 R p), 1.7 cm at 128 px), and
+                # often only its thin outer layer, whose density stays below the surface level but
+                # adds up over the long chord. So its opacity is integrated from samples along that
+                # stretch rather than searched for. The ring is walked outwards one pixel at a time,
+                # and a pixel is looked at only if the field was seen next to it one step in: the
+                # field's overhang is attached to the face.
+                front = mask[i]  # pixels the walk grows from: the mesh, then the ring pixels just seen
+                reached = mask[i].clone()
+                seen_depth = torch.where(solved, md + offset, md)
+                known = solved.clone()
+                for _ in range(ring_px):
+                    grown = self.silhouette_ring(front[None], h, w, 1)[0] & ~reached
+                    reached |= grown
+                    idx = grown.nonzero().squeeze(-1)
+                    if idx.numel() == 0 or not bool(known.any()):
+                        break
+                    est, near = interpolate(seen_depth, known, h, w, 2)
                     idx = idx[near[idx]]
-                    # A ray just beside a convex silhouette meets the field (if at all) where it is
-                    # tangent, centimetres behind where its neighbours inside the silhouette meet it
-                    # (a head of radius R seen a pixel p inside its edge: sqrt(2 R p), 1.7 cm at 128 px),
-                    # and often only its thin outer layer, whose density stays below the surface level
-                    # but adds up over the long chord. So its opacity is integrated from samples along
-                    # that stretch rather than searched for.
                     z = est[idx, None] + torch.tensor(RING_CHORD, device=dev)
                     rows = torch.arange(idx.numel(), device=dev)
                     sig = torch.stack([density_at(idx, rows, z[:, k]) for k in range(z.shape[1])], -1)
@@ -534,9 +549,12 @@ class VolumeRenderer:
                     at = (cw * z).sum(-1) / op
                     hit[idx], opacity[idx] = True, op
                     lo_all[idx] = hi_all[idx] = at
+                    seen_depth[idx], known[idx] = at, True
+                    front = torch.zeros_like(front)
+                    front[idx] = True
                 idx = hit.nonzero().squeeze(-1)
                 op = opacity[idx]
-                depth_out[i, idx] = op * 0.5 * (lo_all[idx] + hi_all[idx]) + (1 - op) * cam.ray_end
+                depth_out[i, idx] = op * hi_all[idx] + (1 - op) * cam.ray_end
                 surf_out[i, idx] = hi_all[idx]
                 if c.surface_normals_at == "mesh":
                     on = idx[mask[i, idx]]
