@@ -13,11 +13,15 @@ on one ray is blending their axis depths), where the reference mixes in a Euclid
 inference and a stale pre-blend depth in training; random draws come from a caller's generator
 instead of the global RNG, so a seed reproduces a render.
 
-Fast path (``VolumeRenderer.fast``), for the editor: on mesh pixels only a few samples across the
-near-mesh band plus two just behind it (the field is trained to be solid there); on a thin ring of
-background pixels around the mesh silhouette (where the field's edge need not match the mesh's to
-the pixel) a small deterministic coarse + hierarchical pass; elsewhere a few fixed samples. No
-autograd, optional fp16 on CUDA.
+Fast path (``VolumeRenderer.fast``), for the editor, deterministic, no autograd, optional fp16 on CUDA:
+
+* albedo fields (our defaults; ``fast_surface``): the surface search of :mod:`.surface_search`
+  (``VolumeRenderer.fast_surface``): about two density evaluations per face pixel, a few on a thin
+  ring around the silhouette, none on the rest of the background;
+* radiance fields (official imports, whose hair and shoulders lie off the mesh): on mesh pixels a few
+  samples across the near-mesh band plus two just behind it (the field is trained to be solid
+  there); on a thin ring of background pixels around the mesh silhouette (where the field's edge need
+  not match the mesh's to the pixel) a small coarse + hierarchical pass; elsewhere a few fixed samples.
 """
 
 from __future__ import annotations
