@@ -505,7 +505,6 @@ class VolumeRenderer:
                 offset = torch.zeros(r, device=dev)
                 solved = torch.zeros(r, dtype=torch.bool, device=dev)
                 hit = torch.zeros(r, dtype=torch.bool, device=dev)
-                lo_all = torch.zeros(r, device=dev)
                 hi_all = torch.zeros(r, device=dev)
                 opacity = torch.ones(r, device=dev)
                 for j, (pixels, stride) in enumerate(levels):
@@ -521,7 +520,7 @@ class VolumeRenderer:
                     evals += br.evaluations
                     offset[idx] = br.depth - md[idx]
                     solved[idx] = br.found
-                    hit[idx], lo_all[idx], hi_all[idx] = br.found, br.lo, br.hi
+                    hit[idx], hi_all[idx] = br.found, br.hi
                 # A ray just beside a convex silhouette meets the field (if at all) where it is
                 # tangent, centimetres behind where its neighbours inside the silhouette meet it (a
                 # head of radius R seen a pixel p inside its edge: sqrt(2 R p), 1.7 cm at 128 px), and
@@ -552,7 +551,7 @@ class VolumeRenderer:
                     idx, cw, z, op = idx[seen], chord.weights[seen], z[seen], chord.acc[seen]
                     at = (cw * z).sum(-1) / op
                     hit[idx], opacity[idx] = True, op
-                    lo_all[idx] = hi_all[idx] = at
+                    hi_all[idx] = at
                     seen_depth[idx], known[idx] = at, True
                     front = torch.zeros_like(front)
                     front[idx] = True
