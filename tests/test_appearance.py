@@ -295,3 +295,51 @@ def test_a_pose_only_edit_reuses_the_face_meshes(facemodel):
     assert d.meshes is not b.meshes and not torch.equal(d.verts, b.verts)
     # The kept normals are the face model's own.
     assert torch.allclose(b.meshes.vertex_normals("verts"), facemodel.vertex_normals(b.verts))
+
+
+def test_read_points_lie_where_the_fast_path_reads_with_their_pixels_mesh_colours(facemodel):
+    """The embedded default's fast-path read points sit on the mean face (within the field's few-mm
+    offset from the mesh), their targets are the basis interpolated on the mesh (A_0 within the
+    albedo range), a per-view cap is honoured, and a seed gives the same pool."""
+    from scipy.spatial import cKDTree
+
+    from engine.train.albedo import albedo_basis, read_points
+
+    synth = FaceSynthesizer.load(device="cpu")
+    pts, tgt = read_points(synth, 3, 48, seed=4)
+    assert pts.shape[1] == 3 and tgt.shape == (len(pts), 1 + facemodel.sizes["tex"], 3) and len(pts) > 500
+    mean = facemodel.vertices(torch.zeros(1, facemodel.sizes["id"]), torch.zeros(1, facemodel.sizes["exp"]))[0]
+    dist, nearest = cKDTree(mean.numpy()).query(pts.numpy())
+    assert np.median(dist) < 0.002 and np.percentile(dist, 95) < 0.006
+    assert float(tgt[:, 0].min()) >= -1e-5 and float(tgt[:, 0].max()) <= 1 + 1e-5
+    # A target is a blend of its triangle's corner colours: close to its nearest vertex's colour.
+    basis = albedo_basis(facemodel)
+    assert float((tgt[:, 0] - basis[nearest, 0]).abs().median()) < 0.05
+    capped, _ = read_points(synth, 3, 48, seed=4, per_view=100)
+    assert len(capped) == 300
+    again, _ = read_points(synth, 3, 48, seed=4)
+    assert torch.equal(again, pts)
+
+
+def test_albedo_fit_learns_the_colour_where_the_renderer_reads_it(facemodel):
+    """Read points off the shell (3 mm out, beyond its jitter) with their own colour: a fit that draws
+    half its surface points from them learns that colour there; the shell-only fit does not."""
+    from engine.train.albedo import AlbedoFitConfig, AlbedoTrainer, albedo_field_from
+
+    layout = LatentLayout.for_sizes(facemodel.sizes, 4, 4)
+    torch.manual_seed(0)
+    base = OccupancyField(FieldConfig(z_dim=layout.dim, width=16, film_layers=2, mapping_hidden=32))
+    mean = facemodel.vertices(torch.zeros(1, facemodel.sizes["id"]), torch.zeros(1, facemodel.sizes["exp"]))[0]
+    normals = facemodel.vertex_normals(mean[None])[0]
+    far = (mean + 0.003 * normals)[::7].float()
+    target = torch.full((len(far), 1 + layout.tex, 3), 0.3)
+    errors = {}
+    for read in (None, (far, target)):
+        cfg = AlbedoFitConfig(width=32, layers=2, steps=80, batch_points=2048, pool_points=20_000, lr=1e-3,
+                              jitter=0.0005, log_every=40)
+        field = albedo_field_from(base, layout.tex, cfg)
+        AlbedoTrainer(field, facemodel, cfg, read=read).train(log=None)
+        with torch.no_grad():
+            errors[read is None] = float(((field.albedo_field.basis(far[None])[0] - target) ** 2).mean())
+    assert errors[False] < 0.5 * errors[True]
+

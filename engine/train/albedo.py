@@ -58,6 +58,15 @@ class AlbedoFitConfig:
     # the albedo there, so empty points fill a cube larger than the field's box (0.12) to keep ray ends black.
     empty_box: float = option(0.18, help="half side of the cube empty points are drawn in, world units",
                               range=(0, None), open_low=True)
+    # The renderers read an albedo where the field's surface is, bent onto the mean face, and that
+    # surface sits up to ~1-2 mm off the mesh; around the eyes the eyeball lies 1.2 mm behind the
+    # lids, so a shell fitted around the mean surface alone mixes the two there. Points where the
+    # fast path really reads, each with its pixel's mesh colour, teach the albedo at those points.
+    read_views: int = option(0, help="random faces and poses whose fast-path albedo read points join the fit "
+                             "(0: the surface shell only)", range=(0, None))
+    read_size: int = option(128, help="image side of those views, pixels", range=(8, 1024))
+    read_fraction: float = option(0.5, help="share of each batch's surface points drawn from the read points",
+                                  range=(0, 1))
     lr: float = option(2e-4, help="initial learning rate (cosine-annealed to lr_final over the run)",
                        range=(0, None), open_low=True)
     lr_final: float = option(1e-5, help="learning rate at the end of the run", range=(0, None))
@@ -80,11 +89,51 @@ def albedo_basis(facemodel: MorphableModel) -> torch.Tensor:
     return basis.permute(1, 0, 2).contiguous()
 
 
+def read_points(synth, views: int, size: int, seed: int = 0, yaw_deg: float = 40.0,
+                pitch_deg: float = 20.0, per_view: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where ``synth``'s fast path reads its albedo field, over ``views`` random faces (psi 0.7) and
+    poses (yaw, pitch uniform within +-yaw_deg, +-pitch_deg) at size x size: per opaque mesh pixel
+    the surface point it found, moved onto the mean face by the appearance offsets -> (points (P, 3)
+    in the albedo field's frame, targets (P, 1 + K, 3): the face model's basis colours at the mesh
+    point the pixel shows, interpolated with the rasteriser's barycentrics). ``per_view``: at most
+    this many pixels of each view, drawn at random."""
+    from ..camera import angles_from_degrees
+    from ..model.latent import FaceSpec
+
+    fm = synth.facemodel
+    basis = albedo_basis(fm).to(synth.device)  # (N, 1 + K, 3)
+    tris = fm.triangles.to(synth.device)
+    g = torch.Generator().manual_seed(int(seed))
+    pts, tgts = [], []
+    for _ in range(views):
+        spec = FaceSpec.random(synth.layout, seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)), psi=0.7)
+        yaw, pitch = ((torch.rand(2, generator=g) * 2 - 1) * torch.tensor([yaw_deg, pitch_deg])).tolist()
+        c = synth.coefficients(spec)
+        theta, phi = angles_from_degrees([yaw], [pitch], device=synth.device)
+        cond = synth.conditioning(c["id"], c["exp"], theta, phi, size)
+        with torch.no_grad():
+            out = synth.renderer.fast(synth.film(spec), cond.rays, cond.depth, cond.mask, cond.offsets,
+                                      cond.appearance_offsets)
+        # Pixels the mesh itself covers (not the closed mouth's fill) where the field is opaque.
+        sel = (cond.frags.mask.reshape(-1) & (out.acc[0] > 0.99)).nonzero().squeeze(-1)
+        if per_view is not None and sel.numel() > per_view:
+            sel = sel[torch.randperm(sel.numel(), generator=g)[:per_view].to(sel.device)]
+        p = cond.rays.origins[0] + cond.appearance_offsets[0, sel] + cond.rays.directions[0, sel] * out.depth[0, sel, None]
+        corners = basis[tris[cond.frags.triangle_id.reshape(-1)[sel]]]  # (n, 3, 1 + K, 3)
+        bary = cond.frags.bary.reshape(-1, 3)[sel]
+        pts.append(p.float().cpu())
+        tgts.append((corners * bary[:, :, None, None]).sum(1).float().cpu())
+    return torch.cat(pts), torch.cat(tgts)
+
+
 class AlbedoTrainer(LoopOwner):
     """Fits ``field.albedo_field`` to the face model's albedo basis on its mean surface."""
 
     def __init__(self, field: OccupancyField, facemodel: MorphableModel, config: AlbedoFitConfig | None = None,
-                 device="cpu", options: RunOptions | None = None, rank: int = 0):
+                 device="cpu", options: RunOptions | None = None, rank: int = 0,
+                 read: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``read``: (points (P, 3), targets (P, 1 + K, 3)) of :func:`read_points`, the share
+        ``read_fraction`` of each batch's surface points (None: the shell only)."""
         self.cfg = c = validate(config or AlbedoFitConfig(), "albedo-fit config")
         self.device = torch.device(device)
         self.field = field.to(self.device)
@@ -102,6 +151,7 @@ class AlbedoTrainer(LoopOwner):
         self.normals = torch.as_tensor(n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12), dtype=torch.float32)
         self.targets = torch.as_tensor(smp.attributes["basis"], dtype=torch.float32)
         self.empty = torch.as_tensor(self._empty_points(smp.points, c.pool_points // 4, pool_gen), dtype=torch.float32)
+        self.read = read if read is not None and len(read[0]) else None
         self.loop = TrainLoop(self.field, steps=c.steps, log_every=c.log_every, device=self.device,
                               recipe=self.recipe(), options=options)
         self.loop.add_optimizer(torch.optim.Adam(self.field.albedo_field.parameters(), lr=c.lr),
@@ -125,12 +175,19 @@ class AlbedoTrainer(LoopOwner):
         c = self.cfg
         n_empty = int(round(c.batch_points * c.empty_fraction))
         n_surf = c.batch_points - n_empty
-        i = torch.randint(len(self.surface), (n_surf,), generator=self.gen)
-        shift = (torch.rand(n_surf, 1, generator=self.gen) * 2 - 1) * c.jitter
-        pts = self.surface[i] + shift * self.normals[i]
+        n_read = int(round(n_surf * c.read_fraction)) if self.read is not None else 0
+        n_shell = n_surf - n_read
+        i = torch.randint(len(self.surface), (n_shell,), generator=self.gen)
+        shift = (torch.rand(n_shell, 1, generator=self.gen) * 2 - 1) * c.jitter
+        pts = [self.surface[i] + shift * self.normals[i]]
+        tgt = [self.targets[i]]
+        if n_read:
+            k = torch.randint(len(self.read[0]), (n_read,), generator=self.gen)
+            pts.append(self.read[0][k])
+            tgt.append(self.read[1][k])
         j = torch.randint(len(self.empty), (n_empty,), generator=self.gen)
-        pts = torch.cat([pts, self.empty[j]])
-        tgt = torch.cat([self.targets[i], torch.zeros(n_empty, *self.targets.shape[1:])])
+        pts = torch.cat(pts + [self.empty[j]])
+        tgt = torch.cat(tgt + [torch.zeros(n_empty, *self.targets.shape[1:])])
         return pts.to(self.device), tgt.to(self.device)
 
     def loss(self, pts: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -205,7 +262,21 @@ def run_albedo_fit(out_dir: str | Path, init: str | Path, config: AlbedoFitConfi
             raise CgofError(f"{albedo_from}: not an albedo checkpoint with this fit's albedo field "
                             f"(tex {fm.sizes['tex']}, width {cfg.width}, {cfg.layers} layers, omega {cfg.omega})")
         field.albedo_field.load_state_dict(source.albedo_field.state_dict())
-    trainer = AlbedoTrainer(field, fm, cfg, device=device, options=options)
+    read = None
+    if cfg.read_views:
+        import copy
+
+        from ..camera import OrbitCamera
+        from ..synthesizer import FaceSynthesizer
+
+        # The geometry is fixed during the fit, so the read points are found once, on a copy (the
+        # synthesizer freezes the module it is given).
+        synth = FaceSynthesizer(copy.deepcopy(field), fm, info.layout, OrbitCamera(info.camera),
+                                RenderConfig.from_dict(info.render, str(info.path)), device)
+        read = read_points(synth, cfg.read_views, cfg.read_size, seed=cfg.seed, per_view=cfg.pool_points // cfg.read_views)
+        if log:
+            log(f"albedo fit: {len(read[0])} read points from {cfg.read_views} views at {cfg.read_size} px")
+    trainer = AlbedoTrainer(field, fm, cfg, device=device, options=options, read=read)
     if resume:
         trainer.resume(state)
     trainer.train(log=log, time_budget_s=time_budget_s)
