@@ -450,8 +450,70 @@ class OccupancyField(nn.Module):
             p = points if points.requires_grad else points.detach().requires_grad_(True)
             sigma = self.density(p, film)
             (g,) = torch.autograd.grad(sigma.sum(), p, create_graph=create_graph)
-        n = -g / (g.norm(dim=-1, keepdim=True) + 1e-7)
-        return torch.nan_to_num(n.clamp(-1, 1), nan=0.0)
+        return unit_normals(g)
+
+    @torch.no_grad()
+    def fold(self, film: Film) -> "FoldedTrunk":
+        """The density trunk with ``film`` (B views) folded into its layers, for fast no-grad
+        evaluation of density and its gradient (:class:`FoldedTrunk`)."""
+        freqs = film.freqs * FREQ_SCALE + FREQ_SHIFT
+        w = self.config.width
+        weights, biases = [], []
+        for i, film_layer in enumerate(self.network):
+            f, phase = freqs[:, i * w:(i + 1) * w], film.phases[:, i * w:(i + 1) * w]
+            lin = film_layer.layer
+            # The box warp (x * warp_scale) is linear too: fold it into the first layer.
+            scale = self.warp_scale if i == 0 else 1.0
+            weights.append((f[:, :, None] * (lin.weight * scale)).transpose(1, 2))
+            biases.append((f * lin.bias + phase)[:, None, :])
+        return FoldedTrunk(weights, biases, self.final_layer.weight[0], self.final_layer.bias[0])
+
+
+def unit_normals(grad: torch.Tensor) -> torch.Tensor:
+    """Density gradients (..., 3) -> unit normals -grad / (|grad| + 1e-7), clamped, NaN -> 0."""
+    n = -grad / (grad.norm(dim=-1, keepdim=True) + 1e-7)
+    return torch.nan_to_num(n.clamp(-1, 1), nan=0.0)
+
+
+@dataclass
+class FoldedTrunk:
+    """The density trunk of B films with each film folded into the layer weights, for no-grad
+    evaluation (the editor's fast path and shading normals).
+
+    sin(f (W x + b) + phi) = sin((f W) x + (f b + phi)): a layer is one batched matrix product and
+    one in-place sine, where the module spends separate passes over the activations on the FiLM
+    product and sum (and autograd its bookkeeping on top for a gradient). Equal to
+    :meth:`OccupancyField.density` up to float rounding. weights[l] (B, in, out) (the first
+    includes the box warp, so points are world units), biases[l] (B, 1, out), final_weight (W,),
+    final_bias ()."""
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    final_weight: torch.Tensor
+    final_bias: torch.Tensor
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        """points (B, N, 3) world -> raw density (B, N)."""
+        x = points.to(self.weights[0].dtype)
+        for w, b in zip(self.weights, self.biases):
+            x = torch.baddbmm(b, x, w).sin_()
+        return x @ self.final_weight.to(x.dtype) + self.final_bias.to(x.dtype)
+
+    def gradient(self, points: torch.Tensor) -> torch.Tensor:
+        """points (B, N, 3) world -> d density / d point (B, N, 3), by a hand-written reverse pass
+        (one matrix product per layer on top of the forward's; the density is a scalar, so reverse
+        mode needs one product where forward mode would need three)."""
+        x = points.to(self.weights[0].dtype)
+        cosines = []  # d sin(a) / d a per layer, (B, N, out) each
+        for w, b in zip(self.weights, self.biases):
+            a = torch.baddbmm(b, x, w)
+            cosines.append(torch.cos(a))
+            x = a.sin_()
+        g = None  # d density / d (layer output)
+        for w, cos in zip(reversed(self.weights), reversed(cosines)):
+            upstream = cos.mul_(self.final_weight) if g is None else cos.mul_(g)  # d density / d a
+            g = torch.bmm(upstream, w.transpose(1, 2))
+        return g
 
 
 # ---- capture helpers (OccupancyField.set_capture) ------------------------------------------------

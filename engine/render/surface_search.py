@@ -16,7 +16,8 @@ evaluations where the prediction is right, a few more where it is not. Backgroun
 says are empty cost nothing; a thin ring of them around the silhouette is searched from the
 neighbouring surface depth, because the field's edge need not match the mesh's to the pixel.
 
-Shapes: n rays of one view; depths are camera-axis depths in world units.
+Shapes: n rays (of one view or of several, the search treats each ray alone); depths are
+camera-axis depths in world units.
 """
 
 from __future__ import annotations
@@ -130,18 +131,19 @@ def grid_levels(h: int, w: int, coarsest: int, device=None) -> list[tuple[torch.
 
 
 def interpolate(values: torch.Tensor, known: torch.Tensor, h: int, w: int, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tent-weighted average of ``values`` (H*W,) over the ``known`` (H*W,) pixels within
-    ``radius`` pixels -> (estimate (H*W,), support (H*W,) bool: some known pixel was in reach)."""
+    """Tent-weighted average of ``values`` (..., H*W) over the ``known`` (..., H*W) pixels within
+    ``radius`` pixels of each image -> (estimate (..., H*W), support (..., H*W) bool: some known
+    pixel was in reach)."""
     r = max(1, int(radius))
     k1 = (1 - torch.arange(-r, r + 1, device=values.device, dtype=values.dtype).abs() / (r + 1))
     kx = k1.view(1, 1, 1, -1)
     ky = k1.view(1, 1, -1, 1)
-    v = known.to(values.dtype).view(1, 1, h, w)
-    x = torch.where(known, values, torch.zeros_like(values)).view(1, 1, h, w)
+    v = known.to(values.dtype).reshape(-1, 1, h, w)
+    x = torch.where(known, values, torch.zeros_like(values)).reshape(-1, 1, h, w)
 
     def blur(img):  # separable tent filter
         return F.conv2d(F.conv2d(img, kx, padding=(0, r)), ky, padding=(r, 0))
 
     num, den = blur(x * v), blur(v)
-    est = (num / den.clamp_min(1e-12)).reshape(-1)
-    return est, den.reshape(-1) > 1e-9
+    est = (num / den.clamp_min(1e-12)).reshape(values.shape)
+    return est, den.reshape(values.shape) > 1e-9
