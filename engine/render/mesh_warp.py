@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .rasterizer import Fragments, interpolate
+from .windows import dilate, window_sum
 
 # Offsets of points farther than this from the expression mesh fade to 0 (world units); the face's
 # expression displacements are a few mm, a point this far off is in empty space or deep inside.
@@ -46,7 +47,7 @@ def ray_offsets(frags: Fragments, verts: torch.Tensor, neutral: torch.Tensor, tr
     off = interpolate(frags, neutral - verts, triangles)
     holes = closed_mask & ~frags.mask
     if bool(holes.any()):
-        grown = torch.nn.functional.max_pool2d(holes[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+        grown = dilate(holes, 1)
         ring = (grown & frags.mask).to(off.dtype)[..., None]
         mean = (off * ring).sum((1, 2), keepdim=True) / ring.sum((1, 2), keepdim=True).clamp(min=1)
         off = torch.where(holes[..., None], mean.expand_as(off), off)
@@ -106,16 +107,9 @@ def grow_offsets(offsets: torch.Tensor, valid: torch.Tensor, pixels: int) -> tor
     off = offsets.permute(0, 3, 1, 2) * valid[:, None].to(offsets.dtype)
     have = valid[:, None].to(offsets.dtype)
     for _ in range(pixels):
-        total, count = _box3(off), _box3(have)
+        total, count = window_sum(off, 1), window_sum(have, 1)
         new = (have == 0) & (count > 0.5)
         off = torch.where(new, total / count.clamp(min=1e-6), off)
         have = torch.where(new, torch.ones_like(have), have)
     return off.permute(0, 2, 3, 1)
 
-
-def _box3(x: torch.Tensor) -> torch.Tensor:
-    """Sums over each pixel's 3x3 neighbourhood (zeros outside the image) of x (B, C, H, W), as
-    shifted slices: a few passes over x, where avg_pool2d costs ~10x more on a CPU."""
-    p = torch.nn.functional.pad(x, (1, 1, 1, 1))
-    rows = p[..., :-2, :] + p[..., 1:-1, :] + p[..., 2:, :]
-    return rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]

@@ -37,6 +37,7 @@ from ..model.field import Film, OccupancyField, unit_normals
 from .integration import integrate, sample_pdf, stratified_depths
 from .surface_search import find_surface, grid_levels, interpolate
 from .view_batch import FlatRays, chunk_points
+from .windows import dilate
 
 
 @dataclass(frozen=True)
@@ -638,9 +639,7 @@ class VolumeRenderer:
         k = self.silhouette_ring_pixels(h, w) if pixels is None else pixels
         if k <= 0:
             return torch.zeros_like(mask)
-        m = mask.reshape(-1, 1, h, w).float()
-        grown = torch.nn.functional.max_pool2d(m, 2 * k + 1, stride=1, padding=k) > 0
-        return grown.reshape(mask.shape) & ~mask
+        return dilate(mask.reshape(-1, h, w), k).reshape(mask.shape) & ~mask
 
     # ---- normals -------------------------------------------------------------------------------
     @torch.no_grad()
