@@ -475,16 +475,19 @@ class OccupancyField(nn.Module):
 
 
 def _numpy_view(x: torch.Tensor) -> np.ndarray | None:
-    """x's memory as a NumPy array where it can be (a contiguous float32 CPU tensor without grad), else None."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and not x.requires_grad:
+    """x's memory as a NumPy array where NumPy's sine pays off, else None: a contiguous float32 CPU
+    tensor without grad, while torch computes on one thread (torch spreads an elementwise op over
+    its threads, NumPy's ufuncs run on one)."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and not x.requires_grad
+            and torch.get_num_threads() == 1):
         return x.numpy()
     return None
 
 
 def sin_(x: torch.Tensor) -> torch.Tensor:
-    """In-place sine of a no-grad tensor. The sines are half of a SIREN's arithmetic; on a CPU,
-    NumPy's SIMD float32 sine runs about twice as fast as torch's (0.8-1.1 vs 1.9-2.6 ns a value on
-    this project's AVX-512 machine, both within 1e-7 of the exact sine), so CPU tensors go there."""
+    """In-place sine of a no-grad tensor. Sines are about a third of a SIREN's cost; on one CPU
+    thread NumPy's SIMD float32 sine runs about twice as fast as torch's (0.8-1.1 vs 1.9-2.6 ns a
+    value on this project's AVX-512 machine, both within 1e-7 of the exact sine)."""
     a = _numpy_view(x)
     if a is None:
         return x.sin_()
