@@ -294,16 +294,18 @@ def interpolate(frags: Fragments, attr: torch.Tensor, triangles: torch.Tensor) -
         attr = attr[None]
     if attr.dim() != 3 or attr.shape[0] not in (1, b):
         raise CgofError(f"attribute: expected shape (B, N, C) or (N, C) with B = {b}, got {tuple(attr.shape)}")
-    n = attr.shape[1]
+    n, c = attr.shape[1], attr.shape[-1]
     triangles = triangles.to(attr.device, torch.int64)
-    tid = frags.triangle_id.to(attr.device)
-    vid = triangles[tid.clamp(min=0)]  # (B, H, W, 3)
+    # Only covered pixels are interpolated (background pixels, often half the image, stay 0).
+    pix = frags.mask.to(attr.device).reshape(-1).nonzero().squeeze(1)  # (P,) into the B*H*W pixels
+    vid = triangles[frags.triangle_id.to(attr.device).reshape(-1)[pix]]  # (P, 3)
     if attr.shape[0] == b and b > 1:
-        vid = vid + (torch.arange(b, device=attr.device) * n).view(b, 1, 1, 1)
-    flat = attr.reshape(-1, attr.shape[-1])
-    corner = flat[vid.reshape(-1)].reshape(b, h, w, 3, -1)  # (B, H, W, 3, C)
-    bary = frags.bary.to(attr.device, attr.dtype) * frags.mask.to(attr.device)[..., None]
-    return (bary[..., None] * corner).sum(-2)
+        vid = vid + (torch.div(pix, h * w, rounding_mode="floor") * n)[:, None]
+    corner = attr.reshape(-1, c)[vid]  # (P, 3, C)
+    bary = frags.bary.to(attr.device, attr.dtype).reshape(-1, 3)[pix]
+    out = attr.new_zeros(b * h * w, c)
+    out[pix] = (bary[..., None] * corner).sum(-2)
+    return out.reshape(b, h, w, c)
 
 
 def warp_flow(frags: Fragments, verts_a: torch.Tensor, verts_b: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
