@@ -22,6 +22,7 @@ def test_by_view_gives_each_point_its_views_value_in_any_chunking():
     for chunk in (4, 7, 1000):
         assert torch.allclose(by_view(view_field, view, points, 4, chunk), expected)
     one = by_view(view_field, torch.zeros(6, dtype=torch.long), points[:6], 1, 4)
+    assert by_view(view_field, view[:0], points[:0], 4, 7).shape == (0, 2)  # no points: no values
     assert torch.allclose(one, view_field(points[None, :6])[0])
 
 
