@@ -26,7 +26,8 @@ from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+
+from .windows import tent_blur
 
 # density_at(rows, t): raw density at depth t (m,) along the rays ``rows`` (m,) (indices into the
 # caller's ray list) -> (m,) float32.
@@ -157,15 +158,8 @@ def interpolate(values: torch.Tensor, known: torch.Tensor, h: int, w: int, radiu
     ``radius`` pixels of each image -> (estimate (..., H*W), support (..., H*W) bool: some known
     pixel was in reach)."""
     r = max(1, int(radius))
-    k1 = (1 - torch.arange(-r, r + 1, device=values.device, dtype=values.dtype).abs() / (r + 1))
-    kx = k1.view(1, 1, 1, -1)
-    ky = k1.view(1, 1, -1, 1)
-    v = known.to(values.dtype).reshape(-1, 1, h, w)
-    x = torch.where(known, values, torch.zeros_like(values)).reshape(-1, 1, h, w)
-
-    def blur(img):  # separable tent filter
-        return F.conv2d(F.conv2d(img, kx, padding=(0, r)), ky, padding=(r, 0))
-
-    num, den = blur(x * v), blur(v)
+    v = known.to(values.dtype).reshape(-1, h, w)
+    x = torch.where(known, values, torch.zeros_like(values)).reshape(-1, h, w)
+    num, den = tent_blur(torch.stack([x * v, v]), r)
     est = (num / den.clamp_min(1e-12)).reshape(values.shape)
     return est, den.reshape(values.shape) > 1e-9
