@@ -80,3 +80,27 @@ def test_normals_are_minus_density_gradient():
     expected = -g / g.norm(dim=-1, keepdim=True)
     assert torch.allclose(n, expected, atol=2e-2)
     assert torch.allclose(n.norm(dim=-1), torch.ones(1, 10), atol=1e-4)
+
+
+def test_folded_trunk_matches_the_module_and_autograd_normals():
+    """OccupancyField.fold (the fast path's density and shading normals): the film folded into the
+    layers gives the module's density, and its hand-written reverse pass autograd's normals, per view."""
+    from engine.model.field import unit_normals
+
+    torch.manual_seed(0)
+    f = OccupancyField(FieldConfig(z_dim=20, width=32))
+    film = f.film(torch.randn(2, 20))
+    p = torch.rand(2, 300, 3) * 0.2 - 0.1
+    folded = f.fold(film)
+    with torch.no_grad():
+        expected = f.density(p, film)[..., 0]
+    got = folded.density(p)
+    assert got.shape == (2, 300)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-3 * float(expected.abs().max()))
+    n_auto = f.normals(p, film, create_graph=False).detach()
+    n_fold = unit_normals(folded.gradient(p))
+    cos = (n_auto * n_fold).sum(-1).clamp(-1, 1)
+    assert float(torch.rad2deg(torch.acos(cos)).max()) < 0.05
+    # Each view is evaluated with its own film.
+    swapped = f.fold(film.index([1, 0])).density(p)
+    assert not torch.allclose(swapped, got, atol=1e-2)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .rasterizer import Fragments, interpolate
+from .windows import dilate, window_sum
 
 # Offsets of points farther than this from the expression mesh fade to 0 (world units); the face's
 # expression displacements are a few mm, a point this far off is in empty space or deep inside.
@@ -46,7 +47,7 @@ def ray_offsets(frags: Fragments, verts: torch.Tensor, neutral: torch.Tensor, tr
     off = interpolate(frags, neutral - verts, triangles)
     holes = closed_mask & ~frags.mask
     if bool(holes.any()):
-        grown = torch.nn.functional.max_pool2d(holes[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+        grown = dilate(holes, 1)
         ring = (grown & frags.mask).to(off.dtype)[..., None]
         mean = (off * ring).sum((1, 2), keepdim=True) / ring.sum((1, 2), keepdim=True).clamp(min=1)
         off = torch.where(holes[..., None], mean.expand_as(off), off)
@@ -106,9 +107,9 @@ def grow_offsets(offsets: torch.Tensor, valid: torch.Tensor, pixels: int) -> tor
     off = offsets.permute(0, 3, 1, 2) * valid[:, None].to(offsets.dtype)
     have = valid[:, None].to(offsets.dtype)
     for _ in range(pixels):
-        total = torch.nn.functional.avg_pool2d(off, 3, stride=1, padding=1, count_include_pad=False) * 9
-        count = torch.nn.functional.avg_pool2d(have, 3, stride=1, padding=1, count_include_pad=False) * 9
+        total, count = window_sum(off, 1), window_sum(have, 1)
         new = (have == 0) & (count > 0.5)
         off = torch.where(new, total / count.clamp(min=1e-6), off)
         have = torch.where(new, torch.ones_like(have), have)
     return off.permute(0, 2, 3, 1)
+

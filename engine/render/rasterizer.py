@@ -164,11 +164,13 @@ class MeshRasterizer:
             return _empty(b, h, w, dev)
         col, row, z = self._screen(verts, cam2world, h, w)
         setup = _triangle_setup(col, row, z, triangles, h, w)
+        if setup.rows.numel() == 0:
+            return _empty(b, h, w, dev)
         keys = torch.full((b * h * w,), -1, dtype=torch.int64, device=dev)
         _zbuffer(setup, keys, (h, w))
 
         # Resolve every pixel densely (cheaper than nonzero + scatter at the usual coverage): the
-        # background key -1 decodes to triangle row 0, whose values are then masked out.
+        # background key -1 decodes to table row 0, whose values are then masked out.
         hit = keys >= 0
         t = _LOW32 - (keys & _LOW32)
         pix = torch.arange(h * w, device=dev).repeat(b)
@@ -177,7 +179,7 @@ class MeshRasterizer:
         return Fragments(
             depth=torch.where(hit, depth, 0.0).reshape(b, h, w),
             mask=hit.reshape(b, h, w),
-            triangle_id=torch.where(hit, t % f, -1).reshape(b, h, w),
+            triangle_id=torch.where(hit, setup.rows[t] % f, -1).reshape(b, h, w),
             bary=torch.where(hit[:, None], bary, 0.0).reshape(b, h, w, 3),
         )
 
@@ -292,16 +294,18 @@ def interpolate(frags: Fragments, attr: torch.Tensor, triangles: torch.Tensor) -
         attr = attr[None]
     if attr.dim() != 3 or attr.shape[0] not in (1, b):
         raise CgofError(f"attribute: expected shape (B, N, C) or (N, C) with B = {b}, got {tuple(attr.shape)}")
-    n = attr.shape[1]
+    n, c = attr.shape[1], attr.shape[-1]
     triangles = triangles.to(attr.device, torch.int64)
-    tid = frags.triangle_id.to(attr.device)
-    vid = triangles[tid.clamp(min=0)]  # (B, H, W, 3)
+    # Only covered pixels are interpolated (background pixels, often half the image, stay 0).
+    pix = frags.mask.to(attr.device).reshape(-1).nonzero().squeeze(1)  # (P,) into the B*H*W pixels
+    vid = triangles[frags.triangle_id.to(attr.device).reshape(-1)[pix]]  # (P, 3)
     if attr.shape[0] == b and b > 1:
-        vid = vid + (torch.arange(b, device=attr.device) * n).view(b, 1, 1, 1)
-    flat = attr.reshape(-1, attr.shape[-1])
-    corner = flat[vid.reshape(-1)].reshape(b, h, w, 3, -1)  # (B, H, W, 3, C)
-    bary = frags.bary.to(attr.device, attr.dtype) * frags.mask.to(attr.device)[..., None]
-    return (bary[..., None] * corner).sum(-2)
+        vid = vid + (torch.div(pix, h * w, rounding_mode="floor") * n)[:, None]
+    corner = attr.reshape(-1, c)[vid]  # (P, 3, C)
+    bary = frags.bary.to(attr.device, attr.dtype).reshape(-1, 3)[pix]
+    out = attr.new_zeros(b * h * w, c)
+    out[pix] = (bary[..., None] * corner).sum(-2)
+    return out.reshape(b, h, w, c)
 
 
 def warp_flow(frags: Fragments, verts_a: torch.Tensor, verts_b: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
@@ -318,7 +322,10 @@ def warp_flow(frags: Fragments, verts_a: torch.Tensor, verts_b: torch.Tensor, tr
 # ---- torch backend internals --------------------------------------------------------------------
 @dataclass
 class _Setup:
-    """Per-triangle tables for all B*F triangles (row r = triangle r % F of view r // F).
+    """Per-triangle tables for the T of the B*F triangles whose pixel-centre bbox is not empty and
+    whose vertices lie in front of the camera (column r: triangle ``rows[r] % F`` of view
+    ``rows[r] // F``; ``rows`` ascending). At editor sizes most triangles of a dense mesh fall
+    between pixel centres, so the tables are built for a fraction of them.
 
     coef: (12, B*F) float32, one row per coefficient so that a group of triangles gathers into
     contiguous columns. Rows k, 3+k, 6+k = (a, b, c) of edge k (the edge opposite vertex k): the
@@ -328,8 +335,9 @@ class _Setup:
     inv_h: (3, B*F) 1 / (distance of vertex k from edge k): pixel distance -> screen barycentric.
     inv_z: (3, B*F) 1 / axis depth per vertex. origin: (2, B*F) int64 first bbox pixel (x0, y0).
     extent: (2, B*F) int64 bbox width and height in pixels. base: (B*F,) flat index of pixel
-    (x0, y0) in the (B*H*W) buffer. group: (B*F,) int64 size-class group id, -1 when the triangle
-    cannot cover any pixel centre (clipped, off-image, degenerate).
+    (x0, y0) in the (B*H*W) buffer. group: (T,) int64 size-class group id, -1 when the triangle
+    cannot cover any pixel centre after all (degenerate, non-finite). rows: (T,) int64 (view * F +
+    triangle). Shapes (k, B*F) above read (k, T).
     """
 
     coef: torch.Tensor
@@ -339,6 +347,7 @@ class _Setup:
     extent: torch.Tensor
     base: torch.Tensor
     group: torch.Tensor
+    rows: torch.Tensor
 
 
 # Offset-grid extents per axis: exact up to 4 (the many tiny triangles of a dense mesh waste
@@ -382,16 +391,20 @@ def _triangle_setup(col, row, z, triangles, h, w) -> _Setup:
         vid = vid + torch.arange(b, device=dev)[None, :, None] * n
     vid = vid.expand(3, b, f).reshape(-1)
     g = torch.stack([col, row, z]).reshape(3, b * n).index_select(1, vid).reshape(3, 3, b * f)
+
+    # Pixel-centre bbox, widened by the edge tolerance so a vertex sitting on a centre keeps it.
+    lo = torch.ceil(g[:2].amin(1) - EDGE_TOLERANCE_PX).clamp_(min=0)  # (2, B*F)
+    hi = torch.floor(g[:2].amax(1) + EDGE_TOLERANCE_PX)
+    hi = torch.minimum(hi, torch.tensor([[w - 1.0], [h - 1.0]], device=dev))
+    # Only triangles that can hold a pixel centre get tables (NaN bounds compare False: dropped).
+    rows = ((g[2] > NEAR_DEPTH).all(0) & (hi >= lo).all(0)).nonzero().squeeze(1)
+    g, lo, hi = g[:, :, rows], lo[:, rows], hi[:, rows]
+    t = rows.numel()
     # Appending corners 0, 1 makes "corner k+1" and "corner k+2" plain row slices.
     g5 = torch.cat([g, g[:, :2]], dim=1)
     xs, xa, xb = g5[0, 0:3], g5[0, 1:4], g5[0, 2:5]
     ys, ya, yb = g5[1, 0:3], g5[1, 1:4], g5[1, 2:5]
     zs = g[2]
-
-    # Pixel-centre bbox, widened by the edge tolerance so a vertex sitting on a centre keeps it.
-    lo = torch.ceil(torch.stack([xs.amin(0), ys.amin(0)]) - EDGE_TOLERANCE_PX).clamp_(min=0)
-    hi = torch.floor(torch.stack([xs.amax(0), ys.amax(0)]) + EDGE_TOLERANCE_PX)
-    hi = torch.minimum(hi, torch.tensor([[w - 1.0], [h - 1.0]], device=dev))
 
     # Edge k joins corners k+1 and k+2; its line function (ya - yb)(x - xa) + (xb - xa)(y - ya)
     # equals twice the signed area at corner k, so multiplying by sign(area) / length gives a signed
@@ -401,7 +414,7 @@ def _triangle_setup(col, row, z, triangles, h, w) -> _Setup:
     area2 = ea[0] * (xs[0] - xa[0]) + eb[0] * (ys[0] - ya[0])
     length = torch.hypot(ea, eb)
     scale = torch.sign(area2) / length
-    coef = torch.empty(12, b * f, device=dev)
+    coef = torch.empty(12, t, device=dev)
     torch.mul(ea, scale, out=coef[0:3])
     torch.mul(eb, scale, out=coef[3:6])
     # Evaluate relative to the bbox origin: per-pixel offsets are then small integers (exact in
@@ -413,18 +426,20 @@ def _triangle_setup(col, row, z, triangles, h, w) -> _Setup:
     # 1/z = sum_k lambda_k / z_k is affine in screen space; fold it into rows 9..11.
     torch.sum(coef[:9].view(3, 3, -1) * (inv_h * inv_z), dim=1, out=coef[9:12])
 
-    ok = (zs > NEAR_DEPTH).all(0) & (hi >= lo).all(0) & (area2.abs() > MIN_DOUBLE_AREA)
-    ok &= torch.isfinite(coef).all(0)  # a non-finite vertex must not produce NaN keys
+    # A non-finite coefficient must not produce NaN keys; one isfinite of the column sums is ~10x
+    # cheaper than of every entry, and any inf or NaN entry makes its sum non-finite.
+    ok = (area2.abs() > MIN_DOUBLE_AREA) & torch.isfinite(coef.sum(0))
     origin = lo.long()
     extent = (hi - lo).long() + 1
     base = origin[1] * w + origin[0]
     if b > 1:
-        base += torch.arange(b, device=dev).repeat_interleave(f) * (h * w)
+        base += torch.div(rows, f, rounding_mode="floor") * (h * w)
     lut, ext = _class_lut(max(h, w), dev)
     # Clamp only guards the lookup for rows that are not ok anyway (NaN or off-image vertices).
     cls = lut.index_select(0, extent.clamp(0, max(h, w)).reshape(-1)).reshape(2, -1)
     group = torch.where(ok, cls[0] * len(ext) + cls[1], -1)
-    return _Setup(coef=coef, inv_h=inv_h, inv_z=inv_z, origin=origin, extent=extent, base=base, group=group)
+    return _Setup(coef=coef, inv_h=inv_h, inv_z=inv_z, origin=origin, extent=extent, base=base, group=group,
+                  rows=rows)
 
 
 def _argsort_groups(group: torch.Tensor) -> torch.Tensor:

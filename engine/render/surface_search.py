@@ -16,16 +16,18 @@ evaluations where the prediction is right, a few more where it is not. Backgroun
 says are empty cost nothing; a thin ring of them around the silhouette is searched from the
 neighbouring surface depth, because the field's edge need not match the mesh's to the pixel.
 
-Shapes: n rays of one view; depths are camera-axis depths in world units.
+Shapes: n rays (of one view or of several, the search treats each ray alone); depths are
+camera-axis depths in world units.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+
+from .windows import tent_blur
 
 # density_at(rows, t): raw density at depth t (m,) along the rays ``rows`` (m,) (indices into the
 # caller's ray list) -> (m,) float32.
@@ -60,54 +62,76 @@ def find_surface(density_at: DensityAt, start: torch.Tensor, near: torch.Tensor,
     changes the bracket is bisected to at most ``step`` wide. A ray solid all the way to ``near`` (the surface is nearer still) is
     reported found with lo = hi = near, so it is drawn at the limit rather than lost; one empty all
     the way to ``far`` is not found (a hole, or a background ray that misses)."""
+    # Each loop works on the rays still in play only, compacted after every round (a ray's
+    # state moves with it), rather than gathering from and scattering into full-length arrays.
     n = start.numel()
-    dev = start.device
+    rows = torch.arange(n, device=start.device)
     t = torch.minimum(torch.maximum(start, near), far)
-    rows = torch.arange(n, device=dev)
     solid = density_at(rows, t) >= level
     evals = n
     lo = torch.where(solid, near, t)
     hi = torch.where(solid, t, far)
-    found = torch.zeros(n, dtype=torch.bool, device=dev)
-    # Marching: rays not yet bracketed. Direction +1 (away from the camera) for empty starts.
-    sign = torch.where(solid, -1.0, 1.0).to(t.dtype)
-    stride = torch.full_like(t, step if march_step is None else march_step)
-    active = torch.ones(n, dtype=torch.bool, device=dev)
+    found = torch.zeros(n, dtype=torch.bool, device=start.device)
+    # Marching. Direction +1 (away from the camera) for empty starts.
+    ray = _Rays(rows, t, torch.where(solid, -1.0, 1.0).to(t.dtype),
+                torch.full_like(t, step if march_step is None else march_step), near, far, lo, hi)
     for _ in range(max_rounds):
-        a = active.nonzero().squeeze(-1)
-        if a.numel() == 0:
+        if ray.rows.numel() == 0:
             break
-        t_new = (t[a] + sign[a] * stride[a])
-        t_new = torch.minimum(torch.maximum(t_new, near[a]), far[a])
-        s = density_at(a, t_new) >= level
-        evals += a.numel()
-        forward = sign[a] > 0
+        t_new = torch.minimum(torch.maximum(ray.t + ray.sign * ray.stride, ray.near), ray.far)
+        s = density_at(ray.rows, t_new) >= level
+        evals += ray.rows.numel()
+        forward = ray.sign > 0
         crossed = s == forward  # an empty start met solid, or a solid start met empty
         # Forward rays: solid -> hi, empty -> lo. Backward rays: empty -> lo, solid -> hi.
-        lo[a] = torch.where(s, lo[a], t_new)
-        hi[a] = torch.where(s, t_new, hi[a])
-        at_limit = torch.where(forward, t_new >= far[a], t_new <= near[a])
-        done = crossed | at_limit
-        found[a] = crossed
+        ray.lo = torch.where(s, ray.lo, t_new)
+        ray.hi = torch.where(s, t_new, ray.hi)
+        at_limit = torch.where(forward, t_new >= ray.far, t_new <= ray.near)
         # Solid all the way to the near limit: the surface is nearer still; draw it at the limit.
         nearer = ~forward & ~crossed & at_limit
-        found[a[nearer]] = True
-        lo[a[nearer]] = near[a[nearer]]
-        hi[a[nearer]] = near[a[nearer]]
-        t[a] = t_new
-        stride[a] = stride[a] * growth
-        active[a[done]] = False
+        ray.lo = torch.where(nearer, ray.near, ray.lo)
+        ray.hi = torch.where(nearer, ray.near, ray.hi)
+        ray.t, ray.stride = t_new, ray.stride * growth
+        done = crossed | at_limit
+        d = ray.rows[done]
+        lo[d], hi[d], found[d] = ray.lo[done], ray.hi[done], (crossed | nearer)[done]
+        ray = ray.select(~done)
+    lo[ray.rows], hi[ray.rows] = ray.lo, ray.hi  # still marching after max_rounds: not found
     # Bisection of the brackets wider than one step.
+    a = (found & (hi - lo > step * 1.0001)).nonzero().squeeze(-1)
+    b_lo, b_hi = lo[a], hi[a]
     for _ in range(max_rounds):
-        a = (found & (hi - lo > step * 1.0001)).nonzero().squeeze(-1)
         if a.numel() == 0:
             break
-        mid = 0.5 * (lo[a] + hi[a])
+        mid = 0.5 * (b_lo + b_hi)
         s = density_at(a, mid) >= level
         evals += a.numel()
-        lo[a] = torch.where(s, lo[a], mid)
-        hi[a] = torch.where(s, mid, hi[a])
+        b_lo, b_hi = torch.where(s, b_lo, mid), torch.where(s, mid, b_hi)
+        wide = b_hi - b_lo > step * 1.0001
+        narrow = ~wide
+        lo[a[narrow]], hi[a[narrow]] = b_lo[narrow], b_hi[narrow]
+        a, b_lo, b_hi = a[wide], b_lo[wide], b_hi[wide]
+    lo[a], hi[a] = b_lo, b_hi  # still wider after max_rounds
     return Bracket(lo, hi, found, evals)
+
+
+@dataclass
+class _Rays:
+    """The marching state of the rays still in play: caller's ``rows`` (k,) and per ray (k,) depth
+    ``t``, direction ``sign``, next ``stride``, limits ``near``/``far``, bracket ``lo``/``hi``."""
+
+    rows: torch.Tensor
+    t: torch.Tensor
+    sign: torch.Tensor
+    stride: torch.Tensor
+    near: torch.Tensor
+    far: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    def select(self, keep: torch.Tensor) -> "_Rays":
+        """The rays ``keep`` (k,) bool."""
+        return _Rays(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
 def grid_levels(h: int, w: int, coarsest: int, device=None) -> list[tuple[torch.Tensor, int]]:
@@ -130,18 +154,12 @@ def grid_levels(h: int, w: int, coarsest: int, device=None) -> list[tuple[torch.
 
 
 def interpolate(values: torch.Tensor, known: torch.Tensor, h: int, w: int, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tent-weighted average of ``values`` (H*W,) over the ``known`` (H*W,) pixels within
-    ``radius`` pixels -> (estimate (H*W,), support (H*W,) bool: some known pixel was in reach)."""
+    """Tent-weighted average of ``values`` (..., H*W) over the ``known`` (..., H*W) pixels within
+    ``radius`` pixels of each image -> (estimate (..., H*W), support (..., H*W) bool: some known
+    pixel was in reach)."""
     r = max(1, int(radius))
-    k1 = (1 - torch.arange(-r, r + 1, device=values.device, dtype=values.dtype).abs() / (r + 1))
-    kx = k1.view(1, 1, 1, -1)
-    ky = k1.view(1, 1, -1, 1)
-    v = known.to(values.dtype).view(1, 1, h, w)
-    x = torch.where(known, values, torch.zeros_like(values)).view(1, 1, h, w)
-
-    def blur(img):  # separable tent filter
-        return F.conv2d(F.conv2d(img, kx, padding=(0, r)), ky, padding=(r, 0))
-
-    num, den = blur(x * v), blur(v)
-    est = (num / den.clamp_min(1e-12)).reshape(-1)
-    return est, den.reshape(-1) > 1e-9
+    v = known.to(values.dtype).reshape(-1, h, w)
+    x = torch.where(known, values, torch.zeros_like(values)).reshape(-1, h, w)
+    num, den = tent_blur(torch.stack([x * v, v]), r)
+    est = (num / den.clamp_min(1e-12)).reshape(values.shape)
+    return est, den.reshape(values.shape) > 1e-9

@@ -33,9 +33,11 @@ import torch
 
 from ..camera import OrbitCamera, Rays
 from ..config import from_dict, option
-from ..model.field import Film, OccupancyField
+from ..model.field import Film, OccupancyField, unit_normals
 from .integration import integrate, sample_pdf, stratified_depths
 from .surface_search import find_surface, grid_levels, interpolate
+from .view_batch import FlatRays, chunk_points
+from .windows import dilate
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,20 @@ class VolumeOutput:
     normal_spread: tuple[float, ...] | None = None
     # Of ``evaluations``: those spent on background rays (off the mesh mask); None where not split.
     background_evaluations: int | None = None
+
+
+@dataclass
+class _Hits:
+    """What a stage of the surface search found, per ray of the batch (B*R,): ``hit`` bool, ``depth``
+    where the pixel's colour is read (the first solid point, or a ring chord's opacity-weighted
+    depth), ``opacity``, ``evaluations`` spent, and ``seen_depth``, where the surface is known to be
+    seen (else the mesh depth), from which the next stage interpolates."""
+
+    hit: torch.Tensor
+    depth: torch.Tensor
+    opacity: torch.Tensor
+    evaluations: int
+    seen_depth: torch.Tensor
 
 
 @dataclass
@@ -478,102 +494,123 @@ class VolumeRenderer:
         (within ``surface_step`` behind the density step); ``surface_depth``, where the shading
         normal is taken, is that point or the mesh depth (``surface_normals_at``). Ring pixels: the
         albedo at the chord's opacity-weighted depth times the opacity, the depth blended with
-        ray_end by the leftover (last_back). Same arguments as :meth:`fast`."""
+        ray_end by the leftover (last_back). Same arguments as :meth:`fast`.
+
+        All B views are searched together (:mod:`.view_batch`): each step of the search is one field
+        call for every view's rays, so a batch costs about its points, not B times the calls."""
         c, cam = self.config, self.camera.config
-        b, r = rays.directions.shape[:2]
-        h, w = rays.height, rays.width
-        dev = rays.directions.device
-        rgb_out = torch.zeros(b, r, 3, device=dev)
-        depth_out = torch.full((b, r), float(cam.ray_end), device=dev)
-        acc_out = torch.zeros(b, r, device=dev)
-        surf_out = torch.full((b, r), float(cam.ray_end), device=dev)
-        levels = grid_levels(h, w, max(1, max(h, w) // c.surface_grid), device=dev)
-        ring_px = self.surface_ring_pixels(h, w)
-        evals = albedo_evals = bg_evals = 0
+        b, r = mesh_depth.shape
+        dev = mesh_depth.device
+        flat = FlatRays.of(rays, offsets)
+        chunk = chunk_points(dev, c.chunk_points)
         with self._autocast(dev):
-            for i in range(b):
-                f_i = film.index(slice(i, i + 1))
-                off_i = None if offsets is None else offsets[i]
+            trunk = self._fast_density(film)
 
-                def density_at(idx: torch.Tensor, rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                    pix = idx[rows]
-                    o = rays.origins[i] if off_i is None else rays.origins[i] + off_i[pix]
-                    p = o + rays.directions[i, pix] * t[:, None]
-                    return self.density(f_i, p[None, :, None, :])[0, :, 0]
+            def density_at(ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                """Raw density (m,) or (m, K) along rays ``ids`` (m,) (ascending) at depths t (m,) or (m, K)."""
+                return flat.evaluate(trunk, ids, t, chunk).float()
 
-                md = mesh_depth[i]
-                offset = torch.zeros(r, device=dev)
-                solved = torch.zeros(r, dtype=torch.bool, device=dev)
-                hit = torch.zeros(r, dtype=torch.bool, device=dev)
-                hi_all = torch.zeros(r, device=dev)
-                opacity = torch.ones(r, device=dev)
-                for j, (pixels, stride) in enumerate(levels):
-                    idx = (pixels & mask[i]).nonzero().squeeze(-1)
-                    if idx.numel() == 0:
-                        continue
-                    guess = md[idx]
-                    if j > 0:
-                        est, near = interpolate(offset, solved, h, w, 2 * stride)
-                        guess = guess + torch.where(near[idx], est[idx], torch.zeros_like(guess))
-                    br = find_surface(lambda rows, t: density_at(idx, rows, t), guess, md[idx] - c.surface_front,
-                                      md[idx] + c.surface_behind, c.surface_level, c.surface_step)
-                    evals += br.evaluations
-                    offset[idx] = br.depth - md[idx]
-                    solved[idx] = br.found
-                    hit[idx], hi_all[idx] = br.found, br.hi
-                # A ray just beside a convex silhouette meets the field (if at all) where it is
-                # tangent, centimetres behind where its neighbours inside the silhouette meet it (a
-                # head of radius R seen a pixel p inside its edge: sqrt(2 R p), 1.7 cm at 128 px), and
-                # often only its thin outer layer, whose density stays below the surface level but
-                # adds up over the long chord. So its opacity is integrated from samples along that
-                # stretch rather than searched for. The ring is walked outwards one pixel at a time,
-                # and a pixel is looked at only if the field was seen next to it one step in: the
-                # field's overhang is attached to the face.
-                front = mask[i]  # pixels the walk grows from: the mesh, then the ring pixels just seen
-                reached = mask[i].clone()
-                seen_depth = torch.where(solved, md + offset, md)
-                known = solved.clone()
-                for _ in range(ring_px):
-                    grown = self.silhouette_ring(front[None], h, w, 1)[0] & ~reached
-                    reached |= grown
-                    idx = grown.nonzero().squeeze(-1)
-                    if idx.numel() == 0 or not bool(known.any()):
-                        break
-                    est, near = interpolate(seen_depth, known, h, w, 2)
-                    idx = idx[near[idx]]
-                    z = est[idx, None] + torch.tensor(RING_CHORD, device=dev)
-                    rows = torch.arange(idx.numel(), device=dev)
-                    sig = torch.stack([density_at(idx, rows, z[:, k]) for k in range(z.shape[1])], -1)
-                    evals += sig.numel()
-                    bg_evals += sig.numel()
-                    chord = self._integrate(None, sig, z, last_back=False)
-                    seen = chord.acc > RING_MIN_OPACITY
-                    idx, cw, z, op = idx[seen], chord.weights[seen], z[seen], chord.acc[seen]
-                    at = (cw * z).sum(-1) / op
-                    hit[idx], opacity[idx] = True, op
-                    hi_all[idx] = at
-                    seen_depth[idx], known[idx] = at, True
-                    front = torch.zeros_like(front)
-                    front[idx] = True
-                idx = hit.nonzero().squeeze(-1)
-                op = opacity[idx]
-                depth_out[i, idx] = op * hi_all[idx] + (1 - op) * cam.ray_end
-                surf_out[i, idx] = hi_all[idx]
-                if c.surface_normals_at == "mesh":
-                    on = idx[mask[i, idx]]
-                    surf_out[i, on] = md[on]
-                acc_out[i, idx] = op
-                if idx.numel():
-                    o = rays.origins[i] if appearance_offsets is None else rays.origins[i] + appearance_offsets[i, idx]
-                    pts = o + rays.directions[i, idx] * hi_all[idx, None]
-                    chunk = c.chunk_points
-                    for start in range(0, idx.numel(), chunk):
-                        sl = slice(start, start + chunk)
-                        # An albedo is a reflectance in [0, 1] (see albedo_integral).
-                        rgb_out[i, idx[sl]] = self.field.albedo(pts[sl][None], f_i)[0].float().clamp(0, 1) * op[sl, None]
-                    albedo_evals += idx.numel()
-        return VolumeOutput(rgb_out, depth_out, acc_out, evals, albedo_evals, surf_out, normal_spread=c.surface_normal_spread,
-                            background_evaluations=bg_evals)
+            found = self._search_mesh_pixels(density_at, mesh_depth, mask, rays.height, rays.width)
+            ring = self._walk_ring(density_at, found, mesh_depth, mask, rays.height, rays.width)
+            hit = found.hit | ring.hit
+            at = torch.where(ring.hit, ring.depth, found.depth)  # (B*R,) where each hit pixel's colour is read
+            opacity = torch.where(ring.hit, ring.opacity, torch.ones_like(at))
+            idx = hit.nonzero().squeeze(-1)
+            op = opacity[idx]
+            rgb = torch.zeros(b * r, 3, device=dev)
+            if idx.numel():
+                # An albedo is a reflectance in [0, 1] (see albedo_integral).
+                albedo = FlatRays.of(rays, appearance_offsets).evaluate(lambda p: self.field.albedo(p, film), idx,
+                                                                        at[idx], chunk)
+                rgb[idx] = albedo.float().clamp(0, 1) * op[:, None]
+        depth = torch.full((b * r,), float(cam.ray_end), device=dev)
+        depth[idx] = op * at[idx] + (1 - op) * cam.ray_end
+        surf = torch.full((b * r,), float(cam.ray_end), device=dev)
+        surf[idx] = at[idx]
+        if c.surface_normals_at == "mesh":
+            on = idx[mask.reshape(-1)[idx]]
+            surf[on] = mesh_depth.reshape(-1)[on]
+        acc = torch.zeros(b * r, device=dev)
+        acc[idx] = op
+        evals = found.evaluations + ring.evaluations
+        return VolumeOutput(rgb.view(b, r, 3), depth.view(b, r), acc.view(b, r), evals, idx.numel(), surf.view(b, r),
+                            normal_spread=c.surface_normal_spread, background_evaluations=ring.evaluations)
+
+    def _fast_density(self, film: Film):
+        """The density the fast path searches, (B, N, 3) -> (B, N): the trunk with the film folded
+        in (:meth:`~engine.model.field.OccupancyField.fold`), or the captured trunk where capture is on."""
+        if self.field.capture != "off":
+            return lambda p: self.field.density(p, film)[..., 0]
+        return self.field.fold(film).density
+
+    def _search_mesh_pixels(self, density_at, mesh_depth: torch.Tensor, mask: torch.Tensor, h: int, w: int) -> "_Hits":
+        """The surface search on mesh pixels, coarse to fine, all views at once: each finer level
+        starts from the mesh depth plus the offset interpolated from the pixels already solved.
+        mesh_depth, mask (B, R) -> hits (B*R,): where the surface was found and its first solid point."""
+        c = self.config
+        md, on_mesh = mesh_depth.reshape(-1), mask.reshape(-1)
+        offset = torch.zeros_like(md)  # (B*R,) found depth - mesh depth where solved
+        solved = torch.zeros_like(on_mesh)
+        hi = torch.zeros_like(md)
+        evals = 0
+        for j, (pixels, stride) in enumerate(grid_levels(h, w, max(1, max(h, w) // c.surface_grid), device=md.device)):
+            idx = (pixels[None] & mask).reshape(-1).nonzero().squeeze(-1)
+            if idx.numel() == 0:
+                continue
+            guess = md[idx]
+            if j > 0:
+                est, near = interpolate(offset.view(mask.shape), solved.view(mask.shape), h, w, 2 * stride)
+                est, near = est.reshape(-1)[idx], near.reshape(-1)[idx]
+                guess = guess + torch.where(near, est, torch.zeros_like(guess))
+            br = find_surface(lambda rows, t: density_at(idx[rows], t), guess, md[idx] - c.surface_front,
+                              md[idx] + c.surface_behind, c.surface_level, c.surface_step)
+            evals += br.evaluations
+            offset[idx] = br.depth - md[idx]
+            solved[idx] = br.found
+            hi[idx] = br.hi
+        return _Hits(solved, hi, torch.ones_like(hi), evals, torch.where(solved, md + offset, md))
+
+    def _walk_ring(self, density_at, found: "_Hits", mesh_depth: torch.Tensor, mask: torch.Tensor, h: int,
+                   w: int) -> "_Hits":
+        """The silhouette ring's opacity, all views at once -> hits (B*R,) of the ring pixels.
+
+        A ray just beside a convex silhouette meets the field (if at all) where it is tangent,
+        centimetres behind where its neighbours inside the silhouette meet it (a head of radius R
+        seen a pixel p inside its edge: sqrt(2 R p), 1.7 cm at 128 px), and often only its thin outer
+        layer, whose density stays below the surface level but adds up over the long chord. So its
+        opacity is integrated from samples along that stretch rather than searched for. The ring is
+        walked outwards one pixel at a time, and a pixel is looked at only if the field was seen next
+        to it one step in: the field's overhang is attached to the face."""
+        md = mesh_depth.reshape(-1)
+        hit = torch.zeros_like(found.hit)
+        depth, opacity = torch.zeros_like(md), torch.zeros_like(md)
+        front = mask  # (B, R) pixels the walk grows from: the mesh, then the ring pixels just seen
+        reached = mask.clone()
+        seen_depth = found.seen_depth.clone()
+        known = found.hit.clone()
+        chord = torch.tensor(RING_CHORD, device=md.device)
+        evals = 0
+        for _ in range(self.surface_ring_pixels(h, w)):
+            grown = self.silhouette_ring(front, h, w, 1) & ~reached
+            reached |= grown
+            idx = grown.reshape(-1).nonzero().squeeze(-1)
+            if idx.numel() == 0 or not bool(known.any()):
+                break
+            est, near = interpolate(seen_depth.view(mask.shape), known.view(mask.shape), h, w, 2)
+            est, near = est.reshape(-1), near.reshape(-1)
+            idx = idx[near[idx]]
+            z = est[idx, None] + chord  # (m, K)
+            sig = density_at(idx, z)
+            evals += sig.numel()
+            out = self._integrate(None, sig, z, last_back=False)
+            seen = out.acc > RING_MIN_OPACITY
+            idx, z, op = idx[seen], z[seen], out.acc[seen]
+            at = (out.weights[seen] * z).sum(-1) / op
+            hit[idx], opacity[idx], depth[idx] = True, op, at
+            seen_depth[idx], known[idx] = at, True
+            front = torch.zeros_like(mask)
+            front.view(-1)[idx] = True
+        return _Hits(hit, depth, opacity, evals, seen_depth)
 
     def _evaluate_at(self, film: Film, points: torch.Tensor, dirs: torch.Tensor):
         """(rgb (1, n, S, 3) or None for an albedo field, sigma (1, n, S) float32) at points (1, n, S, 3)."""
@@ -602,34 +639,29 @@ class VolumeRenderer:
         k = self.silhouette_ring_pixels(h, w) if pixels is None else pixels
         if k <= 0:
             return torch.zeros_like(mask)
-        m = mask.reshape(-1, 1, h, w).float()
-        grown = torch.nn.functional.max_pool2d(m, 2 * k + 1, stride=1, padding=k) > 0
-        return grown.reshape(mask.shape) & ~mask
+        return dilate(mask.reshape(-1, h, w), k).reshape(mask.shape) & ~mask
 
     # ---- normals -------------------------------------------------------------------------------
+    @torch.no_grad()
     def normals(self, film: Film, rays: Rays, depth: torch.Tensor, mask: torch.Tensor,
                 offsets: torch.Tensor | None = None, spread: tuple[float, ...] = (0.0,)) -> torch.Tensor:
         """World unit normals (B, R, 3) of the field at the rendered surface on ``mask`` pixels
-        (0 elsewhere), by autograd of the density (-grad sigma / |grad sigma|, as the reference's normal
-        regulariser; docs/reference.md, 'Occupancy field (FiLM-SIREN)'). Uses the same (truncated) film as
-        the image so normals and image describe one shape; the reference uses the untruncated z.
+        (0 elsewhere): -grad sigma / |grad sigma|, as the reference's normal regulariser
+        (docs/reference.md, 'Occupancy field (FiLM-SIREN)'), the gradient by a reverse pass through the
+        film-folded trunk (:meth:`~engine.model.field.FoldedTrunk.gradient`; autograd's up to float
+        rounding, at a fraction of its cost), all views in one batch. Uses the same (truncated) film
+        as the image so normals and image describe one shape; the reference uses the untruncated z.
         offsets (B, R, 3) as in :meth:`reference` (normals are then the canonical field's).
         ``spread``: axis-depth offsets (world units) around the rendered depth; the unit normals
         found there are averaged (one point, the reference's, by default)."""
         b, r = depth.shape
-        out = torch.zeros(b, r, 3, device=depth.device)
-        chunk = max(1, self.config.chunk_points // len(spread))
-        along = torch.as_tensor(spread, dtype=depth.dtype, device=depth.device)
-        for i in range(b):
-            idx = mask[i].nonzero().squeeze(-1)
-            f_i = film.index(slice(i, i + 1)).detach()
-            for start in range(0, idx.numel(), chunk):
-                j = idx[start:start + chunk]
-                t = depth[i:i + 1, j, None] + along  # (1, n, K)
-                p = rays.origins[i:i + 1, None, None, :] + rays.directions[i:i + 1, j, None, :] * t[..., None]
-                if offsets is not None:
-                    p = p + offsets[i:i + 1, j, None, :]
-                n = self.field.normals(p.reshape(1, -1, 3).detach(), f_i, create_graph=False)[0].detach()
-                n = n.reshape(-1, len(spread), 3).sum(1)
-                out[i, j] = n if len(spread) == 1 else torch.nn.functional.normalize(n, dim=-1, eps=1e-12)
-        return out
+        out = torch.zeros(b * r, 3, device=depth.device)
+        ids = mask.reshape(-1).nonzero().squeeze(-1)
+        if ids.numel() == 0:
+            return out.view(b, r, 3)
+        t = depth.reshape(-1)[ids, None] + torch.as_tensor(spread, dtype=depth.dtype, device=depth.device)  # (m, K)
+        grad = FlatRays.of(rays, offsets).evaluate(self.field.fold(film.detach()).gradient, ids, t,
+                                                   chunk_points(depth.device, self.config.chunk_points))
+        n = unit_normals(grad).sum(1)
+        out[ids] = n if len(spread) == 1 else torch.nn.functional.normalize(n, dim=-1, eps=1e-12)
+        return out.view(b, r, 3)
