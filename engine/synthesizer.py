@@ -272,10 +272,12 @@ class FaceSynthesizer:
             if shaded:
                 where = mask_r | (acc > SHADE_MIN_OPACITY)
                 spread = (0.0,) if quality == "preview" else self.renderer.config.shading_normal_spread
-                if spread_hint is not None:
-                    spread = spread_hint
-                nrm = self.renderer.normals(films, rays, surf, where, cond.offsets, spread)
-                normal_evals = int(where.sum()) * len(spread)
+                lattice = 0.0
+                if spread_hint is not None:  # the surface search's path
+                    spread, lattice = spread_hint, self.renderer.config.surface_normal_lattice
+                nrm, shaded_pixels = self.renderer.shading_normals(films, rays, surf, where, cond.offsets, spread,
+                                                                   lattice)
+                normal_evals = shaded_pixels * len(spread)
             else:
                 nrm = self.renderer.normals(films, rays, depth, mask_r, cond.offsets)
                 normal_evals = int(mask_r.sum())
