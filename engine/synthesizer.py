@@ -272,11 +272,13 @@ class FaceSynthesizer:
             if shaded:
                 where = mask_r | (acc > SHADE_MIN_OPACITY)
                 spread = (0.0,) if quality == "preview" else self.renderer.config.shading_normal_spread
-                lattice = 0.0
+                lattice, levels = 0.0, 0
                 if spread_hint is not None:  # the surface search's path
-                    spread, lattice = spread_hint, self.renderer.config.surface_normal_lattice
+                    rc = self.renderer.config
+                    spread, lattice = spread_hint, rc.surface_normal_lattice
+                    levels = max(0, (size // rc.surface_normal_grid).bit_length() - 1)  # floor(log2)
                 nrm, shaded_pixels = self.renderer.shading_normals(films, rays, surf, where, cond.offsets, spread,
-                                                                   lattice)
+                                                                   lattice, levels)
                 normal_evals = shaded_pixels * len(spread)
             else:
                 nrm = self.renderer.normals(films, rays, depth, mask_r, cond.offsets)

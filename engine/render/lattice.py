@@ -1,13 +1,14 @@
-"""Per-pixel quantities evaluated on every other pixel and interpolated where that is safe.
+"""Per-pixel quantities evaluated on a coarse lattice and interpolated where that is safe.
 
 The fast path's shading normals vary slowly over most of a face: a pixel's normal is, to well
 under a degree, the mean of its evaluated neighbours' whenever those agree. So the field is asked
-only on the even-row, even-column lattice; each other pixel takes the normalised mean of its two
-(edge-adjacent) or four (diagonal) lattice neighbours when they all exist and agree within an angle,
-and is evaluated itself otherwise (creases, silhouettes, the lattice's border, and the sub-pixel
-bumps a neighbour disagrees about). About a third of the pixels are then evaluated.
+only on a lattice of every 2**levels-th pixel; each finer lattice (twice as dense) is then filled in:
+a new pixel takes the normalised mean of its two (edge-adjacent) or four (diagonal) neighbours on
+the lattice above when they all exist and agree within an angle, and is evaluated itself otherwise
+(creases, silhouettes, the lattice's border, and wherever a neighbour sits on one of the thin cracks
+where the field's gradient flips). A few percent of the pixels are evaluated at 256 px.
 
-The same reading of a value off its neighbours is how the surface search starts its finer pixels
+The same reading of a value off coarser pixels is how the surface search starts its finer pixels
 (:mod:`.surface_search`); here the neighbours' agreement decides whether the field is asked at all.
 """
 
@@ -19,51 +20,76 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-# The three classes of non-lattice pixels, as (row parity, column parity) and the offsets of the
-# lattice pixels they read.
-_NEIGHBOURS = (((1, 0), ((-1, 0), (1, 0))),
-               ((0, 1), ((0, -1), (0, 1))),
-               ((1, 1), ((-1, -1), (-1, 1), (1, -1), (1, 1))))
+# The three classes of pixels a finer lattice adds, as (row, column) phase in units of the new
+# spacing, and the offsets (in units of the old spacing, from the pixel's block) of the pixels of
+# the lattice above that they read.
+_CLASSES = (((1, 0), ((0, 0), (1, 0))),
+            ((0, 1), ((0, 0), (0, 1))),
+            ((1, 1), ((0, 0), (0, 1), (1, 0), (1, 1))))
+
+
+def _phase(t: torch.Tensor, spacing: int, i: int, j: int) -> torch.Tensor:
+    """The view of ``t`` (B, H, W, ...) at rows i, i+spacing, ... and columns j, j+spacing, ...:
+    (B, H/spacing, W/spacing, ...); writes through to ``t``."""
+    b, h, w = t.shape[:3]
+    return t.view(b, h // spacing, spacing, w // spacing, spacing, *t.shape[3:])[:, :, i, :, j]
 
 
 def lattice_unit_vectors(where: torch.Tensor, evaluate: Callable[[torch.Tensor], torch.Tensor],
-                         max_angle_deg: float) -> tuple[torch.Tensor, int]:
+                         max_angle_deg: float, levels: int = 1) -> tuple[torch.Tensor, int]:
     """Unit vectors (B, H, W, 3) on ``where`` (B, H, W) bool (0 elsewhere) and the number of pixels
     ``evaluate`` was asked for.
 
     ``evaluate(ids)``: flat pixel indices (m,) ascending, into B*H*W -> unit vectors (m, 3).
-    ``max_angle_deg``: a non-lattice pixel takes its lattice neighbours' normalised mean when each
-    lies within this angle of that mean; 0 evaluates every pixel of ``where``."""
+    ``max_angle_deg``: a pixel a finer lattice adds takes its neighbours' normalised mean when each
+    lies within this angle of that mean; 0 evaluates every pixel of ``where``. ``levels``: the
+    coarsest lattice has a spacing of 2**levels pixels; each finer one is read off the one above.
+    Works on strided views of the lattices, so its own cost is a fraction of the pixels' count."""
     b, h, w = where.shape
-    out = torch.zeros(b * h * w, 3, device=where.device)
-    flat = where.reshape(-1)
-    if max_angle_deg <= 0:
-        ids = flat.nonzero().squeeze(-1)
+    dev = where.device
+    if max_angle_deg <= 0 or levels < 1:
+        out = torch.zeros(b * h * w, 3, device=dev)
+        ids = where.reshape(-1).nonzero().squeeze(-1)
         if ids.numel():
             out[ids] = evaluate(ids)
         return out.view(b, h, w, 3), int(ids.numel())
-    rows = torch.arange(h, device=where.device)[:, None]
-    cols = torch.arange(w, device=where.device)[None, :]
-    lattice = where & ((rows % 2 == 0) & (cols % 2 == 0))
-    ids = lattice.reshape(-1).nonzero().squeeze(-1)
-    if ids.numel():
-        out[ids] = evaluate(ids)
-    vec = out.view(b, h, w, 3)
-    # Padded by one pixel so every neighbour offset is a plain slice; the pad counts as not evaluated.
-    padded = F.pad(vec.permute(0, 3, 1, 2), (1, 1, 1, 1)).permute(0, 2, 3, 1)
-    known = F.pad(lattice, (1, 1, 1, 1))
+    top = 2 ** levels
+    # Padded to whole blocks plus one, so every pixel's lower and right neighbours exist (as padding
+    # that is never evaluated).
+    hp, wp = (h // top + 2) * top, (w // top + 2) * top
+    vec = torch.zeros(b, hp, wp, 3, device=dev)
+    inside = torch.zeros(b, hp, wp, dtype=torch.bool, device=dev)
+    inside[:, :h, :w] = where
+    flat = torch.full((b, hp, wp), -1, dtype=torch.long, device=dev)
+    flat[:, :h, :w] = torch.arange(b * h * w, device=dev).view(b, h, w)
     cos_limit = math.cos(math.radians(min(max_angle_deg, 180.0)))
-    filled = lattice.clone()
-    for (pr, pc), offsets in _NEIGHBOURS:
-        cls = where & (rows % 2 == pr) & (cols % 2 == pc)
-        near = torch.stack([padded[:, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr, dc in offsets])
-        all_known = torch.stack([known[:, 1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr, dc in offsets]).all(0)
-        mean = F.normalize(near.sum(0), dim=-1, eps=1e-12)
-        agree = (near * mean).sum(-1).min(0).values >= cos_limit
-        take = cls & all_known & agree
-        vec[take] = mean[take]
-        filled |= take
-    rest = (where & ~filled).reshape(-1).nonzero().squeeze(-1)
-    if rest.numel():
-        out[rest] = evaluate(rest)
-    return vec, int(ids.numel() + rest.numel())
+
+    def evaluate_where(spacing: int, todo: torch.Tensor) -> int:
+        """Evaluate the pixels ``todo`` (a mask on the spacing's lattice) into ``vec``."""
+        ids = _phase(flat, spacing, 0, 0)[todo]  # row-major, so ascending
+        if ids.numel():
+            _phase(vec, spacing, 0, 0)[todo] = evaluate(ids)
+        return int(ids.numel())
+
+    evaluated = evaluate_where(top, _phase(inside, top, 0, 0))
+    spacing = top
+    while spacing > 1:
+        s = spacing // 2
+        coarse = _phase(vec, spacing, 0, 0)
+        have = _phase(inside, spacing, 0, 0)
+        fine_vec = _phase(vec, s, 0, 0)  # the new lattice, old pixels at even positions
+        filled = torch.zeros(fine_vec.shape[:3], dtype=torch.bool, device=dev)
+        filled[:, ::2, ::2] = have
+        for (pr, pc), offsets in _CLASSES:
+            n_r, n_c = coarse.shape[1] - 1, coarse.shape[2] - 1
+            near = torch.stack([coarse[:, dr:dr + n_r, dc:dc + n_c] for dr, dc in offsets])
+            all_known = torch.stack([have[:, dr:dr + n_r, dc:dc + n_c] for dr, dc in offsets]).all(0)
+            mean = F.normalize(near.sum(0), dim=-1, eps=1e-12)
+            agree = (near * mean).sum(-1).min(0).values >= cos_limit
+            target = _phase(inside, spacing, pr * s, pc * s)[:, :n_r, :n_c]
+            take = target & all_known & agree
+            _phase(vec, spacing, pr * s, pc * s)[:, :n_r, :n_c][take] = mean[take]
+            filled[:, pr::2, pc::2][:, :n_r, :n_c] |= take
+        evaluated += evaluate_where(s, _phase(inside, s, 0, 0) & ~filled)
+        spacing = s
+    return vec[:, :h, :w], evaluated
