@@ -94,6 +94,22 @@ def test_levels_evaluate_fewer_and_keep_a_feature_on_the_coarsest_lattice():
     assert torch.equal(out[0, 25, 32], bumped[0, 25, 32])  # read it, disagreed, so evaluated itself
 
 
+def test_views_of_a_batch_are_filled_independently():
+    """Two views in one call give what each gives alone (the lattice never reads across views)."""
+    where = torch.cat([_disk(33), _disk(33)])
+    truth = torch.cat([_sphere_normals(33), _sphere_normals(33, bump=(16, 16))])
+    evaluate, _ = _counting(truth)
+    both, n_both = lattice_unit_vectors(where, evaluate, 20.0, levels=2)
+    alone = []
+    n_alone = 0
+    for i in range(2):
+        ev, _ = _counting(truth[i:i + 1])
+        out, n = lattice_unit_vectors(where[i:i + 1], ev, 20.0, levels=2)
+        alone.append(out)
+        n_alone += n
+    assert torch.equal(both, torch.cat(alone)) and n_both == n_alone
+
+
 @pytest.fixture(scope="module")
 def synth():
     return FaceSynthesizer.load(device="cpu")
