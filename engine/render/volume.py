@@ -95,10 +95,16 @@ class RenderConfig:
                                    range=(0, 1), open_low=True)
     surface_grid: int = option(32, help="surface search: pixels per image side solved first (from the mesh "
                                "depth alone); finer pixels start from their offsets", range=(1, 4096))
-    surface_normal_spread: tuple[float, ...] = option((0.0,), help="surface search: depth offsets (world units) "
-                                                      "from the first point behind the surface step whose unit "
-                                                      "normals are averaged for shading", range=(-0.1, 0.1),
-                                                      items=(1, 16))
+    # One point's gradient is thrown, here and there, by structure inside the solid (the mesh depth
+    # lies ~1 mm behind the field's surface on most of the face); the mean over +-1 mm is not, and with
+    # the lattice below three points cost little. Measured on 8 random faces (worst face's share of
+    # pixels > 40 levels off the face model's render, median PSNR): 128 px 1.65 % -> 0.98 %,
+    # 33.59 -> 34.13 dB; 256 px 1.38 % -> 0.83 %; 64 px 1.8 % -> 1.06 %. Points in front of the mesh
+    # depth alone are worse (often in empty space).
+    surface_normal_spread: tuple[float, ...] = option((-0.001, 0.0, 0.001), help="surface search: depth offsets "
+                                                      "(world units) around the depth the shading normal is taken "
+                                                      "at (surface_normals_at) whose unit normals are averaged",
+                                                      range=(-0.1, 0.1), items=(1, 16))
     surface_normals_at: str = option("mesh", help="surface search: where a face pixel's shading normal is taken: "
                                      "'mesh' (its ray at the mesh depth, where training ties the field's normals to "
                                      "the mesh's) or 'surface' (just behind the surface step)", choices=("mesh", "surface"))
