@@ -33,7 +33,8 @@ from .render.rasterizer import MeshRasterizer
 from .render.volume import RenderConfig, VolumeRenderer
 
 # "preview": the fast path with an albedo field shaded by single-point normals (no averaging over
-# depths, a third of the normal cost) for the editor's live drag preview; otherwise as "fast".
+# depths, a third of the normal cost; a few more wrongly lit specks) for the editor's live drag
+# preview; otherwise as "fast".
 QUALITIES = ("fast", "reference", "preview")
 SHADE_MIN_OPACITY = 0.05  # albedo fields: pixels the field covers at least this much get a shading normal
 FILM_CACHE_SIZE = 64
@@ -275,7 +276,8 @@ class FaceSynthesizer:
                 lattice, levels = 0.0, 0
                 if spread_hint is not None:  # the surface search's path
                     rc = self.renderer.config
-                    spread, lattice = spread_hint, rc.surface_normal_lattice
+                    spread = (0.0,) if quality == "preview" else spread_hint
+                    lattice = rc.surface_normal_lattice
                     levels = max(0, (size // rc.surface_normal_grid).bit_length() - 1)  # floor(log2)
                 nrm, shaded_pixels = self.renderer.shading_normals(films, rays, surf, where, cond.offsets, spread,
                                                                    lattice, levels)

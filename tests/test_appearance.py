@@ -278,7 +278,10 @@ def test_preview_quality_is_the_fast_path_with_single_point_shading_normals(face
     assert np.array_equal(fast.depth, preview.depth) and fast.evals_per_pixel == preview.evals_per_pixel
     from dataclasses import replace
 
-    synth.renderer.config = replace(synth.renderer.config, shading_normal_spread=(0.0,))
+    # The fast path averages its shading normals over depths (shading_normal_spread on the band path,
+    # surface_normal_spread on the surface search); the preview takes one point.
+    assert not np.array_equal(fast.image, preview.image)
+    synth.renderer.config = replace(synth.renderer.config, shading_normal_spread=(0.0,), surface_normal_spread=(0.0,))
     assert np.array_equal(synth.render(spec, 10.0, 0.0, size=24, quality="fast", normals=False).image, preview.image)
 
 
