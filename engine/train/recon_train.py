@@ -166,10 +166,13 @@ class FreshFaces:
         self.pool: ReconData | None = None
         self.cursor = 0  # the pool's oldest slot
 
-    def _render(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        faces = self.renderer.render(range(self.next_index, self.next_index + n))
+    def _render(self, n: int, chunk: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # in chunks: filling a pool of thousands in one batch would hold gigabytes of supersampled pixels
+        parts = []
+        for i in range(self.next_index, self.next_index + n, chunk):
+            parts.append(_faces_to_batch(self.renderer.render(range(i, min(i + chunk, self.next_index + n)))))
         self.next_index += n
-        return _faces_to_batch(faces)
+        return torch.cat([p[0] for p in parts]), {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
 
     def batch(self, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(B, 3, S, S) float in [0, 1] and the targets (sigma units, radians)."""
