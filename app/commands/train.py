@@ -178,7 +178,7 @@ def build_config(args):
     cls = _config_class(args.stage)
     cfg = cls()
     if getattr(args, "resume", False) and args.stage == "recon":
-        from engine.train.recon_train import resume_recipe
+        from engine.api import resume_recipe
 
         cfg = from_dict(cls, resume_recipe(args.out), str(Path(args.out) / "recon_train_state.pt"))
     elif getattr(args, "resume", False):
