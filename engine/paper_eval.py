@@ -49,7 +49,7 @@ YAW_CLIP_DEG, PITCH_CLIP_DEG = 35.0, 20.0
 
 @dataclass(frozen=True)
 class PaperEvalConfig:
-    subjects: int = 10
+    subjects: int = 30
     variations: int = 6
     distance_samples: int = 48
     size: int = 64

@@ -448,3 +448,27 @@ def test_interrupted_on_the_fly_run_resumes_where_it_stopped(fm, tmp_path):
     a, b = load_recon(tmp_path / "whole", fm), load_recon(tmp_path / "cut", fm)
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(v, w, msg=k)
+
+
+def test_paper_eval_defaults_to_the_fast_path_at_the_readers_size(fm, tmp_path, capsys):
+    from app.cli import main
+    from engine.checkpoint import default_checkpoint_path
+
+    if (default_checkpoint_path() / "config.json").is_file():
+        model = ["--device", "cpu"]
+    else:
+        from _app_synth import small_checkpoint
+
+        model = ["--checkpoint", str(small_checkpoint()), "--device", "cpu"]
+    save_recon(tmp_path / "net", tiny_net(fm, input_size=24))
+    argv = ["eval", "--section", "paper", *model, "--subjects", "1", "--variations", "2", "--distance-samples", "1",
+            "--recon-net", str(tmp_path / "net"), "--json", "--quiet"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["quality"] == "fast" and out["generator"]["config"]["size"] == 24
+    assert out["facemodel"]["config"]["size"] == 24
+    assert main(argv + ["--size", "20", "--quality", "reference"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["quality"] == "reference" and out["generator"]["config"]["size"] == 20
+    assert main(argv + ["--size", "8"]) == 2
+    assert "--size 8" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def register(sub):
                    help="control fidelity, appearance fidelity, both (all, default), or paper: the paper's "
                         "Disentanglement Score and 3DMM distance read by the face-reconstruction net, next to the "
                         "face model's own renders (the upper bound)")
-    p.add_argument("--subjects", type=int, default=10, help="paper: subjects per varied factor (default 10)")
+    p.add_argument("--subjects", type=int, default=30, help="paper: subjects per varied factor (default 30)")
     p.add_argument("--variations", type=int, default=6, help="paper: variations per subject (default 6)")
     p.add_argument("--distance-samples", type=int, default=48, help="paper: random faces for the 3DMM distance")
     p.add_argument("--recon-net", metavar="DIR|PTH", default=None,
