@@ -63,7 +63,8 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".train.bench_train": ("bench_train",),
     ".model.recon": ("ReconConfig", "ReconLoss", "ReconNet", "default_recon_path", "editor_pose", "load_deep3d_checkpoint",
                      "load_recon", "open_recon", "read_image", "save_recon"),
-    ".train.recon_train": ("ReconTrainConfig", "evaluate_recon", "load_folder", "run_recon_training"),
+    ".train.recon_train": ("ReconTrainConfig", "evaluate_recon", "load_folder", "render_data", "resume_recipe",
+                           "run_recon_training", "vertex_r2"),
     ".paper_eval": ("PaperEvalConfig", "evaluate_paper", "facemodel_generator", "net_reader", "synthesizer_generator"),
 }
 _LAZY_MODULE = {name: module for module, names in _LAZY.items() for name in names}

@@ -49,7 +49,7 @@ YAW_CLIP_DEG, PITCH_CLIP_DEG = 35.0, 20.0
 
 @dataclass(frozen=True)
 class PaperEvalConfig:
-    subjects: int = 10
+    subjects: int = 30
     variations: int = 6
     distance_samples: int = 48
     size: int = 64
@@ -112,8 +112,12 @@ def _run_batches(generate, reconstruct, coeffs, yaws, pitches, seeds, batch: int
 
 
 def evaluate_paper(generate: Callable, reconstruct: Callable, sizes: Mapping[str, int],
-                   config: PaperEvalConfig | None = None, progress: bool = True, label: str = "paper metrics") -> dict:
-    """Disentanglement scores and the 3DMM distance of one generator (see the module docstring)."""
+                   config: PaperEvalConfig | None = None, progress: bool | None = True,
+                   label: str = "paper metrics") -> dict:
+    """Disentanglement scores and the 3DMM distance of one generator (see the module docstring).
+    ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal)."""
+    import sys
+
     from tqdm import tqdm
 
     cfg = (config or PaperEvalConfig()).check()
@@ -122,7 +126,8 @@ def evaluate_paper(generate: Callable, reconstruct: Callable, sizes: Mapping[str
     t0 = time.perf_counter()
     norm = {"id": 1.0, "exp": 1.0, "pose": _pose_normaliser(), "lighting": 1.0}
     spread: dict[str, dict[str, float]] = {}
-    with tqdm(total=total, desc=label, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=total, desc=label, unit="img", disable=None if progress is None else not progress, leave=False,
+              file=sys.stderr) as bar:
         for fi, factor in enumerate(FACTORS):
             gen = torch.Generator().manual_seed(cfg.seed * 1000 + fi)
             base = {k: torch.randn(s_, sizes[k], generator=gen) for k in COEFF_KINDS}

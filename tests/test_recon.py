@@ -318,3 +318,157 @@ def test_photometric_term(fm, tiny_data, tmp_path):
     loss = _photometric(fm, MeshRasterizer(cam), cam, pred, torch.rand(1, 3, 32, 32))
     loss.backward()
     assert float(pred["tex"].grad.abs().sum()) > 0 and float(pred["gamma"].grad.abs().sum()) > 0
+
+
+# ---- on-the-fly training data, the vertex-space r2, resuming ----------------------------------------------
+def _rerender_check(fm, x, t, size):
+    """Max abs difference, over pixels the face covers, between images x (B, 3, S, S) in [0, 1] and the face
+    model rendered from the targets t (sigma units, angle) through render_targets (the renderer's own path)."""
+    from engine.api import LatentLayout, OrbitCamera
+    from engine.model.recon import orbit_from_angle
+    from engine.render.rasterizer import MeshRasterizer
+    from engine.train.data import render_targets
+
+    layout = LatentLayout.for_sizes(fm.sizes)
+    b = x.shape[0]
+    parts = {k: t[k] for k in ("id", "exp", "tex", "gamma")}
+    parts["bg_geo"], parts["bg_tex"] = torch.zeros(b, layout.bg_geo), torch.zeros(b, layout.bg_tex)
+    theta, phi = orbit_from_angle(t["angle"])
+    cam = OrbitCamera()
+    r = render_targets(fm, layout, MeshRasterizer(cam), cam, layout.join(parts), theta, phi, size, mesh_warp=False,
+                       normals=False)
+    face = r.image.reshape(b, size, size, 3).permute(0, 3, 1, 2)
+    mask = r.mask.reshape(b, 1, size, size).expand_as(face)
+    assert int(mask.sum()) > 0.2 * mask.numel()
+    return float((x - face).abs()[mask].max())
+
+
+@pytest.mark.parametrize("reuse", [1, 3])
+def test_fresh_faces_match_their_targets(fm, reuse):
+    from engine.train.recon_train import FreshFaces
+
+    src = FreshFaces(fm, 32, seed=4, batch_size=6, supersample=1, reuse=reuse, pool=8)
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(3):
+        x, t = src.batch(gen)
+        assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32 and 0 <= float(x.min()) <= float(x.max()) <= 1
+        # the targets re-rendered are the image on every face pixel (up to the 8-bit rounding)
+        assert _rerender_check(fm, x, t, 32) <= 1 / 255 + 1e-5
+        seen.update(round(float(v), 5) for v in t["id"][:, 0])
+    # shuffled targets do not match: the check can fail
+    x, t = src.batch(gen)
+    assert _rerender_check(fm, x, {k: v.roll(1, 0) for k, v in t.items()}, 32) > 0.1
+    assert src.next_index == (24 if reuse == 1 else 8 + 3 * 2)  # reuse 3: a pool of 8, then 2 new faces a step
+    assert len(seen) > 6  # new faces keep coming
+
+
+def test_render_data_is_what_cgof_data_synth_writes(fm, tmp_path):
+    from engine.api import load_folder, synthesize_dataset
+    from engine.train.recon_train import render_data
+
+    synthesize_dataset(tmp_path / "d", 5, 24, fm, seed=9)
+    disk = load_folder(tmp_path / "d", fm)
+    mem = render_data(fm, 5, 24, seed=9, chunk=2)
+    assert torch.equal(mem.images, disk.images)
+    for k in ("id", "exp", "tex", "gamma", "angle"):
+        torch.testing.assert_close(mem.targets[k], disk.targets[k], atol=1e-4, rtol=1e-4)
+
+
+def test_vertex_r2_perfect_mean_and_weighting(fm):
+    from engine.train.recon_train import vertex_r2
+
+    gen = torch.Generator().manual_seed(0)
+    true = {k: torch.randn(200, fm.sizes[k], generator=gen) for k in ("id", "exp")}
+    assert vertex_r2(fm, true, true) == {"id": 1.0, "exp": 1.0}
+    sample_mean = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in true.items()}
+    assert vertex_r2(fm, sample_mean, true) == pytest.approx({"id": 0.0, "exp": 0.0}, abs=1e-3)
+    prior_mean = {k: torch.zeros_like(v) for k, v in true.items()}
+    assert all(-0.05 < r <= 0 for r in vertex_r2(fm, prior_mean, true).values())
+    # the same error costs more on a component that moves the face more
+    motion = fm.id_basis.reshape(-1, 3, fm.sizes["id"]).norm(dim=1).mean(0) * fm.stats["id"].denormalise(
+        torch.eye(fm.sizes["id"])).sub(fm.stats["id"].denormalise(torch.zeros(1, fm.sizes["id"]))).norm(dim=1)
+    big, small = int(motion.argmax()), int(motion.argmin())
+    off_big, off_small = true["id"].clone(), true["id"].clone()
+    off_big[:, big] += 1.0
+    off_small[:, small] += 1.0
+    assert vertex_r2(fm, {"id": off_small}, true, ("id",))["id"] > vertex_r2(fm, {"id": off_big}, true, ("id",))["id"]
+
+
+def test_evaluate_recon_reports_both_r2(fm):
+    from engine.api import evaluate_recon
+    from engine.train.recon_train import render_data
+
+    r = evaluate_recon(tiny_net(fm, width=4), render_data(fm, 6, 32, seed=2, supersample=1), fm)
+    assert set(r["r2"]) == {"id", "exp", "tex", "gamma"} and set(r["r2_vertex"]) == {"id", "exp"}
+    assert all(v <= 0.0 for v in r["r2_vertex"].values())  # the zero head is the prior mean
+
+
+def test_vertex_normals_grouped_sum_is_the_full_one(fm):
+    from engine.model.morphable import _normal_groups
+
+    verts = fm.vertices(torch.randn(3, fm.sizes["id"]) * 2, torch.randn(3, fm.sizes["exp"]) * 2)
+    fn = fm.face_normals(verts)
+    fn = torch.cat([fn, torch.zeros_like(fn[:, :1])], dim=1)
+    full = torch.nn.functional.normalize(fn[:, fm.point_buf].sum(dim=2), dim=-1, eps=1e-12)
+    assert _normal_groups(fm.point_buf, fm.num_triangles) is not None
+    assert torch.equal(fm.vertex_normals(verts), full)
+    # padding in front of real faces: nothing is skipped, the result is the same
+    flipped = replace(fm, point_buf=fm.point_buf.flip(1).contiguous())
+    assert _normal_groups(flipped.point_buf, fm.num_triangles) is None
+    torch.testing.assert_close(flipped.vertex_normals(verts), full)
+
+
+def test_interrupted_on_the_fly_run_resumes_where_it_stopped(fm, tmp_path):
+    from engine.api import ReconTrainConfig, run_recon_training
+
+    cfg = ReconTrainConfig(steps=8, batch_size=4, size=32, width=4, validation=4, eval_every=4, log_every=1,
+                           supersample=1, seed=1)
+    whole = run_recon_training(tmp_path / "whole", cfg, fm, log=None)
+    assert whole["data"].startswith("rendered on the fly") and whole["train_images"] == 32
+    assert not (tmp_path / "whole" / "recon_train_state.pt").exists()
+
+    class Stop(Exception):
+        pass
+
+    def log(line):
+        if json.loads(line).get("step") == 6:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_recon_training(tmp_path / "cut", cfg, fm, log=log)
+    # what an interrupted run leaves: the best net so far, its record and the state of step 4
+    assert load_recon(tmp_path / "cut", fm) is not None
+    assert json.loads((tmp_path / "cut" / "recon_train.json").read_text())["steps"] == 4
+    with pytest.raises(CgofError, match="another recipe"):
+        run_recon_training(tmp_path / "cut", replace(cfg, lr=0.5), fm, log=None, resume=True)
+    resumed = run_recon_training(tmp_path / "cut", cfg, fm, log=None, resume=True)
+    assert resumed["steps"] == 8 and resumed["train_images"] == 32
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    a, b = load_recon(tmp_path / "whole", fm), load_recon(tmp_path / "cut", fm)
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(v, w, msg=k)
+
+
+def test_paper_eval_defaults_to_the_fast_path_at_the_readers_size(fm, tmp_path, capsys):
+    from app.cli import main
+    from engine.checkpoint import default_checkpoint_path
+
+    if (default_checkpoint_path() / "config.json").is_file():
+        model = ["--device", "cpu"]
+    else:
+        from _app_synth import small_checkpoint
+
+        model = ["--checkpoint", str(small_checkpoint()), "--device", "cpu"]
+    save_recon(tmp_path / "net", tiny_net(fm, input_size=24))
+    argv = ["eval", "--section", "paper", *model, "--subjects", "1", "--variations", "2", "--distance-samples", "1",
+            "--recon-net", str(tmp_path / "net"), "--json", "--quiet"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["quality"] == "fast" and out["generator"]["config"]["size"] == 24
+    assert out["facemodel"]["config"]["size"] == 24
+    assert main(argv + ["--size", "20", "--quality", "reference"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["quality"] == "reference" and out["generator"]["config"]["size"] == 20
+    assert main(argv + ["--size", "8"]) == 2
+    assert "--size 8" in capsys.readouterr().err

@@ -15,14 +15,19 @@ def register(sub):
     p = sub.add_parser("eval", help="measure how faithfully the field follows the 3DMM")
     add_model_args(p)
     p.add_argument("--samples", type=int, default=64, help="random faces for the control-fidelity metrics")
-    p.add_argument("--size", type=int, default=64, help="image size of the control-fidelity metrics")
+    p.add_argument("--size", type=int, default=None,
+                   help="image size of the control-fidelity metrics (default 64) and of the paper metrics (default: "
+                        "the reconstruction net's input size, so no image is resized before it is read)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quality", choices=("fast", "reference"), default="reference")
+    p.add_argument("--quality", choices=("fast", "reference"), default=None,
+                   help="render path: default reference for control and appearance fidelity, fast for the paper "
+                        "metrics (deterministic, ~20x faster on a CPU; the reference schedule's sampling noise "
+                        "would otherwise add to every reading)")
     p.add_argument("--section", choices=SECTIONS, default="all",
                    help="control fidelity, appearance fidelity, both (all, default), or paper: the paper's "
                         "Disentanglement Score and 3DMM distance read by the face-reconstruction net, next to the "
                         "face model's own renders (the upper bound)")
-    p.add_argument("--subjects", type=int, default=10, help="paper: subjects per varied factor (default 10)")
+    p.add_argument("--subjects", type=int, default=30, help="paper: subjects per varied factor (default 30)")
     p.add_argument("--variations", type=int, default=6, help="paper: variations per subject (default 6)")
     p.add_argument("--distance-samples", type=int, default=48, help="paper: random faces for the 3DMM distance")
     p.add_argument("--recon-net", metavar="DIR|PTH", default=None,
@@ -39,14 +44,18 @@ def _run(args) -> int:
     from engine.api import (APPEARANCE_GOALS, AppearanceEvalConfig, CgofError, EvalConfig, evaluate,
                             evaluate_appearance)
 
+    if args.section == "paper":
+        if args.size is not None and args.size < 16:
+            raise CgofError(f"--size {args.size}: expected at least 16 pixels")
+        return _paper(args, load_synth(args))
+    args.size = 64 if args.size is None else args.size
+    args.quality = args.quality or "reference"
     if args.samples < 1 or args.size < 16 or args.appearance_samples < 1 or args.appearance_size < 16:
         raise CgofError("--samples and --appearance-samples must be >= 1, --size and --appearance-size >= 16")
     if not 16 <= args.surface_resolution <= 512:
         raise CgofError(f"--surface-resolution {args.surface_resolution}: expected 16..512")
     synth = load_synth(args)
     out: dict = {}
-    if args.section == "paper":
-        return _paper(args, synth)
     if args.section in ("all", "control"):
         with Progress(args, "control fidelity", "face") as bar:
             out.update(evaluate(synth, EvalConfig(samples=args.samples, size=args.size, seed=args.seed,
@@ -90,15 +99,17 @@ def _paper(args, synth) -> int:
 
     fm = synth.facemodel
     net = open_recon(args.recon_net, facemodel=fm, device=synth.device)
+    size = int(args.size or net.config.input_size)
+    quality = args.quality or "fast"
     cfg = PaperEvalConfig(subjects=args.subjects, variations=args.variations, distance_samples=args.distance_samples,
-                          size=args.size, seed=args.seed).check()
+                          size=size, seed=args.seed).check()
     read = net_reader(net, fm)
     with torch.no_grad():
-        ours = evaluate_paper(synthesizer_generator(synth, args.size, args.quality), read, fm.sizes, cfg,
-                              label="paper metrics: generator")
-        bound = evaluate_paper(facemodel_generator(fm, args.size), read, fm.sizes, cfg,
+        ours = evaluate_paper(synthesizer_generator(synth, size, quality), read, fm.sizes, cfg,
+                              progress=False if args.quiet else None, label="paper metrics: generator")
+        bound = evaluate_paper(facemodel_generator(fm, size), read, fm.sizes, cfg, progress=False if args.quiet else None,
                                label="paper metrics: 3DMM renders")
-    out = {"generator": ours, "facemodel": bound, "checkpoint": str(synth.checkpoint), "quality": args.quality,
+    out = {"generator": ours, "facemodel": bound, "checkpoint": str(synth.checkpoint), "quality": quality,
            "recon_net": str(args.recon_net or "assets/recon_default")}
     if args.json:
         print(json.dumps(out))
@@ -106,7 +117,7 @@ def _paper(args, synth) -> int:
     for line in paper_table(ours, bound):
         print(line)
     print(f"{cfg.subjects} subjects x {cfg.variations} variations per factor, {cfg.distance_samples} faces for the "
-          f"distance, {cfg.size}px, {args.quality} path; {ours['seconds']} s + {bound['seconds']} s")
+          f"distance, {cfg.size}px, {quality} path; {ours['seconds']} s + {bound['seconds']} s")
     return 0
 
 

@@ -83,9 +83,11 @@ def _preset_paths(out, images) -> list:
 
 def _print_eval(r: dict) -> None:
     print(f"held-out images: {r['images']}")
-    print("slice   MAE (sigma)   mean predictor   explained variance (r2)")
+    print("slice   MAE (sigma)   mean predictor   explained variance (r2)   vertex-space r2")
     for k in ("id", "exp", "tex", "gamma"):
-        print(f"{k:7s} {r['mae'][k]:11.3f}   {r['mae_mean'][k]:14.3f}   {r['r2'][k]:23.3f}")
+        rv = (r.get("r2_vertex") or {}).get(k)
+        print(f"{k:7s} {r['mae'][k]:11.3f}   {r['mae_mean'][k]:14.3f}   {r['r2'][k]:23.3f}   "
+              + (f"{rv:15.3f}" if rv is not None else f"{'-':>15s}"))
     pe, pm = r["pose_error_deg"], r["pose_error_deg_mean_predictor"]
     print(f"pose error (deg): yaw {pe['yaw']:.2f} (mean predictor {pm['yaw']:.2f}), "
           f"pitch {pe['pitch']:.2f} (mean predictor {pm['pitch']:.2f})")

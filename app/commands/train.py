@@ -90,14 +90,16 @@ def register(sub):
                                       "coefficients and pose)")
     r.add_argument("--out", required=True, help="folder to write (weights.safetensors, config.json, recon_train.json)")
     r.add_argument("--data", metavar="DIR", nargs="+", default=None,
-                   help="cgof data synth folder(s) (default: render --n-images faces into a temporary folder first); "
-                        "the last --validation images are held out")
+                   help="cgof data synth folder(s), the last --validation images held out (default: faces rendered "
+                        "on the fly, or --n-images of them once; --validation faces of another seed held out)")
     r.add_argument("--config", metavar="FILE", default=None, help="recipe: a recon_train.json or an object of fields")
     r.add_argument("--facemodel", default=None, help="face model (.npz ours or BFM_model_front.mat)")
     r.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
     r.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds of training")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from --out's recon_train_state.pt (same options)")
     _config_flags(r, _config_class("recon"))
-    r.set_defaults(handler=_recon, stage="recon", resume=False)
+    r.set_defaults(handler=_recon, stage="recon")
 
 
 def _common(parser, evaluation: str) -> None:
@@ -175,7 +177,11 @@ def build_config(args):
 
     cls = _config_class(args.stage)
     cfg = cls()
-    if getattr(args, "resume", False):
+    if getattr(args, "resume", False) and args.stage == "recon":
+        from engine.api import resume_recipe
+
+        cfg = from_dict(cls, resume_recipe(args.out), str(Path(args.out) / "recon_train_state.pt"))
+    elif getattr(args, "resume", False):
         state_path = Path(args.out) / STATE_FILE
         recipe = read_state(state_path).get("recipe") or {}
         cfg = from_dict(cls, recipe.get(STAGES[args.stage][1], {}), str(state_path))
@@ -219,7 +225,8 @@ def _recon(args) -> int:
     cfg = build_config(args)
     fm = load_facemodel(args.facemodel)
     record = run_recon_training(args.out, cfg, fm, data_dir=args.data, time_budget_s=args.time_budget,
-                                log=lambda line: print(line, file=sys.stderr), device=resolve_device(args.device))
+                                log=lambda line: print(line, file=sys.stderr), device=resolve_device(args.device),
+                                resume=args.resume)
     print(json.dumps({"steps": record["steps"], "train_seconds": record["train_seconds"], "eval": record["eval"],
                       "out": str(args.out)}))
     return 0

@@ -163,7 +163,17 @@ class MorphableModel:
         """(B, N, 3) -> (B, N, 3) unit vertex normals: normalised sum over the point_buf faces."""
         fn = self.face_normals(verts)
         fn = torch.cat([fn, torch.zeros_like(fn[:, :1])], dim=1)  # the padding face
-        vn = fn[:, self.point_buf].sum(dim=2)
+        b = fn.shape[0]
+        groups = _normal_groups(self.point_buf, self.num_triangles)
+        if groups is None:
+            vn = fn[:, self.point_buf].sum(dim=2)
+        else:
+            # point_buf is padded to its busiest vertex (P ~ 100 for a few vertices, ~6 for the rest):
+            # summing each group of vertices over its own width skips only trailing zero faces, so the
+            # sum is bit-identical to the full one at a tenth of the cost.
+            order, parts = groups
+            vn = torch.cat([fn.index_select(1, p.reshape(-1)).reshape(b, *p.shape, 3).sum(dim=2) for p in parts], 1)
+            vn = vn.index_select(1, order)
         return torch.nn.functional.normalize(vn, dim=-1, eps=1e-12)
 
     def shade(self, verts: torch.Tensor, tex_z=None, gamma_z=None) -> torch.Tensor:
@@ -206,6 +216,39 @@ class MorphableModel:
             "source": self.source,
             "fingerprint": self.fingerprint()[:16],
         }
+
+
+_NORMAL_GROUPS: dict = {}
+
+
+def _normal_groups(point_buf: torch.Tensor, num_faces: int):
+    """(order, parts) for :meth:`MorphableModel.vertex_normals`: vertices grouped by how many faces
+    they touch (widths 8, 16, 32, P), each part (n_g, width) their point_buf columns, ``order`` (N,) the
+    permutation back to vertex order; None when padding is not trailing (then nothing is skipped).
+    Cached per point_buf tensor."""
+    key = (point_buf.data_ptr(), tuple(point_buf.shape), str(point_buf.device), int(num_faces))
+    if key in _NORMAL_GROUPS:
+        return _NORMAL_GROUPS[key]
+    real = point_buf < num_faces
+    groups = None
+    if bool((real.int().diff(dim=1) <= 0).all()):  # every row: real faces first, then padding
+        count = real.sum(1)
+        width_all = int(point_buf.shape[1])
+        ids, parts, lo = [], [], -1
+        for width in sorted({min(w, width_all) for w in (8, 16, 32, width_all)}):
+            v = torch.nonzero((count > lo) & (count <= width)).flatten()
+            lo = width
+            if v.numel():
+                ids.append(v)
+                parts.append(point_buf.index_select(0, v)[:, :width].contiguous())
+        order = torch.empty_like(count)
+        cat = torch.cat(ids)
+        order[cat] = torch.arange(cat.numel(), device=cat.device)
+        groups = (order, parts)
+    if len(_NORMAL_GROUPS) > 16:
+        _NORMAL_GROUPS.clear()
+    _NORMAL_GROUPS[key] = groups
+    return groups
 
 
 def build_point_buf(triangles: np.ndarray, num_vertices: int) -> np.ndarray:

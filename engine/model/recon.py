@@ -2,7 +2,7 @@
 
 The interface is Deep3DFaceRecon's R-Net (``models/networks.py``, ``ReconNetWrapper``; its
 ``split_coeff`` order): an aligned square crop (B, 3, H, W), RGB in [0, 1], is resized to the net's
-``input_size`` (224 for R-Net; our CPU-trained default uses 64) and a ResNet with one linear head
+``input_size`` (224 for R-Net; our CPU-trained default uses 96) and a ResNet with one linear head
 predicts, in this order,
 
     id (K_id) | exp (K_exp) | tex (K_tex) | angle (3) | gamma (27) | trans (3)

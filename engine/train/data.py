@@ -57,8 +57,10 @@ def random_poses(b: int, yaw_range_deg: float, pitch_range_deg: float, gen: torc
 
 @torch.no_grad()
 def render_targets(facemodel: MorphableModel, layout: LatentLayout, rasterizer: MeshRasterizer, camera: OrbitCamera,
-                   z: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor, size: int, mesh_warp: bool) -> Targets:
-    """What the field is fitted to, for latents z (B, D) seen at poses (theta, phi) (B,) radians."""
+                   z: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor, size: int, mesh_warp: bool,
+                   normals: bool = True) -> Targets:
+    """What the field is fitted to, for latents z (B, D) seen at poses (theta, phi) (B,) radians.
+    ``normals`` False leaves ``Targets.normals`` None (image-only callers: a third of the cost)."""
     fm = facemodel
     b, n = z.shape[0], size * size
     parts = layout.split(z)
@@ -69,5 +71,5 @@ def render_targets(facemodel: MorphableModel, layout: LatentLayout, rasterizer: 
     cavity = cond.mask & ~cond.frags.mask.reshape(b, n)
     image = torch.where(cavity[..., None], torch.tensor(MOUTH_COLOUR, device=image.device), image.reshape(b, n, 3))
     # The field's gradient is taken in its own space: the neutral face's, for a mesh_warp field.
-    return Targets(cond.rays.origins, cond.rays.directions, image, cond.depth, cond.mask, cond.field_normals(),
-                   cond.offsets)
+    return Targets(cond.rays.origins, cond.rays.directions, image, cond.depth, cond.mask,
+                   cond.field_normals() if normals else None, cond.offsets)

@@ -547,6 +547,67 @@ def _face_draws(seed: int, index: int, sizes: Mapping[str, int], camera) -> dict
     return out
 
 
+@dataclass
+class SynthFaces:
+    """A batch of synthetic faces: ``images`` (B, 3, S, S) float RGB in [0, 1] (on the CPU), the
+    ``latents`` they were rendered from {'id','exp','tex','gamma': (B, K) sigma units} and the orbit
+    camera's ``theta``, ``phi`` (B,) radians."""
+
+    images: torch.Tensor
+    latents: dict[str, torch.Tensor]
+    theta: torch.Tensor
+    phi: torch.Tensor
+
+
+class SynthRenderer:
+    """The one renderer behind ``cgof data synth`` (:func:`synthesize_dataset`) and on-the-fly training
+    batches (``cgof train recon`` without ``--data``): face i of ``seed`` drawn by :func:`_face_draws`,
+    rendered by :func:`engine.train.data.render_targets` (SH shading, closed mouth, no mesh_warp) at
+    ``size * supersample``, area-downsampled and composited over its random smooth background."""
+
+    def __init__(self, facemodel: MorphableModel, size: int, seed: int = 0, device="cpu", supersample: int = 2):
+        from ..camera import CameraConfig, OrbitCamera
+        from ..device import resolve_device
+        from ..model.latent import LatentLayout
+        from ..render.rasterizer import MeshRasterizer
+
+        SynthConfig(2, int(size), int(seed), str(device), int(supersample)).check()
+        self.device = resolve_device(device)
+        self.facemodel = facemodel.to(self.device)
+        self.size, self.seed, self.supersample = int(size), int(seed), int(supersample)
+        self.layout = LatentLayout.for_sizes(self.facemodel.sizes)
+        self.camera = OrbitCamera(CameraConfig())
+        self.rasterizer = MeshRasterizer(self.camera, device=self.device)
+
+    @torch.no_grad()
+    def render(self, indices) -> SynthFaces:
+        """Faces ``indices`` (an iterable of ints) of this renderer's seed, in one batch."""
+        from .data import render_targets
+
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise CgofError("SynthRenderer.render: expected at least one face index")
+        fm, layout, dev = self.facemodel, self.layout, self.device
+        draws = [_face_draws(self.seed, i, fm.sizes, self.camera) for i in idx]
+        z = {key: torch.cat([d[key] for d in draws]) for key in draws[0]}
+        theta, phi = z.pop("theta"), z.pop("phi")
+        b, hi = len(idx), self.size * self.supersample
+        parts = {kind: z[kind].to(dev) for kind in MODEL_KINDS}
+        parts["bg_geo"] = torch.zeros(b, layout.bg_geo, device=dev)
+        parts["bg_tex"] = torch.zeros(b, layout.bg_tex, device=dev)
+        t = render_targets(fm, layout, self.rasterizer, self.camera, layout.join(parts), theta.to(dev), phi.to(dev),
+                           hi, mesh_warp=False, normals=False)
+        face = t.image.reshape(b, hi, hi, 3).permute(0, 3, 1, 2).float().cpu()
+        alpha = t.mask.reshape(b, 1, hi, hi).float().cpu()
+        if self.supersample > 1:
+            # The face image is black off the mesh, so its area average is premultiplied by alpha.
+            face = torch.nn.functional.avg_pool2d(face, self.supersample)
+            alpha = torch.nn.functional.avg_pool2d(alpha, self.supersample)
+        bg = _backgrounds(z["colours"], z["angle"], z["noise"], self.size)
+        image = (face + (1 - alpha) * bg).clamp(0, 1)
+        return SynthFaces(image, {kind: z[kind] for kind in MODEL_KINDS}, theta, phi)
+
+
 def _write_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
@@ -575,11 +636,7 @@ def synthesize_dataset(out_dir, n: int, size: int, facemodel: MorphableModel, se
     (up to float rounding in batched rendering) whatever ``n`` is (a larger set extends a smaller one) and whatever the chunking (CHUNK faces
     are rendered at a time); the global RNG is never touched.
     """
-    from ..camera import CameraConfig, OrbitCamera
     from ..device import resolve_device
-    from ..model.latent import LatentLayout
-    from ..render.rasterizer import MeshRasterizer
-    from .data import render_targets
 
     cfg = SynthConfig(int(n), int(size), int(seed), str(device), int(supersample))
     cfg.check()
@@ -596,36 +653,16 @@ def synthesize_dataset(out_dir, n: int, size: int, facemodel: MorphableModel, se
     dev = resolve_device(device)
     fm = facemodel.to(dev)
     sizes = fm.sizes
-    layout = LatentLayout.for_sizes(sizes)
-    camera = OrbitCamera(CameraConfig())
-    rasterizer = MeshRasterizer(camera, device=dev)
-
-    hi = cfg.size * cfg.supersample
+    renderer = SynthRenderer(fm, cfg.size, cfg.seed, dev, cfg.supersample)
     for start in range(0, cfg.n, CHUNK):
         sl = slice(start, min(start + CHUNK, cfg.n))
-        b = sl.stop - sl.start
-        draws = [_face_draws(cfg.seed, i, sizes, camera) for i in range(sl.start, sl.stop)]
-        z = {key: torch.cat([d[key] for d in draws]) for key in draws[0]}
-        theta, phi = z.pop("theta"), z.pop("phi")
-        parts = {kind: z[kind].to(dev) for kind in MODEL_KINDS}
-        parts["bg_geo"] = torch.zeros(b, layout.bg_geo, device=dev)
-        parts["bg_tex"] = torch.zeros(b, layout.bg_tex, device=dev)
-        t = render_targets(fm, layout, rasterizer, camera, layout.join(parts), theta.to(dev), phi.to(dev), hi,
-                           mesh_warp=False)
-        face = t.image.reshape(b, hi, hi, 3).permute(0, 3, 1, 2).float().cpu()
-        alpha = t.mask.reshape(b, 1, hi, hi).float().cpu()
-        if cfg.supersample > 1:
-            # The face image is black off the mesh, so its area average is premultiplied by alpha.
-            face = torch.nn.functional.avg_pool2d(face, cfg.supersample)
-            alpha = torch.nn.functional.avg_pool2d(alpha, cfg.supersample)
-        bg = _backgrounds(z["colours"], z["angle"], z["noise"], cfg.size)
-        image = (face + (1 - alpha) * bg).clamp(0, 1)
-        pixels = (image.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
-        raw = {kind: fm.coefficients(kind, parts[kind]).float().cpu().numpy() for kind in MODEL_KINDS}
-        for j in range(b):
+        faces = renderer.render(range(sl.start, sl.stop))
+        pixels = (faces.images.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        raw = {kind: fm.coefficients(kind, faces.latents[kind].to(dev)).float().cpu().numpy() for kind in MODEL_KINDS}
+        for j in range(faces.images.shape[0]):
             i = sl.start + j
             stem = f"img_{i:05d}"
-            th, ph = float(theta[j]), float(phi[j])
+            th, ph = float(faces.theta[j]), float(faces.phi[j])
             try:
                 _write_png(out / f"{stem}.png", pixels[j])
                 np.savez(out / f"{stem}.npz", **{kind: raw[kind][j:j + 1] for kind in MODEL_KINDS},

@@ -2,9 +2,12 @@
 our synthetic renders, whose 3DMM coefficients and pose are known exactly.
 
 Data: a folder written by ``cgof data synth`` (:func:`engine.train.dataset.synthesize_dataset`:
-faces of the face model under the camera's pose prior over random smooth backgrounds), or, without
-one, such a folder rendered into a temporary directory first. The last ``validation`` images are held
-out for :func:`evaluate_recon`.
+faces of the face model under the camera's pose prior over random smooth backgrounds; the last
+``validation`` images are held out for :func:`evaluate_recon` and model selection), or, without one,
+faces rendered on the fly by the same renderer (:class:`engine.train.dataset.SynthRenderer`, seed
+``seed + 1``, quantised to 8 bits as a PNG would be): every step sees ``batch_size / reuse`` faces
+never seen before, so the net cannot overfit a fixed set; ``validation`` faces of seed ``seed + 2``
+are held out. ``n_images`` > 0 renders a fixed set of that many faces in memory instead.
 
 Loss per batch (all terms means over the batch):
 
@@ -57,7 +60,14 @@ class ReconTrainConfig:
     backbone: str = option("resnet18", help="resnet18 | resnet34 | resnet50", choices=("resnet18", "resnet34",
                                                                                         "resnet50"))
     width: int = option(32, help="base channels of the ResNet (64 = torchvision's)", range=(1, None))
-    n_images: int = option(3000, help="images rendered when no --data is given", range=(2, None))
+    n_images: int = option(0, help="without --data: 0 renders fresh faces every step; N > 0 renders a fixed set of "
+                           "N faces once (in memory)", range=(0, None))
+    supersample: int = option(2, help="without --data: render at size x this and area-downsample (cgof data synth's "
+                              "default)", range=(1, 8))
+    reuse: int = option(1, help="without --data and --n-images: steps each fresh face serves on average (a pool of "
+                        "--pool faces, batch_size / reuse of them replaced per step; 1: every batch is all new)",
+                        range=(1, None))
+    pool: int = option(2048, help="faces kept for --reuse > 1", range=(1, None))
     validation: int = option(200, help="images held out for validation and model selection (the last ones)",
                              range=(0, None))
     coeff_loss: str = option("l2", help="coefficient term: l2 (squared error) or l1, sigma units", choices=("l2", "l1"))
@@ -67,6 +77,8 @@ class ReconTrainConfig:
     storage: str = option("float16", help="weights storage in the saved folder", choices=("float32", "float16"))
     seed: int = option(0, help="seed of the init, the batches and the rendered data", range=(0, 2**31 - 1))
     log_every: int = option(100, help="steps per log line", range=(1, None))
+    state_every: int = option(0, help="steps between resumable state files (recon_train_state.pt; 0: at every "
+                              "held-out evaluation)", range=(0, None))
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -115,6 +127,72 @@ def load_folder(root, facemodel: MorphableModel, size: int | None = None) -> Rec
     return ReconData(images, targets)
 
 
+def _faces_to_batch(faces) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:class:`engine.train.dataset.SynthFaces` -> (images (B, 3, S, S) uint8, as ``cgof data synth``'s PNGs
+    hold them; targets as :class:`ReconData`'s)."""
+    pixels = (faces.images * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+    targets = {k: faces.latents[k].float() for k in COEFF_KINDS}
+    targets["angle"] = angle_from_orbit(faces.theta.float(), faces.phi.float())
+    return pixels, targets
+
+
+def render_data(facemodel: MorphableModel, n: int, size: int, seed: int, supersample: int = 2,
+                chunk: int = 32) -> ReconData:
+    """Faces 0..n-1 of ``seed`` rendered in memory (:class:`engine.train.dataset.SynthRenderer`, the renderer
+    of ``cgof data synth``: the same images its PNGs hold) -> :class:`ReconData`."""
+    from .dataset import SynthRenderer
+
+    if n < 1:
+        raise CgofError(f"{n} images: expected at least 1")
+    renderer = SynthRenderer(facemodel, size, seed, "cpu", supersample)
+    parts = [_faces_to_batch(renderer.render(range(i, min(i + chunk, n)))) for i in range(0, n, chunk)]
+    return ReconData(torch.cat([p[0] for p in parts]), {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]})
+
+
+class FreshFaces:
+    """Endless training batches of faces never seen before, rendered on the fly (seed ``seed``, faces
+    ``next_index``, ``next_index + 1``, ...). ``reuse`` 1: each batch is ``batch_size`` new faces; ``reuse``
+    r > 1: a pool of ``pool`` faces, ``ceil(batch_size / r)`` of them replaced per step (oldest first), the
+    batch drawn from the pool at random (each face then serves about r batches)."""
+
+    def __init__(self, facemodel: MorphableModel, size: int, seed: int, batch_size: int, supersample: int = 2,
+                 reuse: int = 1, pool: int = 2048, next_index: int = 0):
+        from .dataset import SynthRenderer
+
+        self.renderer = SynthRenderer(facemodel, size, seed, "cpu", supersample)
+        self.batch_size, self.reuse = int(batch_size), int(reuse)
+        self.capacity = max(int(pool), self.batch_size)
+        self.next_index = int(next_index)
+        self.pool: ReconData | None = None
+        self.cursor = 0  # the pool's oldest slot
+
+    def _render(self, n: int, chunk: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # in chunks: filling a pool of thousands in one batch would hold gigabytes of supersampled pixels
+        parts = []
+        for i in range(self.next_index, self.next_index + n, chunk):
+            parts.append(_faces_to_batch(self.renderer.render(range(i, min(i + chunk, self.next_index + n)))))
+        self.next_index += n
+        return torch.cat([p[0] for p in parts]), {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+
+    def batch(self, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(B, 3, S, S) float in [0, 1] and the targets (sigma units, radians)."""
+        if self.reuse == 1:
+            x, t = self._render(self.batch_size)
+            return x.float() / 255.0, t
+        if self.pool is None:  # fill it once: the first batches would otherwise repeat a few faces many times
+            x, t = self._render(self.capacity)
+            self.pool = ReconData(x, t)
+        else:
+            n = -(-self.batch_size // self.reuse)
+            x, t = self._render(n)
+            slots = (torch.arange(n) + self.cursor) % self.capacity
+            self.pool.images[slots] = x
+            for k in t:
+                self.pool.targets[k][slots] = t[k]
+            self.cursor = int((self.cursor + n) % self.capacity)
+        return self.pool.batch(torch.randint(self.capacity, (self.batch_size,), generator=gen))
+
+
 # ---- landmarks ----------------------------------------------------------------------------------------
 class LandmarkProjector:
     """The 68 3DMM landmarks of (id, exp) sigma units seen at a Deep3DFaceRecon angle, projected by the
@@ -158,8 +236,10 @@ def evaluate_recon(net: ReconNet, data: ReconData, facemodel: MorphableModel | N
                    batch_size: int = 64) -> dict:
     """Coefficient recovery on images with known coefficients: per slice the mean absolute error in
     sigma units (``mae``) next to the mean predictor's (all zeros, the prior's mean: ``mae_mean``), the
-    explained variance per slice (``r2``: 1 - squared error / the targets' spread),
-    and the pose error in degrees (mean absolute yaw / pitch error)."""
+    explained variance per slice (``r2``: 1 - squared error / the targets' spread, every component
+    weighing the same), with ``facemodel`` the explained variance of the mesh displacement due to id
+    and to exp (``r2_vertex``, :func:`vertex_r2`: components weigh by how far they move the face), and
+    the pose error in degrees (mean absolute yaw / pitch error)."""
     net.eval()
     preds: dict[str, list] = {}
     dev = next(net.parameters()).device
@@ -178,38 +258,76 @@ def evaluate_recon(net: ReconNet, data: ReconData, facemodel: MorphableModel | N
         out["r2"][k] = round(1.0 - float((p[k] - t[k]).square().sum() / (t[k] - t[k].mean(0)).square().sum()), 4)
     err = torch.rad2deg((p["angle"] - t["angle"]).abs())
     spread = torch.rad2deg((t["angle"] - t["angle"].mean(0)).abs())
+    if facemodel is not None and facemodel.sizes["id"] == t["id"].shape[1]:
+        out["r2_vertex"] = vertex_r2(facemodel, p, t)
     out["pose_error_deg"] = {"yaw": round(float(err[:, 1].mean()), 3), "pitch": round(float(err[:, 0].mean()), 3)}
     out["pose_error_deg_mean_predictor"] = {"yaw": round(float(spread[:, 1].mean()), 3),
                                             "pitch": round(float(spread[:, 0].mean()), 3)}
     return out
 
 
+def vertex_r2(facemodel: MorphableModel, pred: dict[str, torch.Tensor], true: dict[str, torch.Tensor],
+              kinds: tuple[str, ...] = ("id", "exp")) -> dict[str, float]:
+    """Explained variance in vertex space per shape slice: with D(z) (N, 3V) the displacement of the mesh
+    that slice's coefficients z (N, K) sigma units cause on their own (``facemodel.vertices`` minus the mean
+    face, world units), ``1 - sum |D(pred) - D(true)|^2 / sum |D(true) - mean_n D(true)|^2``: 1 for an exact
+    reading, ~0 for the mean predictor, each component weighing by the vertex motion it causes (a trailing
+    component that moves the face by a tenth of a pixel hardly counts)."""
+    fm = facemodel.to("cpu")
+    out = {}
+    for k in kinds:
+        zero = torch.zeros(1, fm.sizes["exp" if k == "id" else "id"])
+
+        def disp(z):
+            z = z.float().cpu()
+            v = fm.vertices(z, zero.expand(z.shape[0], -1)) if k == "id" else fm.vertices(zero.expand(z.shape[0], -1), z)
+            return v.reshape(z.shape[0], -1)
+
+        d_true = disp(true[k])
+        err = float((disp(pred[k]) - d_true).square().sum())
+        spread = float((d_true - d_true.mean(0)).square().sum())
+        out[k] = round(1.0 - err / max(spread, 1e-30), 4)
+    return out
+
+
 # ---- training -----------------------------------------------------------------------------------------
+STATE = "recon_train_state.pt"
+
+
 def run_recon_training(out_dir, config: ReconTrainConfig, facemodel: MorphableModel, data_dir=None,
                        time_budget_s: float | None = None, log: Callable[[str], None] | None = print,
-                       device="cpu") -> dict:
+                       device="cpu", resume: bool = False) -> dict:
     """Train a :class:`ReconNet` for ``facemodel``, save it to ``out_dir`` (our format) with its run
-    record (``recon_train.json``: recipe, losses, held-out evaluation); returns the record."""
+    record (``recon_train.json``: recipe, losses, held-out evaluation); returns the record.
+
+    At every held-out evaluation (and every ``state_every`` steps) the best net so far is saved with
+    its record and ``recon_train_state.pt`` holds what a resumed run needs (``resume``: continue from it
+    with the same recipe; a pool of ``reuse`` > 1 is refilled with new faces)."""
     cfg = config
+    out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     fm = facemodel.to("cpu")
     t_data = time.perf_counter()
+    fresh = None
     if data_dir is None:
-        from .dataset import synthesize_dataset
-
-        with tempfile.TemporaryDirectory(prefix="cgof-recon-data-") as tmp:
+        hold = render_data(fm, cfg.validation, cfg.size, cfg.seed + 2, cfg.supersample) if cfg.validation else None
+        n_hold = cfg.validation
+        if cfg.n_images:
             if log:
                 log(json.dumps({"rendering": cfg.n_images, "size": cfg.size}))
-            synthesize_dataset(Path(tmp) / "data", cfg.n_images, cfg.size, fm, seed=cfg.seed + 1)
-            data = load_folder(Path(tmp) / "data", fm, cfg.size)
+            train = render_data(fm, cfg.n_images, cfg.size, cfg.seed + 1, cfg.supersample)
+        else:
+            train = None
+            fresh = FreshFaces(fm, cfg.size, cfg.seed + 1, cfg.batch_size, cfg.supersample, cfg.reuse, cfg.pool)
     else:
         data = load_folder(data_dir, fm, cfg.size)
+        n_hold = min(cfg.validation, len(data) // 5)
+        if len(data) - n_hold < 2:
+            raise CgofError(f"{len(data)} images: expected at least {n_hold + 2} (training images plus {n_hold} held "
+                            "out)")
+        train = data.subset(slice(0, len(data) - n_hold))
+        hold = data.subset(slice(len(data) - n_hold, len(data))) if n_hold else None
     data_seconds = time.perf_counter() - t_data
-    n_hold = min(cfg.validation, len(data) // 5)
-    if len(data) - n_hold < 2:
-        raise CgofError(f"{len(data)} images: expected at least {n_hold + 2} (training images plus {n_hold} held out)")
-    train = data.subset(slice(0, len(data) - n_hold))
-    hold = data.subset(slice(len(data) - n_hold, len(data))) if n_hold else None
 
     net = ReconNet(ReconConfig.for_facemodel(fm, backbone=cfg.backbone, width=cfg.width, input_size=cfg.size,
                                              storage=cfg.storage)).to(device)
@@ -226,14 +344,66 @@ def run_recon_training(out_dir, config: ReconTrainConfig, facemodel: MorphableMo
         rasterizer = MeshRasterizer(camera, device="cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     before = evaluate_recon(net, hold, fm) if hold is not None else None
-    history, evals, step, t0 = [], [], 0, time.perf_counter()
+    history, evals, step, seconds_before = [], [], 0, 0.0
     best = (float("inf"), None, 0)  # (held-out score, state, step)
+    if resume:
+        state = _read_state(out_dir, cfg)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        step, history, evals, seconds_before = int(state["step"]), state["history"], state["evals"], state["seconds"]
+        before = state["eval_before"]
+        best = (float(state["best_score"]), state["best_net"], int(state["best_step"]))
+        if fresh is not None:
+            fresh.next_index = int(state["next_index"])
+        if log:
+            log(json.dumps({"resumed": step}))
+    t0 = time.perf_counter()
+    data_label = (([str(d) for d in data_dir] if isinstance(data_dir, (list, tuple)) else str(data_dir)) if data_dir
+                  else f"rendered in memory ({cfg.n_images} faces of seed {cfg.seed + 1})" if cfg.n_images
+                  else f"rendered on the fly (fresh faces of seed {cfg.seed + 1}, reuse {cfg.reuse})")
+
+    def record_now(evaluation) -> dict:
+        return {"recipe": asdict(cfg), "steps": step, "train_seconds": round(seconds_before + time.perf_counter() - t0, 1),
+                "data_seconds": round(data_seconds, 1), "data": data_label,
+                "train_images": len(train) if train is not None else fresh.next_index,
+                "heldout_images": n_hold, "heldout": (f"faces 0..{n_hold - 1} of seed {cfg.seed + 2}"
+                                                      if data_dir is None else "the last images of the data"),
+                "kept_step": best[2] if best[1] is not None else step, "eval_before": before,
+                "eval": evaluation, "history": history, "held_out_history": evals}
+
+    def save(final: bool) -> dict:
+        """The best net so far (or the last, without held-out data) and its record; the resumable state."""
+        keep = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if best[1] is not None:
+            net.load_state_dict(best[1])
+        net.eval()
+        evaluation = evaluate_recon(net, hold, fm) if hold is not None else None
+        record = record_now(evaluation)
+        save_recon(out_dir, _cpu_copy(net),
+                   provenance={k: record[k] for k in ("recipe", "steps", "kept_step", "train_seconds", "data", "eval")})
+        (out_dir / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+        net.load_state_dict(keep)
+        if not final:
+            state = {"recipe": asdict(cfg), "step": step, "net": keep, "opt": opt.state_dict(),
+                     "sched": sched.state_dict(), "gen": gen.get_state(), "history": history, "evals": evals,
+                     "seconds": seconds_before + time.perf_counter() - t0, "eval_before": before,
+                     "best_score": best[0] if best[1] is not None else float("inf"),
+                     "best_net": best[1] if best[1] is not None else keep, "best_step": best[2],
+                     "next_index": fresh.next_index if fresh is not None else 0}
+            tmp = out_dir / (STATE + ".tmp")
+            torch.save(state, tmp)
+            tmp.replace(out_dir / STATE)  # atomic: an interrupted write leaves the previous state
+        net.train()
+        return record
 
     def held_out_check():
         nonlocal best
         r = evaluate_recon(net, hold, fm)
         score = float(np.mean([1.0 - r["r2"][k] for k in COEFF_KINDS]))  # mean relative squared error
-        evals.append({"step": step, "score": round(score, 4), "r2": r["r2"], "pose_error_deg": r["pose_error_deg"]})
+        evals.append({"step": step, "score": round(score, 4), "r2": r["r2"], "r2_vertex": r.get("r2_vertex"),
+                      "pose_error_deg": r["pose_error_deg"]})
         if log:
             log(json.dumps({"held_out": evals[-1]}))
         if score < best[0]:
@@ -243,8 +413,10 @@ def run_recon_training(out_dir, config: ReconTrainConfig, facemodel: MorphableMo
     while step < cfg.steps:
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
             break
-        idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
-        x, t = train.batch(idx)
+        if fresh is not None:
+            x, t = fresh.batch(gen)
+        else:
+            x, t = train.batch(torch.randint(len(train), (cfg.batch_size,), generator=gen))
         pred = net(x.to(device))
         pred = {k: v.cpu() for k, v in pred.items()}
         diff = {k: pred[k] - t[k] for k in COEFF_KINDS}
@@ -266,25 +438,54 @@ def run_recon_training(out_dir, config: ReconTrainConfig, facemodel: MorphableMo
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = {"step": step, "loss": round(float(loss.detach()), 4), **{k: round(float(v.detach()), 4) for k, v in terms.items()},
-                   "seconds": round(time.perf_counter() - t0, 1)}
+                   "seconds": round(seconds_before + time.perf_counter() - t0, 1)}
             history.append(row)
             if log:
                 log(json.dumps(row))
+        checked = False
         if hold is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             held_out_check()
+            checked = True
+        if step < cfg.steps and ((checked and not cfg.state_every) or (cfg.state_every and step % cfg.state_every == 0)):
+            save(final=False)
     if hold is not None and cfg.eval_every and (not evals or evals[-1]["step"] != step):
         held_out_check()
-    train_seconds = time.perf_counter() - t0
     if best[1] is not None:
         net.load_state_dict(best[1])
+    record = save(final=True)
+    (out_dir / STATE).unlink(missing_ok=True)  # finished: nothing to resume
     net.eval()
-    after = evaluate_recon(net, hold, fm) if hold is not None else None
-    record = {"recipe": asdict(cfg), "steps": step, "train_seconds": round(train_seconds, 1),
-              "data_seconds": round(data_seconds, 1), "data": ([str(d) for d in data_dir] if isinstance(data_dir, (list, tuple)) else str(data_dir)) if data_dir else
-              f"rendered on the fly ({cfg.n_images} images, seed {cfg.seed + 1})", "train_images": len(train),
-              "heldout_images": n_hold, "kept_step": best[2] if best[1] is not None else step, "eval_before": before,
-              "eval": after, "history": history, "held_out_history": evals}
-    save_recon(out_dir, net.cpu(), provenance={k: record[k] for k in ("recipe", "steps", "kept_step", "train_seconds",
-                                                                       "data", "eval")})
-    (Path(out_dir) / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _cpu_copy(net: ReconNet) -> ReconNet:
+    copy = ReconNet(net.config)
+    copy.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
+    return copy
+
+
+def resume_recipe(out_dir) -> dict:
+    """The recipe (fields of :class:`ReconTrainConfig`) of the interrupted run in ``out_dir``."""
+    path = Path(out_dir) / STATE
+    if not path.is_file():
+        raise CgofError(f"{path}: no state to resume from; expected a folder of an interrupted cgof train recon run")
+    try:
+        return dict(torch.load(str(path), map_location="cpu", weights_only=True)["recipe"])
+    except Exception as exc:  # noqa: BLE001 - zip, EOF, unpickling and key errors alike
+        raise CgofError(f"{path}: unreadable resume state ({' '.join(str(exc).split())[:160]})") from None
+
+
+def _read_state(out_dir: Path, cfg: ReconTrainConfig) -> dict:
+    """The resumable state of an interrupted run in ``out_dir`` (its recipe must be ``cfg``)."""
+    path = out_dir / STATE
+    if not path.is_file():
+        raise CgofError(f"{path}: no state to resume from; expected a folder of an interrupted cgof train recon run")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - zip, EOF and unpickling errors alike
+        raise CgofError(f"{path}: unreadable resume state ({' '.join(str(exc).split())[:160]})") from None
+    if state.get("recipe") != asdict(cfg):
+        changed = sorted(k for k in asdict(cfg) if (state.get("recipe") or {}).get(k) != asdict(cfg)[k])
+        raise CgofError(f"{path}: saved with another recipe (differs in {', '.join(changed) or 'everything'}); "
+                        "expected the same options as the interrupted run")
+    return state
