@@ -82,6 +82,9 @@ class MorphableModel:
     names: dict[str, list[str]] = field(default_factory=dict)
     source: str = "unknown"
     meta: dict = field(default_factory=dict)
+    # (point_buf, its _normal_groups), filled by the first vertex_normals call; a copy on another
+    # device (``to``) starts without it.
+    _normal_cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- sizes -----------------------------------------------------------------------------
     @property
@@ -164,7 +167,9 @@ class MorphableModel:
         fn = self.face_normals(verts)
         fn = torch.cat([fn, torch.zeros_like(fn[:, :1])], dim=1)  # the padding face
         b = fn.shape[0]
-        groups = _normal_groups(self.point_buf, self.num_triangles)
+        if self._normal_cache is None or self._normal_cache[0] is not self.point_buf:
+            self._normal_cache = (self.point_buf, _normal_groups(self.point_buf, self.num_triangles))
+        groups = self._normal_cache[1]
         if groups is None:
             vn = fn[:, self.point_buf].sum(dim=2)
         else:
@@ -218,17 +223,10 @@ class MorphableModel:
         }
 
 
-_NORMAL_GROUPS: dict = {}
-
-
 def _normal_groups(point_buf: torch.Tensor, num_faces: int):
     """(order, parts) for :meth:`MorphableModel.vertex_normals`: vertices grouped by how many faces
     they touch (widths 8, 16, 32, P), each part (n_g, width) their point_buf columns, ``order`` (N,) the
-    permutation back to vertex order; None when padding is not trailing (then nothing is skipped).
-    Cached per point_buf tensor."""
-    key = (point_buf.data_ptr(), tuple(point_buf.shape), str(point_buf.device), int(num_faces))
-    if key in _NORMAL_GROUPS:
-        return _NORMAL_GROUPS[key]
+    permutation back to vertex order; None when padding is not trailing (then nothing is skipped)."""
     real = point_buf < num_faces
     groups = None
     if bool((real.int().diff(dim=1) <= 0).all()):  # every row: real faces first, then padding
@@ -245,9 +243,6 @@ def _normal_groups(point_buf: torch.Tensor, num_faces: int):
         cat = torch.cat(ids)
         order[cat] = torch.arange(cat.numel(), device=cat.device)
         groups = (order, parts)
-    if len(_NORMAL_GROUPS) > 16:
-        _NORMAL_GROUPS.clear()
-    _NORMAL_GROUPS[key] = groups
     return groups
 
 
