@@ -144,9 +144,15 @@ def render_data(facemodel: MorphableModel, n: int, size: int, seed: int, supersa
 
     if n < 1:
         raise CgofError(f"{n} images: expected at least 1")
-    renderer = SynthRenderer(facemodel, size, seed, "cpu", supersample)
-    parts = [_faces_to_batch(renderer.render(range(i, min(i + chunk, n)))) for i in range(0, n, chunk)]
-    return ReconData(torch.cat([p[0] for p in parts]), {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]})
+    return ReconData(*_render_faces(SynthRenderer(facemodel, size, seed, "cpu", supersample), 0, n, chunk))
+
+
+def _render_faces(renderer, start: int, n: int, chunk: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Faces start..start+n-1 of ``renderer`` as (images uint8, targets), rendered ``chunk`` at a time (one
+    batch of thousands would hold gigabytes of supersampled pixels)."""
+    stop = start + n
+    parts = [_faces_to_batch(renderer.render(range(i, min(i + chunk, stop)))) for i in range(start, stop, chunk)]
+    return torch.cat([p[0] for p in parts]), {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
 
 
 class FreshFaces:
@@ -166,13 +172,10 @@ class FreshFaces:
         self.pool: ReconData | None = None
         self.cursor = 0  # the pool's oldest slot
 
-    def _render(self, n: int, chunk: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # in chunks: filling a pool of thousands in one batch would hold gigabytes of supersampled pixels
-        parts = []
-        for i in range(self.next_index, self.next_index + n, chunk):
-            parts.append(_faces_to_batch(self.renderer.render(range(i, min(i + chunk, self.next_index + n)))))
+    def _render(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = _render_faces(self.renderer, self.next_index, n)
         self.next_index += n
-        return torch.cat([p[0] for p in parts]), {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+        return out
 
     def batch(self, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(B, 3, S, S) float in [0, 1] and the targets (sigma units, radians)."""
