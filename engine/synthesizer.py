@@ -273,14 +273,10 @@ class FaceSynthesizer:
             if shaded:
                 where = mask_r | (acc > SHADE_MIN_OPACITY)
                 spread = (0.0,) if quality == "preview" else self.renderer.config.shading_normal_spread
-                lattice, levels = 0.0, 0
-                if spread_hint is not None:  # the surface search's path
-                    rc = self.renderer.config
-                    spread = (0.0,) if quality == "preview" else spread_hint
-                    lattice = rc.surface_normal_lattice
-                    levels = max(0, (size // rc.surface_normal_grid).bit_length() - 1)  # floor(log2)
+                if spread_hint is not None and quality != "preview":  # the surface search's own spread
+                    spread = spread_hint
                 nrm, shaded_pixels = self.renderer.shading_normals(films, rays, surf, where, cond.offsets, spread,
-                                                                   lattice, levels)
+                                                                   lattice=spread_hint is not None)
                 normal_evals = shaded_pixels * len(spread)
             else:
                 nrm = self.renderer.normals(films, rays, depth, mask_r, cond.offsets)

@@ -678,10 +678,11 @@ class VolumeRenderer:
     @torch.no_grad()
     def shading_normals(self, film: Film, rays: Rays, depth: torch.Tensor, mask: torch.Tensor,
                         offsets: torch.Tensor | None = None, spread: tuple[float, ...] = (0.0,),
-                        lattice_angle: float = 0.0, lattice_levels: int = 1) -> tuple[torch.Tensor, int]:
-        """:meth:`normals` and the number of pixels they were evaluated at. With ``lattice_angle`` > 0
-        (degrees) only every other pixel is evaluated and the rest interpolated where their evaluated
-        neighbours agree within that angle (:func:`.lattice.lattice_unit_vectors`)."""
+                        lattice: bool = False) -> tuple[torch.Tensor, int]:
+        """:meth:`normals` and the number of pixels they were evaluated at. With ``lattice`` they are
+        evaluated on a lattice of ``surface_normal_grid`` pixels per image side first and read off it
+        where its pixels agree within ``surface_normal_lattice`` degrees
+        (:func:`.lattice.lattice_unit_vectors`); without, at every ``mask`` pixel."""
         b, r = depth.shape
         h = rays.height
         flat_rays = FlatRays.of(rays, offsets)
@@ -694,11 +695,9 @@ class VolumeRenderer:
             n = unit_normals(flat_rays.evaluate(folded.gradient, ids, t, chunk)).sum(1)
             return n if len(spread) == 1 else torch.nn.functional.normalize(n, dim=-1, eps=1e-12)
 
-        out, evaluated = lattice_unit_vectors(mask.reshape(b, h, rays.width), evaluate, lattice_angle, lattice_levels)
+        angle, levels = 0.0, 0
+        if lattice:
+            angle = self.config.surface_normal_lattice
+            levels = max(0, (max(h, rays.width) // self.config.surface_normal_grid).bit_length() - 1)  # floor(log2)
+        out, evaluated = lattice_unit_vectors(mask.reshape(b, h, rays.width), evaluate, angle, levels)
         return out.reshape(b, r, 3), evaluated
-        t = depth.reshape(-1)[ids, None] + torch.as_tensor(spread, dtype=depth.dtype, device=depth.device)  # (m, K)
-        grad = FlatRays.of(rays, offsets).evaluate(self.field.fold(film.detach()).gradient, ids, t,
-                                                   chunk_points(depth.device, self.config.chunk_points))
-        n = unit_normals(grad).sum(1)
-        out[ids] = n if len(spread) == 1 else torch.nn.functional.normalize(n, dim=-1, eps=1e-12)
-        return out.view(b, r, 3)
