@@ -68,3 +68,14 @@ def test_random_spec_is_deterministic():
     lay = LatentLayout(id=4, exp=3, tex=2)
     assert FaceSpec.random(lay, 5) == FaceSpec.random(lay, 5)
     assert FaceSpec.random(lay, 5) != FaceSpec.random(lay, 6)
+
+
+def test_random_spec_is_always_valid():
+    # The default layout's seed 7472 draws a 5.06-sigma component; a random spec must still be one
+    # the renderer accepts (it stopped an albedo fit's read-view draw once).
+    from engine.model.latent import MAX_SIGMA
+    lay = LatentLayout(id=38, exp=21, tex=16, gamma=27)
+    spec = FaceSpec.random(lay, 7472)
+    values = [v for g in ("identity", "expression", "texture", "lighting") for v in getattr(spec, g).values()]
+    assert max(abs(v) for v in values) == MAX_SIGMA
+    spec.validate(lay)

@@ -159,12 +159,13 @@ class FaceSpec:
 
     @classmethod
     def random(cls, layout: LatentLayout, seed: int, psi: float = 1.0, groups=tuple(SPEC_GROUPS)) -> "FaceSpec":
-        """All components of ``groups`` drawn from N(0, 1) with a private generator."""
+        """All components of ``groups`` drawn from N(0, 1) with a private generator, cut at
+        +-MAX_SIGMA (a draw beyond it, about one in 1.7 million, would make the spec invalid)."""
         g = torch.Generator().manual_seed(int(seed))
         kw: dict[str, Any] = {}
         for group in SPEC_GROUPS:
             n = getattr(layout, SPEC_GROUPS[group])
-            draw = torch.randn(n, generator=g)
+            draw = torch.randn(n, generator=g).clamp(-MAX_SIGMA, MAX_SIGMA)
             if group in groups:
                 kw[group] = {i: float(v) for i, v in enumerate(draw)}
         return cls(seed=int(seed), psi=psi, **kw)
