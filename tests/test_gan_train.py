@@ -315,3 +315,22 @@ def test_mesh_schedule_places_band_and_free_samples(fm, data, tmp_path):
     assert bool((z[..., 1:] >= z[..., :-1]).all())
     rec = run_gan(tmp_path / "run", data, cfg, facemodel=fm, device="cpu", monitor=QUIET, log=None)
     assert torch.isfinite(torch.tensor(rec["history"][-1]["g_gan"]))
+
+
+def test_colour_init_scale_only_scales_the_fresh_colour_layer(fm):
+    """A fresh field's colour layer is the reference init times colour_init_scale; nothing else moves,
+    and the scaled generator's images differ across latents where the reference's are nearly flat."""
+    from engine.train.gan import fixed_latents
+    ref = GanTrainer(fm, None, TINY)
+    big = GanTrainer(fm, None, replace(TINY, colour_init_scale=25.0))
+    a, b = ref.field.state_dict(), big.field.state_dict()
+    for k in a:
+        if k == "color_layer_linear.0.weight":
+            assert torch.allclose(b[k], 25.0 * a[k])
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+    def spread(t):
+        z, th, ph = fixed_latents(t, 4)
+        return float(t.render_fixed(z, th, ph, field=t.field)["image"].mean((2, 3)).std(0).mean())
+    assert spread(big) > 5 * spread(ref)

@@ -81,6 +81,11 @@ class GanConfig:
     # density layer's init (as the warm-up does) starts from an opaque blob the regularisers carve.
     density_init_scale: float = option(1.0, help="factor on a fresh field's density-layer init (1: the reference)",
                                        range=(0, None), open_low=True)
+    # pi-GAN's colour layer starts at 1/25 of a SIREN layer's scale, so a fresh generator draws every image
+    # one flat grey (pixel std ~0.006 on [-1, 1]) whatever its latent; the discriminator separates that
+    # from the data at once and, saturated, hands back almost no gradient. 80k steps outgrow it.
+    colour_init_scale: float = option(1.0, help="factor on a fresh field's colour-layer init (1: the reference)",
+                                      range=(0, None), open_low=True)
     # Schedule.
     steps: int = option(80_000, help="optimiser steps of the run", range=(0, None))
     img_size: int = option(64, help="image side, pixels (power of two)", range=(8, 256))
@@ -318,6 +323,8 @@ class GanTrainer(LoopOwner):
         with torch.no_grad():
             for p in field.final_layer.parameters():
                 p.mul_(c.density_init_scale)
+            if not field.config.albedo:
+                field.color_layer_linear[0].weight.mul_(c.colour_init_scale)
         if init is not None:
             field, camera_config = self._load_init(init, c)
         if field.config.albedo:
