@@ -334,3 +334,13 @@ def test_colour_init_scale_only_scales_the_fresh_colour_layer(fm):
         z, th, ph = fixed_latents(t, 4)
         return float(t.render_fixed(z, th, ph, field=t.field)["image"].mean((2, 3)).std(0).mean())
     assert spread(big) > 5 * spread(ref)
+
+
+def test_cpu_curriculum_keeps_every_reference_loss_weight():
+    """The CPU curriculum may change rates, sizes and init, but switches no cGOF term off and
+    reweights none: its loss weights are the reference curriculum's."""
+    from engine.train.gan import LOSS_NAMES
+
+    ref, cpu = CURRICULA["reference"], CURRICULA["cpu"]
+    assert cpu.weights() == ref.weights()
+    assert all(cpu.weights()[k] > 0 for k in LOSS_NAMES if k not in ("latent",))

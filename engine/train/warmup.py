@@ -12,6 +12,7 @@ rasterizes the mesh (target colour = SH-lit albedo, black background, a dark mou
 * transparency of background rays and of the few millimetres in front of the surface, and a solid
   interior just behind it (so the reference path's coarse pass finds the surface); the front
   samples also get a term of their own (``lambda_front``) so the shell cannot sit proud of the mesh,
+  and so do the air samples farther in front (``lambda_air``) so no solid blob floats in front of the face,
 * the mesh normals as targets for the density gradient at the surface (smooth, outward normals),
 * the background colour on every sample of a background ray (renderers agree off the face),
 * warping3d (docs/reference.md 'Losses', :mod:`.warp`): pairs of faces that differ only in expression must give
@@ -54,7 +55,7 @@ from .warp import expression_flow, resample_expression, signed_log, warp_depths,
 
 NORMAL_GRAD_FLOOR = 1e3
 GRAD_CLIP = 10.0  # max gradient norm over the field's parameters
-LOSS_TERMS = ("rgb", "bg_rgb", "occupancy", "front", "depth", "dist", "normal", "warp", "warp_depth")
+LOSS_TERMS = ("rgb", "bg_rgb", "occupancy", "front", "air", "depth", "dist", "normal", "warp", "warp_depth")
 # Ramps a recipe may set (WarmupConfig.ramps): one per loss term (its weight's factor), "band" (the
 # dist_depr band's narrowing, 0 = 0.24 -> 1 = 0.0012 world units) and "noise" (std of the density
 # noise while integrating).
@@ -86,6 +87,19 @@ class WarmupConfig:
     # all-solid band). 0 keeps the recipe of stages 1-6.
     lambda_front: float = option(0.0, help="weight of the emptiness of the front samples on their own "
                                  "(0: stages 1-6)", range=(0, None))
+    # Emptiness of the air in front of the face on its own: samples of face rays more than
+    # air_distance in front of the mesh. Inside the occupancy term's mean a solid blob in mid-air is a
+    # few of thousands of samples, and the stage-8 field keeps such blobs (1-2 cm long, density ~2000,
+    # some at the near plane): the fast path never looks there, but the reference schedule's coarse
+    # samples find them and draw black specks. Empty air costs nothing here (relu of the signed-log
+    # density). Background rays are left to the occupancy term: with them in, the term also ate the
+    # field's rim, which then fell inside the mesh's silhouette. Fine-tunes of stage 8 with it cleared
+    # the blobs but moved the surface, which cost the fast path more than the reference schedule
+    # gained (assets/default_checkpoint/README.md, "Floaters"). 0 keeps the recipe of stages 1-8.
+    lambda_air: float = option(0.0, help="weight of the emptiness of face-ray samples more than air_distance in "
+                               "front of the mesh, on their own (0: stages 1-8)", range=(0, None))
+    air_distance: float = option(0.005, help="how far in front of the mesh a face ray's samples count as air, world "
+                                 "units", range=(0, None), open_low=True)
     free_samples: int = option(16, help="stratified samples per ray over [ray_start, ray_end]", range=(1, None))
     shrink_steps: int = option(300, help="steps over which the dist_depr band narrows from 0.24 to 0.0012 world "
                                "units (the 'band' ramp; reference: 200 GAN steps)", range=(0, None))
@@ -414,6 +428,8 @@ class WarmupTrainer:
         loss["occupancy"] = occ_out + occ_in
         front_sel = face[..., None] & (offset < -margin) & (offset > -margin - c.front_range)
         loss["front"] = torch.relu(slog)[front_sel].mean() if bool(front_sel.any()) else sigma.sum() * 0
+        air = face[..., None] & (offset < -c.air_distance)
+        loss["air"] = torch.relu(slog)[air].mean() if bool(air.any()) else sigma.sum() * 0
         loss["normal"] = self._normal_loss(batch, film)
         if batch.warp is not None:
             loss["warp"], loss["warp_depth"] = self._warp_loss(batch.warp, band_width, gen)
