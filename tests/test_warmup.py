@@ -78,59 +78,49 @@ def synth_spec():
     return FaceSpec(seed=1)
 
 
+def _uniform_density(t: WarmupTrainer, value: float) -> None:
+    """Make ``t``'s field one constant raw density everywhere."""
+    with torch.no_grad():
+        t.field.final_layer.weight.zero_()
+        t.field.final_layer.bias.fill_(value)
+
+
+def _check_emptiness_term(fm, term: str, weight: float) -> None:
+    """A field solid everywhere pays ``term`` (an emptiness term) in full, an empty one nothing, and
+    the term counts in the total only with its weight."""
+    t = WarmupTrainer(fm, WarmupConfig(**TINY, **{f"lambda_{term}": weight}, occupancy_only=0.0))
+    t.step = TINY["steps"]
+    batch = t.make_batch()
+    _uniform_density(t, 2000.0)
+    torch.manual_seed(1)
+    solid = {k: v.detach() for k, v in t.losses(batch).items()}
+    assert float(solid[term]) == pytest.approx(float(torch.log1p(torch.tensor(2000.0))), rel=1e-4)
+    setattr(t.cfg, f"lambda_{term}", 0.0)
+    torch.manual_seed(1)
+    off = {k: v.detach() for k, v in t.losses(batch).items()}
+    assert float(solid["total"] - off["total"]) == pytest.approx(weight * float(solid[term]), rel=1e-3)
+    _uniform_density(t, -5.0)
+    assert float(t.losses(batch)[term].detach()) == 0.0
+
+
 def test_front_term_punishes_a_shell_proud_of_the_mesh(fm):
     """A field solid everywhere (a shell in front of the mesh) pays the front term; an empty one
     does not; and the term counts in the total only with its weight."""
-    cfg = WarmupConfig(**TINY, lambda_front=2.0, occupancy_only=0.0)
-    t = WarmupTrainer(fm, cfg)
-    t.step = TINY["steps"]
-    batch = t.make_batch()
-    with torch.no_grad():
-        t.field.final_layer.weight.zero_()
-        t.field.final_layer.bias.fill_(2000.0)
-    torch.manual_seed(1)
-    solid = {k: v.detach() for k, v in t.losses(batch).items()}
-    assert float(solid["front"]) == pytest.approx(float(torch.log1p(torch.tensor(2000.0))), rel=1e-4)
-    t.cfg.lambda_front = 0.0
-    torch.manual_seed(1)
-    off = {k: v.detach() for k, v in t.losses(batch).items()}
-    assert float(solid["total"] - off["total"]) == pytest.approx(2.0 * float(solid["front"]), rel=1e-3)
-    with torch.no_grad():
-        t.field.final_layer.bias.fill_(-5.0)
-    assert float(t.losses(batch)["front"].detach()) == 0.0
+    _check_emptiness_term(fm, "front", 2.0)
 
 
 def test_air_term_punishes_solid_air_but_not_the_surface_region(fm):
-    """A field solid everywhere pays the air term in full, an empty one nothing; the term counts in
-    the total only with its weight; and neither samples within air_distance in front of the mesh
-    (face rays only, air_distance beyond the ray range) nor background rays are air."""
-    cfg = WarmupConfig(**TINY, lambda_air=3.0, occupancy_only=0.0)
-    t = WarmupTrainer(fm, cfg)
-    t.step = TINY["steps"]
-    batch = t.make_batch()
-    with torch.no_grad():
-        t.field.final_layer.weight.zero_()
-        t.field.final_layer.bias.fill_(2000.0)
-    torch.manual_seed(1)
-    solid = {k: v.detach() for k, v in t.losses(batch).items()}
-    assert float(solid["air"]) == pytest.approx(float(torch.log1p(torch.tensor(2000.0))), rel=1e-4)
-    t.cfg.lambda_air = 0.0
-    torch.manual_seed(1)
-    off = {k: v.detach() for k, v in t.losses(batch).items()}
-    assert float(solid["total"] - off["total"]) == pytest.approx(3.0 * float(solid["air"]), rel=1e-3)
+    """The air term as an emptiness term, and neither samples within air_distance in front of the
+    mesh (face rays only, air_distance beyond the ray range) nor background rays are air."""
+    _check_emptiness_term(fm, "air", 3.0)
     for fraction, distance in ((1.0, 1.0), (0.0, 0.005)):
-        other = WarmupTrainer(fm, WarmupConfig(**TINY, face_ray_fraction=fraction, air_distance=distance,
-                                               occupancy_only=0.0))
-        other.step = TINY["steps"]
-        with torch.no_grad():
-            other.field.final_layer.weight.zero_()
-            other.field.final_layer.bias.fill_(2000.0)
-        rays = other.make_batch()
+        t = WarmupTrainer(fm, WarmupConfig(**TINY, face_ray_fraction=fraction, air_distance=distance,
+                                           occupancy_only=0.0))
+        t.step = TINY["steps"]
+        _uniform_density(t, 2000.0)
+        rays = t.make_batch()
         assert bool(rays.face.all()) if fraction == 1.0 else not bool(rays.face.any())
-        assert float(other.losses(rays)["air"].detach()) == 0.0
-    with torch.no_grad():
-        t.field.final_layer.bias.fill_(-5.0)
-    assert float(t.losses(batch)["air"].detach()) == 0.0
+        assert float(t.losses(rays)["air"].detach()) == 0.0
 
 
 def test_warp_band_widens_the_warp_terms_near_mesh_samples(fm):
