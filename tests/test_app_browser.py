@@ -34,7 +34,9 @@ def server():
 
     from _app_synth import make_synth
 
-    srv = create_server(make_synth())
+    # A fixed drag-preview size below the full render's: the adaptive one (tested in the service's
+    # tests) reaches the full 128 px on an idle machine, and then a preview cannot be told from it.
+    srv = create_server(make_synth(), preview_size=64)
     launch(srv, port=free_port(), block=False, quiet=True)
     yield srv
     srv.close()
