@@ -28,6 +28,7 @@ from .model.latent import SPEC_GROUPS, FaceSpec, LatentLayout
 from .model.morphable import MorphableModel
 from .model.sh import sh_shade
 from .render.conditioning import FaceMeshes, MeshConditioning, mesh_conditioning
+from .render.free_space import FreeSpace
 from .render.mesh_warp import point_offsets
 from .render.rasterizer import MeshRasterizer
 from .render.volume import RenderConfig, VolumeRenderer
@@ -244,8 +245,10 @@ class FaceSynthesizer:
         b, r = len(specs), size * size
         sync()
         t["raster"] = time.perf_counter()
+        margin = self.renderer.config.free_space_margin
+        free = None if margin is None else FreeSpace(cond.verts, cond.meshes.vertex_normals("verts"), margin)
         if quality in ("fast", "preview"):
-            out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets)
+            out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets, free)
             rgb, depth, acc, surf = out.rgb, out.depth, out.acc, out.surface_depth
             evals, albedo_evals = out.evaluations, out.albedo_evaluations
             spread_hint, bg_evals = out.normal_spread, out.background_evaluations
@@ -256,7 +259,8 @@ class FaceSynthesizer:
                 g = torch.Generator().manual_seed(int(seed) % (2**63))
                 pick = (lambda x: None if x is None else x[i:i + 1])  # noqa: E731 - one view of a batch
                 outs.append(self.renderer.reference(films.index(slice(i, i + 1)), _rays_index(rays, i), depth_r[i:i + 1],
-                                                    mask_r[i:i + 1], g, pick(cond.offsets), pick(cond.appearance_offsets)))
+                                                    mask_r[i:i + 1], g, pick(cond.offsets), pick(cond.appearance_offsets),
+                                                    None if free is None else free.view(i)))
             rgb, depth, acc, surf = (torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "depth", "acc", "surface_depth"))
             evals, albedo_evals = sum(o.evaluations for o in outs), sum(o.albedo_evaluations for o in outs)
             spread_hint = None

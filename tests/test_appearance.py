@@ -346,3 +346,39 @@ def test_albedo_fit_learns_the_colour_where_the_renderer_reads_it(facemodel):
             errors[read is None] = float(((field.albedo_field.basis(far[None])[0] - target) ** 2).mean())
     assert errors[False] < 0.5 * errors[True]
 
+
+
+def test_albedo_fit_fills_the_inside_with_the_nearest_surface_colour(facemodel):
+    """With inside_depth the fit draws points behind the mean surface, each with the colours of the
+    surface point nearest to it, and empty (black) points only outside; the fitted albedo a few mm
+    inside then reads the surface's colour, where the shell-only fit reads something else."""
+    from scipy.spatial import cKDTree
+
+    from engine.train.albedo import AlbedoFitConfig, AlbedoTrainer, albedo_field_from
+
+    layout = LatentLayout.for_sizes(facemodel.sizes, 4, 4)
+    torch.manual_seed(0)
+    base = OccupancyField(FieldConfig(z_dim=layout.dim, width=16, film_layers=2, mapping_hidden=32))
+    kw = dict(width=32, layers=2, steps=120, batch_points=2048, pool_points=20_000, lr=1e-3, jitter=0.0005,
+              log_every=60)
+    cfg = AlbedoFitConfig(inside_depth=0.01, inside_fraction=0.4, **kw)
+    trainer = AlbedoTrainer(albedo_field_from(base, layout.tex, cfg), facemodel, cfg)
+    surface, normals = trainer.surface.numpy(), trainer.normals.numpy()
+    tree = cKDTree(surface)
+    pts, tgt = trainer.inside
+    d, j = tree.query(pts.numpy())
+    assert torch.equal(tgt, trainer.targets[torch.as_tensor(j)])
+    assert d.max() <= 0.01 + 1e-6 and np.median(d) > 0.002
+    assert (((pts.numpy() - surface[j]) * normals[j]).sum(1) < 0).mean() > 0.95  # behind the surface
+    _, k = tree.query(trainer.empty.numpy())
+    assert (((trainer.empty.numpy() - surface[k]) * normals[k]).sum(1) > 0).all()  # empty: outside only
+    plain = AlbedoTrainer(albedo_field_from(base, layout.tex, AlbedoFitConfig(**kw)), facemodel, AlbedoFitConfig(**kw))
+    assert plain.inside is None
+    deep = torch.as_tensor(d > 0.006)  # where the shell-only fit's empty points teach black
+    probe, want = pts[deep][:2000], tgt[deep][:2000, 0]  # the albedo at texture code 0
+    errors = {}
+    for name, t in (("inside", trainer), ("plain", plain)):
+        t.train(log=None)
+        with torch.no_grad():
+            errors[name] = float(((t.field.albedo_field.basis(probe[None])[0, :, 0] - want) ** 2).mean())
+    assert errors["inside"] < 0.5 * errors["plain"], errors

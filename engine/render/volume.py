@@ -34,6 +34,7 @@ import torch
 from ..camera import OrbitCamera, Rays
 from ..config import from_dict, option
 from ..model.field import Film, OccupancyField, unit_normals
+from .free_space import FreeSpace, carve_free_space
 from .integration import integrate, sample_pdf, stratified_depths
 from .lattice import lattice_unit_vectors
 from .surface_search import find_surface, grid_levels, interpolate
@@ -90,6 +91,15 @@ class RenderConfig:
     surface_front: float = option(0.0006, help="surface search: how far in front of the mesh depth the surface is "
                                   "looked for (a pixel solid all the way is drawn there), world units; default "
                                   "the reference's near-mesh band half-width", range=(0, 1), open_low=True)
+    # Mesh-guided free space (ours; None, off, in the reference and for imported checkpoints):
+    # engine/render/free_space.py. A trained field is never exactly on the mesh; our default's holds
+    # blobs in mid-air, patches proud of the mesh and a rim outside its silhouette, which the
+    # reference schedule's random samples find on one seed and miss on the next, and which the fast
+    # path never looks at. With a margin every schedule takes the density more than this far outside
+    # the mesh as zero, so all of them render one and the same field.
+    free_space_margin: float | None = option(None, help="density more than this far outside the 3DMM mesh is "
+                                             "taken as zero by every schedule, world units (None: off, the "
+                                             "reference)", range=(0, 1))
     surface_behind: float = option(0.012, help="surface search: how far behind the mesh depth the surface is "
                                    "looked for (a pixel empty all the way is a hole), world units",
                                    range=(0, 1), open_low=True)
@@ -151,6 +161,14 @@ class RenderConfig:
     @property
     def fast_face_samples(self) -> int:
         return self.fast_band_samples + len(self.fast_behind)
+
+    @property
+    def search_front(self) -> float:
+        """How far in front of the mesh depth the surface search looks (world units): surface_front,
+        or the free-space margin where that is nearer (nothing in front of it is solid)."""
+        if self.free_space_margin is None:
+            return self.surface_front
+        return min(self.surface_front, self.free_space_margin)
 
 
 # Surface search, silhouette ring: depths (world units, relative to the neighbours' surface depth)
@@ -288,12 +306,24 @@ class VolumeRenderer:
                          last_back=c.last_back if last_back is None else last_back, generator=generator)
 
     # ---- reference schedule --------------------------------------------------------------------
-    def _samples(self, film: Film, rays: Rays, z: torch.Tensor, offsets: torch.Tensor | None):
-        """(rgb (B, R, S, 3) or None for an albedo field, sigma (B, R, S)) at axis depths z (B, R, S)."""
+    def _samples(self, film: Film, rays: Rays, z: torch.Tensor, offsets: torch.Tensor | None,
+                 mesh_depth: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                 free_space: FreeSpace | None = None):
+        """(rgb (B, R, S, 3) or None for an albedo field, sigma (B, R, S)) at axis depths z (B, R, S);
+        with mesh_depth and mask (B, R), the free space in front of the mesh carved on mesh pixels
+        (:func:`.free_space.carve_free_space`), with ``free_space`` (B views) on the other rays."""
         pts = self._shifted(rays.origins, offsets)[:, :, None, :] + rays.directions[:, :, None, :] * z[..., None]
         if self.field.config.albedo:
-            return None, self.density(film, pts)
-        return self.evaluate(film, pts, rays.directions)
+            rgb, sigma = None, self.density(film, pts)
+        else:
+            rgb, sigma = self.evaluate(film, pts, rays.directions)
+        sigma = carve_free_space(sigma, z, mesh_depth, mask, self.config.free_space_margin)
+        if free_space is not None:
+            world = rays.points(z)  # the mesh's own frame: no expression offsets
+            off_mesh = None if mask is None else (~mask)[..., None].expand_as(sigma)
+            sigma = torch.stack([free_space.carve(i, sigma[i], world[i], None if off_mesh is None else off_mesh[i])
+                                 for i in range(sigma.shape[0])])
+        return rgb, sigma
 
     @staticmethod
     def _shifted(origins: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
@@ -314,19 +344,23 @@ class VolumeRenderer:
     @torch.no_grad()
     def reference(self, film: Film, rays: Rays, mesh_depth: torch.Tensor | None = None,
                   mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                  offsets: torch.Tensor | None = None, appearance_offsets: torch.Tensor | None = None) -> VolumeOutput:
+                  offsets: torch.Tensor | None = None, appearance_offsets: torch.Tensor | None = None,
+                  free_space: FreeSpace | None = None) -> VolumeOutput:
         """The reference inference schedule. mesh_depth (B, R) and mask (B, R) bool (mouth closed)
         enable near-mesh sampling; evaluations per pixel = 3 S (72 with the defaults). offsets
         (B, R, 3): world displacement added to every point of a ray before the field sees it (the
         expression deformation of :mod:`.mesh_warp`; None = none). appearance_offsets (B, R, 3): for
-        an albedo field, the displacement onto the mean face where its albedo is read."""
-        z, rgb, sigma, evals = self._schedule(film, rays, mesh_depth, mask, generator, offsets)
+        an albedo field, the displacement onto the mean face where its albedo is read. free_space: the
+        views' :class:`~.free_space.FreeSpace` (with ``free_space_margin``; None: only mesh pixels
+        are carved)."""
+        z, rgb, sigma, evals = self._schedule(film, rays, mesh_depth, mask, generator, offsets, free_space=free_space)
         out = self._final(film, rays, rgb, sigma, z, generator, appearance_offsets)
         out.evaluations = evals
         return out
 
     def _schedule(self, film: Film, rays: Rays, mesh_depth, mask, generator, offsets, num_steps: int | None = None,
-                  noise_std: float | None = None, narrow_ratio: float | None = None):
+                  noise_std: float | None = None, narrow_ratio: float | None = None,
+                  free_space: FreeSpace | None = None):
         """The reference sample placement: coarse S stratified jittered samples (no autograd; they
         only place the next ones) -> hierarchical fine S -> on mesh pixels fine2 S blended into the
         near-mesh band. Returns (z (B, R, S') sorted, rgb (B, R, S', 3) or None for an albedo field,
@@ -345,13 +379,13 @@ class VolumeRenderer:
 
         z_coarse = stratified_depths((b, r), s, cam.ray_start, cam.ray_end, d, True, generator)
         with torch.no_grad():
-            rgb_c, sig_c = self._samples(film, rays, z_coarse, offsets)
+            rgb_c, sig_c = self._samples(film, rays, z_coarse, offsets, mesh_depth, mask, free_space)
         evals = b * r * s
         if not c.hierarchical:
             return z_coarse, rgb_c, sig_c, evals
         with torch.no_grad():
             z_fine = sample_pdf(z_coarse, weights(sig_c, z_coarse), s, generator=generator)
-        rgb_f, sig_f = self._samples(film, rays, z_fine, offsets)
+        rgb_f, sig_f = self._samples(film, rays, z_fine, offsets, mesh_depth, mask, free_space)
         evals += b * r * s
         if c.sample_near_mesh and mesh_depth is not None and mask is not None:
             with torch.no_grad():
@@ -360,7 +394,7 @@ class VolumeRenderer:
                 band = mesh_depth[..., None] + (torch.linspace(0, 1, s, device=d.device) - 0.5) * thick
                 blended = narrow * band + (1 - narrow) * z_fine2
                 z2 = torch.where(mask[..., None], blended, z_fine2)
-            rgb_2, sig_2 = self._samples(film, rays, z2, offsets)
+            rgb_2, sig_2 = self._samples(film, rays, z2, offsets, mesh_depth, mask, free_space)
             evals += b * r * s
             z_all, parts = torch.cat([z_fine, z2], -1), ((rgb_f, sig_f), (rgb_2, sig_2))
         else:
@@ -416,7 +450,7 @@ class VolumeRenderer:
             band = (band + (u - 0.5) * step).clamp(cam.ray_start, cam.ray_end)
             other = stratified_depths((b, r), s, cam.ray_start, cam.ray_end, d, True, generator)
             z = torch.where(mask[..., None], torch.cat([band, free], -1), other).sort(-1).values
-        rgb, sigma = self._samples(film, rays, z, offsets)
+        rgb, sigma = self._samples(film, rays, z, offsets, mesh_depth, mask)
         out = integrate(rgb, sigma, z, noise_std=noise_std, clamp=c.clamp_mode, white_back=c.white_back,
                         last_back=c.last_back, generator=generator)
         return TrainRender(out.rgb, out.depth, out.weights, z, out.acc)
@@ -429,17 +463,18 @@ class VolumeRenderer:
 
     @torch.no_grad()
     def fast(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor,
-             offsets: torch.Tensor | None = None, appearance_offsets: torch.Tensor | None = None) -> VolumeOutput:
+             offsets: torch.Tensor | None = None, appearance_offsets: torch.Tensor | None = None,
+             free_space: FreeSpace | None = None) -> VolumeOutput:
         """Editor path: band samples on mesh pixels, a few fixed samples elsewhere.
 
         Mesh pixels: ``fast_band_samples`` evenly across ``fast_band_width`` around the mesh depth,
         then ``fast_behind`` offsets behind it; background: ``fast_background_samples`` evenly over
         [ray_start, ray_end] (the last one at ray_end carries last_back's leftover, as in the
-        reference). Evaluations per pixel are at most max(face, background) samples. offsets and
-        appearance_offsets as in :meth:`reference`.
+        reference). Evaluations per pixel are at most max(face, background) samples. offsets,
+        appearance_offsets and free_space as in :meth:`reference`.
         """
         if self.field.config.albedo and self.config.fast_surface:
-            return self.fast_surface(film, rays, mesh_depth, mask, offsets, appearance_offsets)
+            return self.fast_surface(film, rays, mesh_depth, mask, offsets, appearance_offsets, free_space)
         c, cam = self.config, self.camera.config
         b, r = rays.directions.shape[:2]
         dev = rays.directions.device
@@ -471,11 +506,18 @@ class VolumeRenderer:
                     d = rays.directions[i:i + 1, idx]
                     off = None if offsets is None else offsets[i:i + 1, idx]
                     rgb, sigma = self._evaluate_at(f_i, self._points(rays, i, d, z, off), d)
+                    if group == 0:
+                        sigma = carve_free_space(sigma, z, mesh_depth[i:i + 1, idx], mask[i:i + 1, idx],
+                                                 c.free_space_margin)
+                    elif free_space is not None:
+                        sigma = free_space.carve(i, sigma, self._points(rays, i, d, z))
                     evals += z.numel()
                     if hierarchical:
                         w = self._integrate(None, sigma, z, last_back=False).weights
                         z_f = sample_pdf(z, w, c.fast_edge_samples, det=True)
                         rgb_f, sigma_f = self._evaluate_at(f_i, self._points(rays, i, d, z_f, off), d)
+                        if free_space is not None:
+                            sigma_f = free_space.carve(i, sigma_f, self._points(rays, i, d, z_f))
                         evals += z_f.numel()
                         z, order = torch.cat([z, z_f], -1).sort(-1)
                         sigma = torch.cat([sigma, sigma_f], -1).gather(-1, order)
@@ -503,11 +545,11 @@ class VolumeRenderer:
 
     @torch.no_grad()
     def fast_surface(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor,
-                     offsets: torch.Tensor | None = None,
-                     appearance_offsets: torch.Tensor | None = None) -> VolumeOutput:
+                     offsets: torch.Tensor | None = None, appearance_offsets: torch.Tensor | None = None,
+                     free_space: FreeSpace | None = None) -> VolumeOutput:
         """The fast path of albedo fields (:mod:`.surface_search`): the surface found per pixel, drawn
         opaque. Mesh pixels are searched coarse to fine from the mesh depth, between
-        ``surface_front`` in front of it and ``surface_behind`` behind; a ring of background pixels up
+        ``surface_front`` (or ``free_space_margin``, the nearer) in front of it and ``surface_behind`` behind; a ring of background pixels up
         to ``surface_ring_pixels`` wide gets its opacity from a few samples along its chord past the
         neighbouring surface depth; the rest of the background is empty (depth ray_end, opacity 0)
         without an evaluation. Face pixels: rgb is the albedo and depth the first point found solid
@@ -531,7 +573,18 @@ class VolumeRenderer:
                 return flat.evaluate(trunk, ids, t, chunk).float()
 
             found = self._search_mesh_pixels(density_at, mesh_depth, mask, rays.height, rays.width)
-            ring = self._walk_ring(density_at, found, mesh_depth, mask, rays.height, rays.width)
+            ring_density_at = density_at
+            if free_space is not None:  # the ring's rays are off the mesh: the k-d tree's test
+                world = FlatRays.of(rays)
+
+                def ring_density_at(ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                    sig, pts, view = density_at(ids, t), world.points(ids, t), ids // r
+                    for v in view.unique().tolist():
+                        rows = view == v
+                        sig[rows] = free_space.carve(v, sig[rows], pts[rows])
+                    return sig
+
+            ring = self._walk_ring(ring_density_at, found, mesh_depth, mask, rays.height, rays.width)
             hit = found.hit | ring.hit
             at = torch.where(ring.hit, ring.depth, found.depth)  # (B*R,) where each hit pixel's colour is read
             opacity = torch.where(ring.hit, ring.opacity, torch.ones_like(at))
@@ -582,7 +635,7 @@ class VolumeRenderer:
                 est, near = interpolate(offset.view(mask.shape), solved.view(mask.shape), h, w, 2 * stride)
                 est, near = est.reshape(-1)[idx], near.reshape(-1)[idx]
                 guess = guess + torch.where(near, est, torch.zeros_like(guess))
-            br = find_surface(lambda rows, t: density_at(idx[rows], t), guess, md[idx] - c.surface_front,
+            br = find_surface(lambda rows, t: density_at(idx[rows], t), guess, md[idx] - c.search_front,
                               md[idx] + c.surface_behind, c.surface_level, c.surface_step)
             evals += br.evaluations
             offset[idx] = br.depth - md[idx]

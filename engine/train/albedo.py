@@ -11,7 +11,14 @@ normals. The fit is direct regression, as cheap as fitting one image with a SIRE
   ``jitter`` (the renderers' samples around the surface read the same albedo), with the face
   model's basis colours interpolated there as targets;
 * points of empty space (farther than ``empty_distance`` from the mean surface) with target 0: a
-  ray that misses the face reads black there, as the face model's render does.
+  ray that misses the face reads black there, as the face model's render does;
+* with ``inside_depth``, points inside the head up to that far behind the mean surface, each with
+  the basis colours of its nearest surface point, and no empty points on the inner side. The
+  reference schedule integrates the albedo wherever its samples carry weight, and where the
+  field's surface lies just behind its near-mesh band (the band's last sample is ~7 mm before the
+  next one) most of the weight lands on a sample several millimetres inside the solid. Taught
+  black there, that sample drew a black speck; taught the colour of the surface in front of it, it
+  draws the surface's colour, as the fast path does.
 
 The geometry (density trunk and mapping network) is copied from ``init`` unchanged; a radiance
 checkpoint's colour branch is dropped. Loss: mean squared error over all 1 + K basis colours, i.e.
@@ -54,6 +61,12 @@ class AlbedoFitConfig:
                            "world units", range=(0, None))
     empty_distance: float = option(0.006, help="points farther than this from the mean surface are empty, world "
                                    "units", range=(0, None), open_low=True)
+    inside_depth: float = option(0.0, help="points up to this far inside the mean surface (along its normal) take "
+                                 "the colour of their nearest surface point, and empty points are drawn outside "
+                                 "only, world units (0: neither)", range=(0, None))
+    inside_fraction: float = option(0.2, help="with inside_depth: share of each batch's non-empty points drawn inside "
+                                    "(the rest split by read_fraction)",
+                                    range=(0, 1))
     # Rays end at axis depth 1.12, up to ~0.17 from the origin when the camera orbits; last_back reads
     # the albedo there, so empty points fill a cube larger than the field's box (0.12) to keep ray ends black.
     empty_box: float = option(0.18, help="half side of the cube empty points are drawn in, world units",
@@ -151,6 +164,7 @@ class AlbedoTrainer(LoopOwner):
         self.normals = torch.as_tensor(n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12), dtype=torch.float32)
         self.targets = torch.as_tensor(smp.attributes["basis"], dtype=torch.float32)
         self.empty = torch.as_tensor(self._empty_points(smp.points, c.pool_points // 4, pool_gen), dtype=torch.float32)
+        self.inside = self._inside_points(smp.points, c.pool_points // 4, pool_gen) if c.inside_depth > 0 else None
         self.read = read if read is not None and len(read[0]) else None
         self.loop = TrainLoop(self.field, steps=c.steps, log_every=c.log_every, device=self.device,
                               recipe=self.recipe(), options=options)
@@ -162,25 +176,49 @@ class AlbedoTrainer(LoopOwner):
         from scipy.spatial import cKDTree
 
         tree = cKDTree(surface)
+        normals = self.normals.double().numpy()
         out = []
         while sum(len(x) for x in out) < count:
             p = gen.uniform(-self.cfg.empty_box, self.cfg.empty_box, size=(count, 3))
             # Only "farther than empty_distance?" matters; the bound keeps far queries cheap.
             d, _ = tree.query(p, distance_upper_bound=self.cfg.empty_distance)
-            out.append(p[~np.isfinite(d)])
+            p = p[~np.isfinite(d)]
+            if self.cfg.inside_depth > 0:  # outside only: the nearest surface point faces them
+                _, j = tree.query(p)
+                p = p[((p - surface[j]) * normals[j]).sum(1) > 0]
+            out.append(p)
         return np.concatenate(out)[:count]
+
+    def _inside_points(self, surface: np.ndarray, count: int, gen: np.random.Generator):
+        """(points (count, 3), targets (count, 1 + K, 3)): surface points moved inwards along their
+        normal by U(jitter, inside_depth), each with the basis colours of the surface point nearest
+        to where it landed (behind a thin lid that is the eyeball, not the lid)."""
+        from scipy.spatial import cKDTree
+
+        c = self.cfg
+        i = gen.integers(0, len(surface), size=count)
+        depth = gen.uniform(min(c.jitter, c.inside_depth), c.inside_depth, size=(count, 1))
+        p = surface[i] - depth * self.normals.double().numpy()[i]
+        _, j = cKDTree(surface).query(p)
+        return torch.as_tensor(p, dtype=torch.float32), self.targets[torch.as_tensor(j)]
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(points (P, 3), targets (P, 1 + K, 3)) of one step."""
         c = self.cfg
         n_empty = int(round(c.batch_points * c.empty_fraction))
         n_surf = c.batch_points - n_empty
+        n_inside = int(round(n_surf * c.inside_fraction)) if self.inside is not None else 0
+        n_surf -= n_inside
         n_read = int(round(n_surf * c.read_fraction)) if self.read is not None else 0
         n_shell = n_surf - n_read
         i = torch.randint(len(self.surface), (n_shell,), generator=self.gen)
         shift = (torch.rand(n_shell, 1, generator=self.gen) * 2 - 1) * c.jitter
         pts = [self.surface[i] + shift * self.normals[i]]
         tgt = [self.targets[i]]
+        if n_inside:
+            k = torch.randint(len(self.inside[0]), (n_inside,), generator=self.gen)
+            pts.append(self.inside[0][k])
+            tgt.append(self.inside[1][k])
         if n_read:
             k = torch.randint(len(self.read[0]), (n_read,), generator=self.gen)
             pts.append(self.read[0][k])
