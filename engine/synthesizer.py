@@ -259,8 +259,8 @@ class FaceSynthesizer:
                 g = torch.Generator().manual_seed(int(seed) % (2**63))
                 pick = (lambda x: None if x is None else x[i:i + 1])  # noqa: E731 - one view of a batch
                 outs.append(self.renderer.reference(films.index(slice(i, i + 1)), _rays_index(rays, i), depth_r[i:i + 1],
-                                                    mask_r[i:i + 1], g, pick(cond.offsets), pick(cond.appearance_offsets),
-                                                    None if free is None else free.view(i)))
+                                                    mask_r[i:i + 1], g, pick(cond.offsets),
+                                                    pick(cond.appearance_offsets), None if free is None else free.view(i)))
             rgb, depth, acc, surf = (torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "depth", "acc", "surface_depth"))
             evals, albedo_evals = sum(o.evaluations for o in outs), sum(o.albedo_evaluations for o in outs)
             spread_hint = None

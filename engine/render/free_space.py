@@ -74,7 +74,8 @@ class FreeSpace:
         d = ((p - self.verts[view][j]) * self.normals[view][j]).sum(1)
         return torch.from_numpy(d.astype(np.float32)).to(points.device).reshape(points.shape[:-1])
 
-    def carve(self, view: int, sigma: torch.Tensor, points: torch.Tensor, rays: torch.Tensor | None = None) -> torch.Tensor:
+    def carve(self, view: int, sigma: torch.Tensor, points: torch.Tensor,
+              rays: torch.Tensor | None = None) -> torch.Tensor:
         """Raw densities sigma (...) at world points (..., 3) of view ``view`` with those of positive
         density farther than the margin outside the mesh set to 0. ``rays`` (...) bool: only these
         samples are tested (None: all)."""

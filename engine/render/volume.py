@@ -549,8 +549,9 @@ class VolumeRenderer:
                      free_space: FreeSpace | None = None) -> VolumeOutput:
         """The fast path of albedo fields (:mod:`.surface_search`): the surface found per pixel, drawn
         opaque. Mesh pixels are searched coarse to fine from the mesh depth, between
-        ``surface_front`` (or ``free_space_margin``, the nearer) in front of it and ``surface_behind`` behind; a ring of background pixels up
-        to ``surface_ring_pixels`` wide gets its opacity from a few samples along its chord past the
+        ``surface_front`` (or ``free_space_margin``, the nearer) in front of it and ``surface_behind``
+        behind; a ring of background pixels up to ``surface_ring_pixels`` wide (less the free space
+        of ``free_space``, when given) gets its opacity from a few samples along its chord past the
         neighbouring surface depth; the rest of the background is empty (depth ray_end, opacity 0)
         without an evaluation. Face pixels: rgb is the albedo and depth the first point found solid
         (within ``surface_step`` behind the density step); ``surface_depth``, where the shading
