@@ -69,8 +69,8 @@ def _without_carve(synth):
 
 
 def test_the_default_renders_with_the_carve(synth):
-    margin = synth.renderer.config.free_space_margin
-    assert margin is not None and margin == pytest.approx(synth.renderer.config.surface_front)
+    cfg = synth.renderer.config
+    assert cfg.free_space_margin is not None and cfg.search_front == cfg.free_space_margin
 
 
 def test_reference_depth_never_lies_in_front_of_the_margin(synth):
@@ -95,18 +95,35 @@ def test_reference_depth_never_lies_in_front_of_the_margin(synth):
     assert rim < 0
 
 
-def test_fast_path_carves_only_the_rim(synth):
-    """The fast path never looks in front of surface_front on mesh pixels, so the carve at that
-    margin leaves their depth exactly as it was, and their colour too away from the silhouette (the
-    shading-normal lattice near it reads the ring pixels' normals, of which there are fewer); beside
-    the silhouette it covers less than without."""
+def test_fast_path_searches_from_the_margin_and_carves_the_rim(synth):
+    """On mesh pixels the surface search starts at the margin (nearer than surface_front): a pixel
+    solid there is drawn at it, where without the carve it is drawn at surface_front; where the
+    field's surface lies behind surface_front both draw the same depth. Beside the silhouette the
+    carve covers less than without. At the margin surface_front (the search's own limit) nothing
+    on mesh pixels changes."""
     from scipy import ndimage
 
+    cfg = synth.renderer.config
     plain = _without_carve(synth)
     spec = FaceSpec.random(synth.layout, seed=12, psi=0.7)
     a = synth.render(spec, 20, -5, 64, "fast", normals=False)
     b = plain.render(spec, 20, -5, 64, "fast", normals=False)
-    assert np.array_equal(a.mask, b.mask) and np.array_equal(a.depth[a.mask], b.depth[b.mask])
-    inner = ndimage.binary_erosion(a.mask, iterations=3)
-    assert np.array_equal(a.image[inner], b.image[inner])
-    assert (a.image[~a.mask].max(-1) > 8).sum() < (b.image[~b.mask].max(-1) > 8).sum()
+    m = a.mask
+    assert np.array_equal(m, b.mask)
+    off_a, off_b = (a.depth - a.mesh_depth)[m], (b.depth - b.mesh_depth)[m]
+    assert off_a.min() >= -cfg.free_space_margin - 1e-6
+    at_front = np.abs(off_b + cfg.surface_front) < 1e-6
+    if cfg.free_space_margin < cfg.surface_front:
+        assert at_front.mean() > 0.2  # the field is proud of the mesh on much of the face
+        assert np.abs(off_a[at_front] + cfg.free_space_margin).max() < 1e-6
+    behind = off_b > 0.0005
+    # (the coarse-to-fine search starts each pixel from its neighbours' offsets, so a bracket may
+    # close a step apart)
+    assert behind.any() and np.abs(off_a[behind] - off_b[behind]).max() <= cfg.surface_step + 1e-6
+    assert (a.image[~m].max(-1) > 8).sum() < (b.image[~m].max(-1) > 8).sum()
+    same = FaceSynthesizer(synth.field, synth.facemodel, synth.layout, synth.camera,
+                           dataclasses.replace(cfg, free_space_margin=cfg.surface_front), synth.device)
+    c = same.render(spec, 20, -5, 64, "fast", normals=False)
+    assert np.array_equal(c.depth[m], b.depth[m])
+    inner = ndimage.binary_erosion(m, iterations=3)  # the normal lattice near the edge reads ring pixels
+    assert np.array_equal(c.image[inner], b.image[inner])

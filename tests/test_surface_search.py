@@ -128,15 +128,15 @@ def test_fast_depth_is_the_fields_surface(synth):
         r = synth.render(spec, yaw, pitch, 64, "fast", normals=False)
         dense = surface_depth(synth, spec, yaw, pitch, r.mesh_depth, r.mask, half_width=0.006, steps=241)
         off = dense - r.mesh_depth
-        within = r.mask & (off > -cfg.surface_front) & (off < 0.0055)
-        assert within.mean() > 0.1 * r.mask.mean()
+        within = r.mask & (off > -cfg.search_front) & (off < 0.0055)
+        assert within.mean() > 0.05 * r.mask.mean()  # with a free-space margin of 0, the pixels behind the mesh
         err = np.abs(r.depth - dense)[within]
         assert np.median(err) < 0.0004, np.median(err)
         assert np.percentile(err, 90) < 0.001, np.percentile(err, 90)
         # A surface proud of the mesh by more than the search's front limit is drawn at the limit.
-        proud = r.mask & (off < -cfg.surface_front - 0.001)
+        proud = r.mask & (off < -cfg.search_front - 0.001)
         assert proud.any()
-        at_limit = r.depth[proud] - (r.mesh_depth[proud] - cfg.surface_front)
+        at_limit = r.depth[proud] - (r.mesh_depth[proud] - cfg.search_front)
         assert np.abs(at_limit).max() < 1e-5
 
 
