@@ -196,7 +196,7 @@ class RenderService:
             n = int(getattr(cfg, "fast_band_samples", 5)) + len(getattr(cfg, "fast_behind", (0, 0)))
         if normals:
             albedo = bool(getattr(getattr(getattr(self.synth, "field", None), "config", None), "albedo", False))
-            points = len(getattr(cfg, "shading_normal_spread", (0.0,))) if albedo and quality != "preview" else 1
+            points = len(getattr(cfg, "surface_normal_spread", (0.0,))) if albedo and quality != "preview" else 1
             n += 3 * max(1, points)
         return float(n)
 

@@ -251,7 +251,7 @@ class FaceSynthesizer:
             out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets, free)
             rgb, depth, acc, surf = out.rgb, out.depth, out.acc, out.surface_depth
             evals, albedo_evals = out.evaluations, out.albedo_evaluations
-            spread_hint, bg_evals = out.normal_spread, out.background_evaluations
+            spread_hint, bg_evals, lattice = out.normal_spread, out.background_evaluations, out.normal_lattice
         else:
             outs = []
             for i, s in enumerate(specs):
@@ -263,7 +263,7 @@ class FaceSynthesizer:
                                                     pick(cond.appearance_offsets), None if free is None else free.view(i)))
             rgb, depth, acc, surf = (torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "depth", "acc", "surface_depth"))
             evals, albedo_evals = sum(o.evaluations for o in outs), sum(o.albedo_evaluations for o in outs)
-            spread_hint = None
+            spread_hint, lattice = outs[0].normal_spread, False
             bg_evals = evals * float((~mask_r).float().mean())  # the same schedule on every ray
         sync()
         t["volume"] = time.perf_counter()
@@ -272,15 +272,16 @@ class FaceSynthesizer:
         normal_evals = 0
         if normals or shaded:
             # An albedo field is shaded with its own normals wherever the field is seen (mesh pixels
-            # and silhouette pixels it partly covers), taken where the seen surface is: on a partly
-            # covered pixel the rendered depth is pulled towards the far plane by last_back.
+            # and silhouette pixels it partly covers), taken where the seen surface is (on mesh pixels
+            # the mesh depth: RenderConfig.surface_normals_at): on a partly covered pixel the rendered
+            # depth is pulled towards the far plane by last_back.
             if shaded:
                 where = mask_r | (acc > SHADE_MIN_OPACITY)
                 spread = (0.0,) if quality == "preview" else self.renderer.config.shading_normal_spread
-                if spread_hint is not None and quality != "preview":  # the surface search's own spread
+                if spread_hint is not None and quality != "preview":  # the path's own spread (surface_normal_spread)
                     spread = spread_hint
                 nrm, shaded_pixels = self.renderer.shading_normals(films, rays, surf, where, cond.offsets, spread,
-                                                                   lattice=spread_hint is not None)
+                                                                   lattice=lattice)
                 normal_evals = shaded_pixels * len(spread)
             else:
                 nrm = self.renderer.normals(films, rays, depth, mask_r, cond.offsets)

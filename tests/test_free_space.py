@@ -51,6 +51,39 @@ def test_free_space_signed_distance_and_carve():
     assert torch.equal(fs.view(0).carve(0, sigma, p), out)
 
 
+def test_carve_of_points_known_outside_trusts_no_sign():
+    """On rays that miss the mesh every point is outside it (outside=True): a point the nearest
+    vertex's tangent plane puts behind it is still carved when farther than the margin from that
+    plane, and with a margin of 0 every positive density is carved."""
+    g = torch.Generator().manual_seed(1)
+    v = torch.nn.functional.normalize(torch.randn(20000, 3, generator=g), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(300, 3, generator=g), dim=-1)
+    p = d * (1 + (torch.rand(300, 1, generator=g) - 0.5) * 0.1)
+    sigma = torch.full((300,), 5.0)
+    sigma[:10] = -1.0
+    dist = (p.norm(dim=-1) - 1).abs()
+    out = FreeSpace(v[None], v[None], margin=0.01).carve(0, sigma, p, outside=True)
+    far, near = (dist > 0.011) & (sigma > 0), dist < 0.009
+    inner_far = far & (p.norm(dim=-1) < 1)  # behind the plane: kept by the signed test
+    assert inner_far.sum() > 20 and near.sum() > 20
+    assert bool((out[far] == 0).all()) and bool((out[near] == sigma[near]).all())
+    signed = FreeSpace(v[None], v[None], margin=0.01).carve(0, sigma, p)
+    assert bool((signed[inner_far] == sigma[inner_far]).all())
+    air = FreeSpace(v[None], v[None], margin=0.0).carve(0, sigma, p, outside=True)
+    assert bool((air[sigma > 0] == 0).all()) and torch.equal(air[sigma <= 0], sigma[sigma <= 0])
+
+
+def test_margin_zero_draws_the_mesh_silhouette(synth):
+    """With the default's margin of 0 nothing off the mesh is solid, on either path: the image is
+    black off the mesh's mask, as in the face model's own render, and the two paths agree there."""
+    assert synth.renderer.config.free_space_margin == 0.0
+    spec = FaceSpec.random(synth.layout, seed=21, psi=0.7)
+    for quality in ("fast", "reference"):
+        r = synth.render(spec, -30, 10, 48, quality, normals=False)
+        assert int(r.image[~r.mask].max()) == 0, quality
+        assert r.evals_per_background_pixel <= (0.0 if quality == "fast" else 72.0)
+
+
 def test_search_front_is_the_nearer_limit():
     assert RenderConfig().free_space_margin is None  # the reference: off
     assert RenderConfig().search_front == RenderConfig().surface_front

@@ -177,3 +177,37 @@ def test_shading_normals_are_the_fields_autograd_normals(synth):
     auto = synth.field.normals(p[None], film, create_graph=False)[0]
     angle = torch.rad2deg(torch.acos((fast * auto).sum(-1).clamp(-1, 1)))
     assert float(angle.median()) < 0.05 and float(angle.max()) < 1.0
+
+
+def _walk(mask, found_hit, density_at, mesh_only):
+    """VolumeRenderer._walk_ring on an 8 x 8 view whose found pixels saw the surface at depth 0.9."""
+    from engine.render.volume import VolumeRenderer, _Hits
+
+    renderer = VolumeRenderer.__new__(VolumeRenderer)
+    renderer.config = dataclasses.replace(FaceSynthesizer.load(device="cpu").renderer.config,
+                                          surface_ring_fraction=2 / 8)  # two steps out
+    md = torch.full((1, 64), 0.9)
+    hit = found_hit.reshape(-1)
+    found = _Hits(hit, torch.where(hit, md[0], md[0]), torch.ones(64), 0, md[0].clone())
+    return renderer._walk_ring(density_at, found, md, mask.reshape(1, 64), 8, 8, mesh_only=mesh_only)
+
+
+def test_ring_walk_reaches_the_mesh_pixels_the_search_missed():
+    """A mesh pixel whose search found nothing (a grazing ray that meets the field beyond the search's
+    range) is walked like the background beside the silhouette: its chord past the neighbours'
+    surface sees the field. With mesh_only the background is known empty and is not looked at."""
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    found_hit = mask.clone()
+    found_hit[3, 2] = False  # a hole inside the mesh
+    solid_behind = (lambda ids, t: torch.where(t > 0.91, torch.full_like(t, 3000.0), torch.zeros_like(t)))
+    for mesh_only in (False, True):
+        hits = _walk(mask, found_hit, solid_behind, mesh_only)
+        walked = hits.hit.view(8, 8)
+        assert bool(walked[3, 2]) and float(hits.opacity.view(8, 8)[3, 2]) > 0.9
+        assert float(hits.depth.view(8, 8)[3, 2]) > 0.91
+        assert bool(walked[:, 4:].any()) != mesh_only  # the background: walked unless mesh_only
+        assert not bool((walked & found_hit).any())  # found pixels keep what the search found
+        # evaluations off the mesh are the background's
+        assert (hits.background_evaluations > 0) != mesh_only
+        assert hits.evaluations > hits.background_evaluations

@@ -103,6 +103,37 @@ def test_fast_path_budget_and_agreement_on_default_weights(default_synth):
     assert np.median(np.abs(fast.depth[m] - ref.depth[m])) < 1.5e-3
 
 
+@pytest.mark.parametrize("where", ["mesh", "surface"])
+def test_both_paths_shade_with_one_normal_rule(default_synth, where):
+    """RenderConfig.surface_normals_at is one rule for the fast and reference paths: with "mesh" both
+    take a face pixel's shading normal on its ray at the mesh depth, so (lattice off) the two paths'
+    normals agree to float rounding wherever the fast path found the surface; with "surface" each
+    takes it where it sees the surface (the search's first solid point, the reference's weighted
+    depth), and they part on many pixels."""
+    from dataclasses import replace
+
+    s = default_synth
+    saved = s.renderer.config
+    s.renderer.config = replace(saved, surface_normals_at=where, surface_normal_lattice=0.0)
+    try:
+        spec = FaceSpec.random(s.layout, seed=5, psi=0.7)
+        fast = s.render(spec, 20.0, -5.0, size=48, quality="fast")
+        ref = s.render(spec, 20.0, -5.0, size=48, quality="reference")
+    finally:
+        s.renderer.config = saved
+    # (a reference pixel that sees the surface farther than surface_behind behind the mesh, a ray
+    # grazing the silhouette, is lit where it sees it)
+    near = ref.depth <= ref.mesh_depth + saved.surface_behind
+    found = fast.mask & (fast.depth < s.camera.config.ray_end - 1e-6) & near
+    assert found.sum() > 500
+    cos = (fast.normals[found] * ref.normals[found]).sum(-1)
+    parted = float((cos < np.cos(np.radians(1.0))).mean())
+    if where == "mesh":
+        assert parted == 0.0
+    else:
+        assert parted > 0.05
+
+
 def test_default_weights_follow_the_mesh_and_the_sliders(default_synth):
     base = default_synth.render(FaceSpec(seed=1), size=48, normals=False)
     m = base.mask

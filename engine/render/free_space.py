@@ -13,9 +13,11 @@ density 0 for every schedule, tested two ways (both are the same rule, each wher
 * on a mesh pixel's ray (:func:`carve_free_space`): the point lies more than the margin in front of
   the mesh depth along the ray. The ray meets the surface there, so this is the point's distance to
   the surface ahead of it, at least its distance to the mesh;
-* on any other ray (:class:`FreeSpace`): the point's signed distance to the mesh, estimated by the
-  tangent plane of its nearest vertex, exceeds the margin. Only points of positive density are
-  tested (the field's rim beside the silhouette, a blob), a few per cent of a frame's samples.
+* on any other ray (:class:`FreeSpace`): the ray misses the mesh, so all of it is outside; the
+  point's distance to the mesh, estimated by the tangent plane of its nearest vertex, exceeds the
+  margin. Only points of positive density are tested (the field's rim beside the silhouette, a
+  blob), a few per cent of a frame's samples. With a margin of 0 such rays are empty: the image's
+  silhouette is the mesh's, as in the face model's own render.
 
 Exported meshes and :meth:`FaceSynthesizer.density` show the field as it is.
 """
@@ -75,17 +77,27 @@ class FreeSpace:
         return torch.from_numpy(d.astype(np.float32)).to(points.device).reshape(points.shape[:-1])
 
     def carve(self, view: int, sigma: torch.Tensor, points: torch.Tensor,
-              rays: torch.Tensor | None = None) -> torch.Tensor:
+              rays: torch.Tensor | None = None, outside: bool = False) -> torch.Tensor:
         """Raw densities sigma (...) at world points (..., 3) of view ``view`` with those of positive
         density farther than the margin outside the mesh set to 0. ``rays`` (...) bool: only these
-        samples are tested (None: all)."""
+        samples are tested (None: all).
+
+        ``outside``: the points are known to lie outside the mesh, as every point of a ray that misses
+        it does (the camera is outside, and the ray never crosses the surface). The tangent plane's
+        sign is then not trusted: beside a sharply curved silhouette (a lip, the nose seen side on)
+        the nearest vertex's plane puts such a point behind it, "inside", and its density would stay.
+        The plane's unsigned distance is the distance; with a margin of 0 every tested sample is air
+        (no search needed)."""
         test = sigma > 0
         if rays is not None:
             test = test & rays
         if not bool(test.any()):
             return sigma
         out = sigma.clone()
+        if outside and self.margin <= 0:
+            return out.masked_fill(test, 0.0)
         idx = test.nonzero(as_tuple=True)
-        far = self.signed_distance(view, points[idx]) > self.margin
+        d = self.signed_distance(view, points[idx])
+        far = (d.abs() if outside else d) > self.margin
         out[tuple(i[far] for i in idx)] = 0.0
         return out
