@@ -591,8 +591,9 @@ class VolumeRenderer:
         ``surface_ring_pixels`` wide (less the free space of ``free_space``, when given; none with a
         margin of 0, where rays off the mesh are empty) get their opacity from a few samples along
         the chord past the neighbouring surface depth (:meth:`_walk_ring`); the rest of the
-        background is empty (depth ray_end, opacity 0) without an evaluation. Face pixels: rgb is the albedo and depth the first point found solid
-        (within ``surface_step`` behind the density step); ``surface_depth``, where the shading
+        background is empty (depth ray_end, opacity 0) without an evaluation. Face pixels: rgb is
+        the albedo and depth the first point found solid (within ``surface_step`` behind the density
+        step); ``surface_depth``, where the shading
         normal is taken, is that point or the mesh depth (``surface_normals_at``). Ring pixels: the
         albedo at the chord's opacity-weighted depth times the opacity, the depth blended with
         ray_end by the leftover (last_back). Same arguments as :meth:`fast`.
@@ -707,7 +708,7 @@ class VolumeRenderer:
         md = mesh_depth.reshape(-1)
         hit = torch.zeros_like(found.hit)
         depth, opacity = torch.zeros_like(md), torch.zeros_like(md)
-        front = found.hit.view(mask.shape)  # (B, R) pixels the walk grows from: the surface found, then the ring just seen
+        front = found.hit.view(mask.shape)  # (B, R) the walk grows from the surface found, then the ring just seen
         reached = front.clone()
         seen_depth = found.seen_depth.clone()
         known = found.hit.clone()
