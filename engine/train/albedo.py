@@ -163,8 +163,13 @@ class AlbedoTrainer(LoopOwner):
         self.surface = torch.as_tensor(smp.points, dtype=torch.float32)
         self.normals = torch.as_tensor(n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12), dtype=torch.float32)
         self.targets = torch.as_tensor(smp.attributes["basis"], dtype=torch.float32)
-        self.empty = torch.as_tensor(self._empty_points(smp.points, c.pool_points // 4, pool_gen), dtype=torch.float32)
-        self.inside = self._inside_points(smp.points, c.pool_points // 4, pool_gen) if c.inside_depth > 0 else None
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(smp.points)  # the surface pool's, shared by the empty and inside draws
+        self.empty = torch.as_tensor(self._empty_points(smp.points, tree, c.pool_points // 4, pool_gen),
+                                     dtype=torch.float32)
+        self.inside = (self._inside_points(smp.points, tree, c.pool_points // 4, pool_gen)
+                       if c.inside_depth > 0 else None)
         self.read = read if read is not None and len(read[0]) else None
         self.loop = TrainLoop(self.field, steps=c.steps, log_every=c.log_every, device=self.device,
                               recipe=self.recipe(), options=options)
@@ -172,10 +177,8 @@ class AlbedoTrainer(LoopOwner):
                                 cosine_schedule(c.lr, c.lr_final))
         self.gen = self.loop.add_generator("data", make_generator(c.seed, rank))
 
-    def _empty_points(self, surface: np.ndarray, count: int, gen: np.random.Generator) -> np.ndarray:
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(surface)
+    def _empty_points(self, surface: np.ndarray, tree, count: int, gen: np.random.Generator) -> np.ndarray:
+        """(count, 3) points farther than empty_distance from ``surface`` (its k-d tree ``tree``)."""
         normals = self.normals.double().numpy()
         out = []
         while sum(len(x) for x in out) < count:
@@ -189,17 +192,15 @@ class AlbedoTrainer(LoopOwner):
             out.append(p)
         return np.concatenate(out)[:count]
 
-    def _inside_points(self, surface: np.ndarray, count: int, gen: np.random.Generator):
+    def _inside_points(self, surface: np.ndarray, tree, count: int, gen: np.random.Generator):
         """(points (count, 3), targets (count, 1 + K, 3)): surface points moved inwards along their
         normal by U(jitter, inside_depth), each with the basis colours of the surface point nearest
         to where it landed (behind a thin lid that is the eyeball, not the lid)."""
-        from scipy.spatial import cKDTree
-
         c = self.cfg
         i = gen.integers(0, len(surface), size=count)
         depth = gen.uniform(min(c.jitter, c.inside_depth), c.inside_depth, size=(count, 1))
         p = surface[i] - depth * self.normals.double().numpy()[i]
-        _, j = cKDTree(surface).query(p)
+        _, j = tree.query(p)
         return torch.as_tensor(p, dtype=torch.float32), self.targets[torch.as_tensor(j)]
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
