@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="render up to N waiting requests of different sessions (same size, quality and views) "
                         "in one batch, 1..64 (default 8; 1 = one render at a time)")
+    p.add_argument("--render-threads", default="auto", metavar="N",
+                   help="CPU threads per render (default auto: on a CPU every core but one, which the web server "
+                        "and a browser on this machine need; on CUDA torch's own setting)")
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="require this login for the page and the API (visible to other local users in the "
                         "process list: prefer --auth-file)")
@@ -155,6 +158,12 @@ def _main(argv: list[str] | None) -> int:
                       "of evaluations")
     if args.max_batch is not None and not 1 <= args.max_batch <= 64:
         return _error(f"--max-batch {args.max_batch}: expected 1..64")
+    from engine.api import CgofError, resolve_threads
+
+    try:
+        resolve_threads(args.render_threads, None)  # the value's form; the device decides "auto" below
+    except CgofError as exc:
+        return _error(str(exc))
     if not is_loopback(args.host) and auth is None:
         if not args.insecure:
             return _error(f"--host {args.host} serves beyond this machine without a login; add --auth USER:PASSWORD "
@@ -168,10 +177,9 @@ def _main(argv: list[str] | None) -> int:
         return _error(f"port {port} on {args.host} is in use (another server?); choose another with --port N, "
                       "PORT=N make run or GRADIO_SERVER_PORT=N, or --port 0 for any free port")
 
-    from engine.api import CgofError
-
     try:
         synth = _load(args)
+        threads = resolve_threads(args.render_threads, synth.device)
     except CgofError as exc:
         print(f"launch.py: error: {exc}", file=sys.stderr)
         return 2
@@ -184,6 +192,11 @@ def _main(argv: list[str] | None) -> int:
     import tempfile
     import threading
     from pathlib import Path
+
+    import torch
+
+    if threads is not None:  # before the first render: every thread that renders later starts with it
+        torch.set_num_threads(threads)
 
     from app.server import claim_env, create_server, launch
 
@@ -210,6 +223,7 @@ def _main(argv: list[str] | None) -> int:
             return _error(f"cannot serve on {args.host}:{port}: {_one_line(exc)}")
         batch = f"batches of up to {svc.batcher.max_batch}" if svc.batcher.max_batch > 1 else "one render at a time"
         print(f"cGOF Studio: model on {synth.device}; live preview {svc.preview_size} px{measured}; "
+              f"{torch.get_num_threads()} render thread{'s' if torch.get_num_threads() > 1 else ''}; "
               f"request limit {svc.max_cost / 1e6:.1f} M evaluations; {batch}{login}; "
               f"serving http://{args.host}:{port} (Ctrl+C to stop)", flush=True)
         forever = threading.Event()

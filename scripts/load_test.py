@@ -4,15 +4,21 @@
     python scripts/load_test.py [--url http://127.0.0.1:7860/] [--clients 8] [--duration 30]
                                 [--size 64] [--checkpoint DIR] [--device cpu] [--seed 0]
                                 [--gif-clients 2] [--compare] [--batching-compare [--rounds 2]]
+                                [--client http|gradio]
 
 Without ``--url`` it starts ``launch.py`` on a free port in a child process, with its own
 temporary folder, and stops it at the end with SIGTERM (as a user would): the server must exit 143
 and leave nothing behind; the report says whether it did (``server_exit``, ``left_behind``), and
 the tool's own temporary folder (server log, downloads) is removed too.
 
-Each client is its own gradio_client ``Client`` in its own thread and calls ``/render`` with
-random valid presets until the time is up; a few deliberately bad requests check that errors stay
-errors and do not take the server down. ``--gif-clients N`` adds N clients that ask for the most
+Each client runs in its own thread and calls ``/render`` with random valid presets until the time
+is up; a few deliberately bad requests check that errors stay errors and do not take the server
+down. ``--client http`` (the default) speaks Gradio's public HTTP API itself (:class:`HttpClient`:
+one POST, one streamed GET, one GET of the picture); ``--client gradio`` uses gradio_client's
+``Client``. The clients share the machine with the server, so the lighter one measures the server
+rather than the clients: on 2 cores, 8 gradio_client clients took 0.9-1.1 cores themselves
+(about 85 ms of CPU a request), the HTTP clients about 1 ms a request. The report gives the
+clients' own CPU time (``client_cpu_ms_per_request``). GIF clients always use gradio_client. ``--gif-clients N`` adds N clients that ask for the most
 expensive GIF the server allows by default (48 frames, 128 px, reference quality, side-by-side:
 what the editor's own controls offer at most) over and over. ``--compare`` runs the renders alone
 first and then with the GIF clients, and reports the ratio of the renders' p95 latencies (the
@@ -54,6 +60,79 @@ ROOT = Path(__file__).resolve().parents[1]
 BAD_REQUESTS = ('{"yaw": NaN}', '{"identity": {"0": 99}}', '{"mood": 1}')
 # The most expensive GIF the editor's controls offer (= the server's default request limit).
 HEAVIEST_GIF = {"kind": "pose", "frames": 48, "size": 128, "views": "side-by-side", "quality": "reference"}
+
+
+class ApiError(Exception):
+    """The server answered a call with an error (its one-line message)."""
+
+
+class HttpClient:
+    """A client of the editor's public API over plain HTTP, with gradio_client's ``predict``
+    signature for the calls this tool makes: Gradio's ``/gradio_api/call/<name>`` route (a POST
+    that returns an event id, then a GET that streams the outcome), and a GET of each file output
+    into ``download_dir`` (file outputs come back as local paths). One keep-alive connection per
+    client; a dropped connection is opened again once per call."""
+
+    def __init__(self, url: str, download_dir: str, timeout: float = 600.0):
+        import urllib.parse
+
+        u = urllib.parse.urlparse(url)
+        self.host, self.port, self.root = u.hostname, u.port or 80, u.path.rstrip("/")
+        self.download_dir, self.timeout = download_dir, timeout
+        self._conn = None
+        self._files = 0
+        os.makedirs(download_dir, exist_ok=True)
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        import http.client
+
+        for attempt in (0, 1):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                headers = {"Content-Type": "application/json"} if body is not None else {}
+                self._conn.request(method, path, body=body, headers=headers)
+                r = self._conn.getresponse()
+                data = r.read()
+            except (http.client.HTTPException, ConnectionError):
+                self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise
+                continue
+            if r.status != 200:
+                raise ApiError(f"HTTP {r.status} for {method} {path}: {data[:200]!r}")
+            return data
+        raise AssertionError("unreachable")
+
+    def predict(self, body: str, api_name: str):
+        name = api_name.strip("/")
+        sent = self._request("POST", f"{self.root}/gradio_api/call/{name}", json.dumps({"data": [body]}).encode())
+        event_id = json.loads(sent)["event_id"]
+        stream = self._request("GET", f"{self.root}/gradio_api/call/{name}/{event_id}").decode()
+        event = outcome = None
+        for line in stream.splitlines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                outcome = (event, json.loads(line[5:]))
+        if outcome is None:
+            raise ApiError(f"{name}: no outcome in the stream: {stream[:200]!r}")
+        if outcome[0] == "error":
+            err = outcome[1]
+            raise ApiError(err.get("error") if isinstance(err, dict) else str(err))
+        values = [self._fetch(v) if isinstance(v, dict) and v.get("url") else v for v in outcome[1]]
+        return tuple(values) if len(values) > 1 else values[0]
+
+    def _fetch(self, file_data: dict) -> str:
+        import urllib.parse
+
+        path = urllib.parse.urlparse(file_data["url"]).path
+        self._files += 1
+        local = os.path.join(self.download_dir, f"{self._files}-{os.path.basename(file_data.get('path') or 'file')}")
+        with open(local, "wb") as f:
+            f.write(self._request("GET", path))
+        return local
 
 
 def random_preset(rng: random.Random, size: int) -> dict:
@@ -144,9 +223,10 @@ def _tail(path: Path) -> str:
 
 def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clients: int = 0,
         gif: dict | None = None, downloads: str | None = None, samples: list | None = None,
-        keep: int = 0) -> dict:
+        keep: int = 0, client: str = "http") -> dict:
     """One phase of load. ``samples``: a list that receives up to ``keep`` (request body, image)
-    pairs per client, spread over the phase (the own-image check)."""
+    pairs per client, spread over the phase (the own-image check). ``client``: "http"
+    (:class:`HttpClient`) or "gradio" (gradio_client) for the render clients."""
     from gradio_client import Client
 
     downloads = downloads or tempfile.mkdtemp(prefix="cgof-load-")
@@ -162,17 +242,19 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
     go = threading.Event()  # set once the deadline is known, so no client starts before it
     stop_at = [0.0]
 
-    def connect(k: int):
+    def connect(k: int, kind: str = client):
+        folder = os.path.join(downloads, f"client-{k}")
         try:
-            return Client(url, verbose=False, analytics_enabled=False,
-                          download_files=os.path.join(downloads, f"client-{k}"))
+            if kind == "http":
+                return HttpClient(url, folder)
+            return Client(url, verbose=False, analytics_enabled=False, download_files=folder)
         except Exception as exc:  # counted, not raised: the report must still come out
             with lock:
                 errors.append(f"client {k}: cannot connect: {type(exc).__name__}: {exc}")
             return None
 
     def gif_worker(k: int) -> None:
-        client = connect(1000 + k)
+        client = connect(1000 + k, "gradio")  # submit / cancel: gradio_client's jobs
         ready.wait()
         if client is None:
             return
@@ -249,11 +331,13 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
         t.start()
     ready.wait()
     t_start = time.monotonic()
+    cpu_start = time.process_time()  # this process: the clients (and the report's own bookkeeping)
     stop_at[0] = t_start + duration
     go.set()
     for t in threads:
         t.join(timeout=duration + 300)
     wall = time.monotonic() - t_start
+    client_cpu = time.process_time() - cpu_start
     device = None
     try:
         from gradio_client import Client
@@ -290,6 +374,8 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
             "mean": _r(sum(latencies) / len(latencies) if latencies else None),
         },
         "throughput_per_s": round(len(latencies) / wall, 2) if wall > 0 else None,
+        "client": client,
+        "client_cpu_ms_per_request": _r(client_cpu * 1000.0 / max(len(latencies) + len(errors), 1)),
         "server_alive_after": device is not None,
         "batch_sizes": {str(k): v for k, v in sorted(batch_sizes.items())},
         "device_ms_per_view": _r(sum(device_ms) / len(device_ms) if device_ms else None),
@@ -352,6 +438,7 @@ def _combine(phases: list[dict]) -> dict:
             "latency_ms_p95": [p["latency_ms"]["p95"] for p in phases],
             "batch_sizes": dict(sorted(sizes.items(), key=lambda kv: int(kv[0]))),
             "device_ms_per_view": [p["device_ms_per_view"] for p in phases],
+            "client_cpu_ms_per_request": [p["client_cpu_ms_per_request"] for p in phases],
             "wrong_view": sum(p["wrong_view"] for p in phases),
             "error_samples": [e for p in phases for e in p["error_samples"]][:3]}
 
@@ -365,7 +452,8 @@ def batching_compare(args, tmp: Path) -> tuple[dict, bool, dict]:
             folder.mkdir()
             servers[name] = (folder, *start_server(folder, args.device, args.checkpoint, args.facemodel,
                                                    args.startup_timeout, extra=extra))
-        common = dict(clients=args.clients, duration=args.duration, size=args.size, seed=args.seed)
+        common = dict(clients=args.clients, duration=args.duration, size=args.size, seed=args.seed,
+                      client=args.client)
         order = [("one_at_a_time", "batched"), ("batched", "one_at_a_time")]
         phases: dict[str, list] = {"one_at_a_time": [], "batched": []}
         samples: list = []
@@ -421,6 +509,9 @@ def main(argv=None) -> int:
                    help="--batching-compare: phases per server (2: off, on, on, off; default 1: off, on)")
     p.add_argument("--check-samples", type=int, default=2, metavar="N",
                    help="--batching-compare: requests per client and phase rendered again alone to compare (default 2)")
+    p.add_argument("--client", default="http", choices=("http", "gradio"),
+                   help="how the render clients call the API: plain HTTP (default; about 1 ms of CPU a call) or "
+                        "gradio_client (about 85 ms a call on a 2-core machine, which the server then lacks)")
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
     args = p.parse_args(argv)
     if args.clients < 1 or args.duration <= 0 or args.gif_clients < 0:
@@ -449,7 +540,8 @@ def main(argv=None) -> int:
             if url is None:
                 proc, url = start_server(tmp, args.device, args.checkpoint, args.facemodel, args.startup_timeout)
             url = url if url.endswith("/") else url + "/"
-            common = dict(clients=args.clients, duration=args.duration, size=args.size, seed=args.seed)
+            common = dict(clients=args.clients, duration=args.duration, size=args.size, seed=args.seed,
+                          client=args.client)
             if args.compare:
                 alone = run(url, **common, downloads=str(tmp / "alone"))
                 mixed = run(url, **common, gif_clients=args.gif_clients, gif=gif, downloads=str(tmp / "mixed"))

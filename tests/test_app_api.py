@@ -68,6 +68,26 @@ def test_render_returns_the_image_and_a_summary(client, server):
     assert np.array_equal(_read_image(path2), img)
 
 
+def test_the_load_tests_http_client_gets_what_gradio_client_gets(client, server, tmp_path):
+    """scripts/load_test.py's plain-HTTP client: the same picture and summary as gradio_client, and
+    the server's one-line message for a bad request."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import load_test
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    body = json.dumps({"identity": {"2": -1.0}, "yaw": -15, "seed": 5, "size": 64})
+    lean = load_test.HttpClient(server.url, str(tmp_path / "lean"))
+    path, summary = lean.predict(body, api_name="/render")
+    path_g, summary_g = client.predict(body, api_name="/render")
+    assert np.array_equal(_read_image(path), _read_image(path_g))
+    assert summary["preset"] == summary_g["preset"] and summary["yaw"] == -15
+    with pytest.raises(load_test.ApiError) as info:
+        lean.predict('{"yaw": NaN}', api_name="/render")
+    assert "yaw" in str(info.value) and "\n" not in str(info.value)
+    lean.predict(body, api_name="/render")  # the connection is still good after an error
+
+
 @pytest.mark.parametrize(
     "bad, words",
     [

@@ -324,12 +324,13 @@ def test_a_public_host_needs_a_login_or_insecure(host, tmp_path):
     assert out.returncode == 2 and "warning: --insecure" in out.stderr and "--checkpoint" in out.stderr
 
 
-def test_bad_logins_are_one_line(tmp_path):
+def test_bad_logins_and_thread_counts_are_one_line(tmp_path):
     bad = tmp_path / "users.txt"
     bad.write_text("# users\nalice\n")
     for args, words in ((["--auth", "alice"], "USER:PASSWORD"), (["--auth", ":pw"], "USER:PASSWORD"),
                         (["--auth-file", str(bad)], "line 1"), (["--auth-file", str(tmp_path / "no")], "cannot read"),
-                        (["--auth", "a:b", "--auth-file", str(bad)], "not both")):
+                        (["--auth", "a:b", "--auth-file", str(bad)], "not both"),
+                        (["--render-threads", "0"], "--render-threads")):
         out = _launch("--port", "0", *args)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and words in lines[0], (args, out.stderr)
@@ -359,9 +360,10 @@ def test_a_signal_stops_the_server_and_removes_its_files(tmp_path, sig, code):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     proc, url = load_test.start_server(tmp, "cpu", checkpoint=small_checkpoint(), startup_timeout=240,
-                                       extra=["--auth", "ann:secret", "--preview-size", "64"])
+                                       extra=["--auth", "ann:secret", "--preview-size", "64", "--render-threads", "1"])
     try:
         assert len(load_test.left_behind(tmp)) == 1
+        assert "; 1 render thread;" in (tmp / "server.log").read_text()
         with pytest.raises(urllib.error.HTTPError) as info:  # no login, no API
             urllib.request.urlopen(f"{url}gradio_api/info", timeout=10).read()
         assert info.value.code == 401

@@ -67,3 +67,33 @@ def test_tickets_are_unique_across_threads():
     for t in threads:
         t.join()
     assert len(set(got)) == len(got) == 2000
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_status_line_is_paced_per_session():
+    """During a drag the status line changes at most once a second per session (each new text
+    costs the browser a Markdown redraw); other sessions and session-less calls are not held."""
+    clock = _Clock()
+    gate = PreviewGate(status_every_s=1.0, clock=clock)
+    assert gate.status_due("s1")
+    clock.now += 0.4
+    assert not gate.status_due("s1") and gate.status_due("s2") and gate.status_due(None)
+    clock.now += 0.7  # 1.1 s after s1's last status
+    assert gate.status_due("s1") and not gate.status_due("s1")
+
+
+def test_a_full_render_or_an_error_lets_the_next_preview_say_so_at_once():
+    clock = _Clock()
+    gate = PreviewGate(status_every_s=1.0, clock=clock)
+    assert gate.status_due("s1") and not gate.status_due("s1")
+    gate.full_started("s1", EditorState())  # the release's full render replaced the preview's status
+    assert gate.status_due("s1") and not gate.status_due("s1")
+    gate.forget_status("s1")  # an error took the status line
+    assert gate.status_due("s1")

@@ -465,10 +465,14 @@ class Editor:
         try:
             fr = self.service.render_preview(st, session=sid)
         except Exception as exc:
+            self.gate.forget_status(sid)
             return {"state": st, "status": user_error(exc)}
         if sid is not None and self.gate.preview_is_stale(sid, ticket, st):
             return {}
-        return dict(state=st, image=fr.image, status=status_preview(fr.ms, fr.size, self.service.device_name))
+        out = dict(state=st, image=fr.image)
+        if self.gate.status_due(sid):
+            out["status"] = status_preview(fr.ms, fr.size, self.service.device_name)
+        return out
 
     def drag_and_release(self, control, edit, mesh_changed: bool = True, name: str = "on") -> None:
         """A control that previews while dragged and renders in full on release; ``edit(st, value)``
