@@ -49,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="render up to N waiting requests of different sessions (same size, quality and views) "
                         "in one batch, 1..64 (default 8; 1 = one render at a time)")
-    p.add_argument("--render-threads", default="auto", metavar="N",
-                   help="CPU threads per render (default auto: on a CPU every core but one, which the web server "
-                        "and a browser on this machine need; on CUDA torch's own setting)")
+    p.add_argument("--preview-threads", default="auto", metavar="N",
+                   help="CPU threads of a drag preview (default auto: on a CPU every core but one, which the "
+                        "browser and the web server keep busy while a slider moves; on CUDA torch's own setting). "
+                        "Full renders and exports use torch's setting")
+    p.add_argument("--render-process", default="on", choices=("on", "off"),
+                   help="run the interactive renders in a process of their own (default on: in the server's "
+                        "process they wait for Gradio's event loop at every op); off renders in this process")
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="require this login for the page and the API (visible to other local users in the "
                         "process list: prefer --auth-file)")
@@ -161,7 +165,7 @@ def _main(argv: list[str] | None) -> int:
     from engine.api import CgofError, resolve_threads
 
     try:
-        resolve_threads(args.render_threads, None)  # the value's form; the device decides "auto" below
+        resolve_threads(args.preview_threads, None)  # the value's form; the device decides "auto" below
     except CgofError as exc:
         return _error(str(exc))
     if not is_loopback(args.host) and auth is None:
@@ -179,7 +183,7 @@ def _main(argv: list[str] | None) -> int:
 
     try:
         synth = _load(args)
-        threads = resolve_threads(args.render_threads, synth.device)
+        threads = resolve_threads(args.preview_threads, synth.device)
     except CgofError as exc:
         print(f"launch.py: error: {exc}", file=sys.stderr)
         return 2
@@ -193,11 +197,6 @@ def _main(argv: list[str] | None) -> int:
     import threading
     from pathlib import Path
 
-    import torch
-
-    if threads is not None:  # before the first render: every thread that renders later starts with it
-        torch.set_num_threads(threads)
-
     from app.server import claim_env, create_server, launch
 
     # Gradio's folders must point into the server's own folder before gradio is first imported.
@@ -208,7 +207,8 @@ def _main(argv: list[str] | None) -> int:
         max_cost = None if args.max_request_cost is None else args.max_request_cost * 1e6
         try:
             server = create_server(synth, workdir, preview_size=args.preview_size or "auto", remove_workdir=True,
-                                   max_cost=max_cost, max_batch=args.max_batch)
+                                   max_cost=max_cost, max_batch=args.max_batch, preview_threads=threads,
+                                   render_process=_load_args(args) if args.render_process == "on" else None)
         except CgofError as exc:
             return _error(str(exc))
         except Exception as exc:  # the first render failed: the model does not work, do not serve it
@@ -222,8 +222,10 @@ def _main(argv: list[str] | None) -> int:
         except OSError as exc:
             return _error(f"cannot serve on {args.host}:{port}: {_one_line(exc)}")
         batch = f"batches of up to {svc.batcher.max_batch}" if svc.batcher.max_batch > 1 else "one render at a time"
-        print(f"cGOF Studio: model on {synth.device}; live preview {svc.preview_size} px{measured}; "
-              f"{torch.get_num_threads()} render thread{'s' if torch.get_num_threads() > 1 else ''}; "
+        on = "" if svc.preview_threads is None else \
+            f" on {svc.preview_threads} thread{'s' if svc.preview_threads > 1 else ''}"
+        where = "; renders in their own process" if svc.worker is not None else ""
+        print(f"cGOF Studio: model on {synth.device}{where}; live preview {svc.preview_size} px{measured}{on}; "
               f"request limit {svc.max_cost / 1e6:.1f} M evaluations; {batch}{login}; "
               f"serving http://{args.host}:{port} (Ctrl+C to stop)", flush=True)
         forever = threading.Event()
@@ -262,8 +264,12 @@ def _load(args):
         raise CgofError(f"--coeff-dist {args.coeff_dist}: no such file")
     from engine.api import FaceSynthesizer
 
-    return FaceSynthesizer.load(checkpoint=args.checkpoint, facemodel=args.facemodel, device=args.device,
-                                coeff_dist=args.coeff_dist)
+    return FaceSynthesizer.load(**_load_args(args))
+
+
+def _load_args(args) -> dict:
+    """``FaceSynthesizer.load`` arguments of the server's model (the render process loads the same)."""
+    return dict(checkpoint=args.checkpoint, facemodel=args.facemodel, device=args.device, coeff_dist=args.coeff_dist)
 
 
 if __name__ == "__main__":

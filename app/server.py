@@ -87,6 +87,8 @@ class Server:
         try:
             self.demo.close()
         finally:
+            if self.service.worker is not None:
+                self.service.worker.close()
             release_env(self.workdir)
             if self.remove_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -189,26 +191,37 @@ def sweep_cache(cache: Path, keep: Path, ttl_s: float = CACHE_TTL_S, budget: int
 
 def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
                   preview_size: int | str = "auto", remove_workdir: bool | None = None,
-                  max_cost: float | None = None, max_batch: int | None = None) -> Server:
+                  max_cost: float | None = None, max_batch: int | None = None,
+                  preview_threads: int | None = None, render_process: dict | None = None) -> Server:
     """Service + Blocks over a loaded synthesizer, with a private folder: a fresh temporary one
     unless ``workdir`` is given. The folder is removed on close when it was made here (or when
     ``remove_workdir`` says so). ``max_batch``: views rendered together at most (None: the
-    service's default; 1 = one render at a time)."""
+    service's default; 1 = one render at a time). ``preview_threads``: intra-op threads of the
+    drag previews (None: torch's setting; see :func:`engine.device.resolve_threads`).
+    ``render_process``: ``FaceSynthesizer.load`` arguments of ``synth`` to run the interactive renders
+    in a process of their own (:mod:`app.render_worker`); None renders in this process."""
     own = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="cgof-studio-") if own else workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     remove = own if remove_workdir is None else bool(remove_workdir)
+    worker = None
     try:
         claim_env(workdir)
         from .service import RenderService
         from .ui.layout import build_blocks
 
+        if render_process is not None:
+            from .render_worker import RenderWorker
+
+            worker = RenderWorker(render_process, preview_threads)
         batching = {} if max_batch is None else {"max_batch": max_batch}
         service = RenderService(synth, workdir / "cache" / "out", preview_size=preview_size, max_cost=max_cost,
-                                **batching)
+                                preview_threads=preview_threads, worker=worker, **batching)
         demo = build_blocks(service, initial)
         demo.queue(default_concurrency_limit=RENDER_SLOTS, max_size=QUEUE_SIZE)
     except BaseException:
+        if worker is not None:
+            worker.close()
         release_env(workdir)
         if remove:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.api import CgofError
+from engine.api import CgofError, torch_threads
 
 from .batcher import DEFAULT_MAX_BATCH, RenderBatcher
 from .scheduler import FairDevice
@@ -119,8 +119,15 @@ class RenderService:
     """Everything the UI and the API need, over one loaded synthesizer."""
 
     def __init__(self, synth, workdir: str | os.PathLike, preview_size: int | str = "auto",
-                 max_cost: float | None = None, max_batch: int = DEFAULT_MAX_BATCH):
+                 max_cost: float | None = None, max_batch: int = DEFAULT_MAX_BATCH, preview_threads: int | None = None,
+                 worker=None):
         self.synth = synth
+        # Interactive renders (the batcher's) run here, or in ``worker`` (app.render_worker.RenderWorker:
+        # the same model in a process of its own) when given.
+        self.worker = worker
+        # Drag previews render on these intra-op threads (None: torch's setting), everything else on
+        # torch's: while a slider moves the browser and the event loop keep a core busy.
+        self.preview_threads = preview_threads
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device = FairDevice()
@@ -143,12 +150,12 @@ class RenderService:
         spec = EditorState().spec
         chosen = PREVIEW_CANDIDATES[0]
         with self.device.use("start-up", 0.0):
-            self.synth.render(spec, size=chosen, quality="preview", normals=False)  # warm-up: mapping, allocations
+            self._render_batch((chosen, "preview", False), [(spec, 0.0, 0.0)])  # warm-up: mapping, allocations
             for size in PREVIEW_CANDIDATES:
                 times = []
                 for yaw in (-4.0, 0.0, 4.0):
                     t0 = time.perf_counter()
-                    self.synth.render(spec, yaw_deg=yaw, size=size, quality="preview", normals=False)
+                    self._render_batch((size, "preview", False), [(spec, yaw, 0.0)])
                     times.append((time.perf_counter() - t0) * 1000.0)
                 ms = sorted(times)[1]
                 if ms > budget_ms and size != PREVIEW_CANDIDATES[0]:
@@ -276,12 +283,17 @@ class RenderService:
     def _render_batch(self, key: tuple, views: list[tuple]) -> list:
         """The batcher's render: views (spec, yaw, pitch) sharing key (size, quality, normals)."""
         size, quality, normals = key
-        if len(views) == 1:  # alone: the synthesizer's one-view entry point (what tests and tools stub)
-            spec, yaw, pitch = views[0]
-            return [self.synth.render(spec, yaw_deg=yaw, pitch_deg=pitch, size=size, quality=quality, normals=normals)]
-        specs, yaws, pitches = zip(*views)
-        return self.synth.render_many(list(specs), list(yaws), list(pitches), size=size, quality=quality,
-                                      normals=normals)
+        if self.worker is not None:  # it applies the preview threads itself
+            specs, yaws, pitches = zip(*views)
+            return self.worker.render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals)
+        with torch_threads(self.preview_threads if quality == "preview" else None):
+            if len(views) == 1:  # alone: the synthesizer's one-view entry point (what tests and tools stub)
+                spec, yaw, pitch = views[0]
+                return [self.synth.render(spec, yaw_deg=yaw, pitch_deg=pitch, size=size, quality=quality,
+                                          normals=normals)]
+            specs, yaws, pitches = zip(*views)
+            return self.synth.render_many(list(specs), list(yaws), list(pitches), size=size, quality=quality,
+                                          normals=normals)
 
     def _render(self, state: EditorState, size: int, quality: str, normals: bool, cost: float, session):
         """One view of ``state`` through the batcher -> (RenderResult, BatchInfo)."""

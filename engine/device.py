@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -34,20 +35,35 @@ def usable_cores() -> int:
 
 
 def resolve_threads(spec: int | str | None, device: torch.device | None, reserve: int = 1) -> int | None:
-    """Intra-op threads for renders on ``device``: an int >= 1 as given; 'auto' (or None) on a CPU
-    = every usable core but ``reserve`` (at least one), on CUDA None (leave torch's setting: the
-    CPU only feeds the GPU there; None also for 'auto' without a device, which checks the form only).
+    """Intra-op threads for renders that share the machine with a web server and a browser (the
+    editor's drag previews): an int >= 1 as given; 'auto' (or None) on a CPU = every usable core but
+    ``reserve`` (at least one); on CUDA None (torch's own setting: the CPU only feeds the GPU
+    there); None also for 'auto' without a device (a check of the value's form only).
 
     Why reserve a core: a render is thousands of small ops, each split over the threads and joined
-    again. When a web server's event loop and a local browser share the cores, one of the render's
-    threads is often preempted and the others wait at every join: on 2 cores a 128 px preview took
-    124-135 ms in the editor with 2 threads and 88-91 ms with 1 (75 ms alone on an idle machine)."""
+    again. While a slider is dragged the browser and the server's event loop keep a core busy, and
+    a render thread that loses its core holds up the others at every join: on 2 cores a 128 px
+    preview took 111-141 ms in the editor with 2 threads and 85-95 ms with 1."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
         return None if device is None or device.type == "cuda" else max(1, usable_cores() - reserve)
     try:
         n = int(spec)
     except (TypeError, ValueError):
-        raise CgofError(f"--render-threads {spec!r}: expected a whole number >= 1 or 'auto'") from None
+        raise CgofError(f"--preview-threads {spec!r}: expected a whole number >= 1 or 'auto'") from None
     if n < 1:
-        raise CgofError(f"--render-threads {n}: expected a whole number >= 1 or 'auto'")
+        raise CgofError(f"--preview-threads {n}: expected a whole number >= 1 or 'auto'")
     return n
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` intra-op threads (None: as they are), then restore the count."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

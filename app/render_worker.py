@@ -1,0 +1,121 @@
+"""The editor's interactive renders in a process of their own.
+
+Why: a render is thousands of small torch ops, and the Python thread that issues them must take
+the interpreter lock back after every one. In the server's process Gradio's event loop holds that
+lock for a good share of the time (43 % of it under 8 API clients on the 2-core machine, py-spy), so
+a render waits at every op: a 64 px view took 2-3.5x as long in the server as alone, with a core
+to spare. A thread busy in Python 37 % of the time slows a one-thread 64 px render from 41-43 to
+71 ms in one process; a smaller switch interval does not help. A process of its own has its own lock.
+
+The worker loads the same model (the same ``FaceSynthesizer.load`` arguments) and serves
+``render_many`` calls over a pipe, one at a time (the service's fair queue already orders them);
+results come back as :class:`~engine.synthesizer.RenderResult` objects, bit-identical to an
+in-process render. It stops when asked, when the server's process ends (its end of the pipe
+closes), or when it cannot load the model (the error comes back as one line).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+from typing import Any
+
+from engine.api import CgofError, torch_threads
+
+START_TIMEOUT_S = 300.0
+
+
+def _serve(conn, load: dict, preview_threads: int | None) -> None:
+    """The worker process: load the model, then answer ("render", args) until ("stop",) or EOF."""
+    import signal
+
+    # Ctrl+C reaches the whole terminal's process group: the server stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from engine.api import FaceSynthesizer
+
+        synth = FaceSynthesizer.load(**load)
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back as one line
+        conn.send(("error", _portable(exc)))
+        return
+    conn.send(("ready", str(synth.device)))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the server's process is gone
+            return
+        if msg[0] == "stop":
+            return
+        specs, yaws, pitches, size, quality, normals = msg[1]
+        try:
+            with torch_threads(preview_threads if quality == "preview" else None):
+                out = synth.render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals)
+            conn.send(("ok", out))
+        except BaseException as exc:  # noqa: BLE001
+            conn.send(("error", _portable(exc)))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """An exception that survives pickling: a CgofError as it is, anything else as a RuntimeError
+    that names its type."""
+    if isinstance(exc, CgofError):
+        return CgofError(str(exc))
+    return RuntimeError(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+
+
+class RenderWorker:
+    """A render process over ``FaceSynthesizer.load(**load)`` (``load``: its keyword arguments;
+    ``preview_threads``: intra-op threads of "preview" renders, None = torch's setting).
+    ``render_many`` has the synthesizer's signature; ``close`` stops the process."""
+
+    def __init__(self, load: dict[str, Any], preview_threads: int | None = None,
+                 start_timeout: float = START_TIMEOUT_S):
+        ctx = mp.get_context("spawn")  # no forked copy of the server's threads and locks
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, dict(load), preview_threads), daemon=True,
+                                 name="cgof-render-worker")
+        self._lock = threading.Lock()
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(start_timeout):
+            self.close()
+            raise CgofError(f"the render process did not load the model within {start_timeout:.0f} s")
+        kind, value = self._receive()
+        if kind != "ready":
+            self.close()
+            raise value
+        self.device = value
+
+    def _receive(self):
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            code = self._proc.exitcode
+            raise CgofError(f"the render process stopped (exit code {code}); restart the editor") from None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def render_many(self, specs, yaws, pitches, size: int = 128, quality: str = "fast", normals: bool = True):
+        with self._lock:
+            if not self._proc.is_alive():
+                raise CgofError(f"the render process stopped (exit code {self._proc.exitcode}); restart the editor")
+            self._conn.send(("render", (list(specs), list(yaws), list(pitches), int(size), quality, bool(normals))))
+            kind, value = self._receive()
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the process to stop; terminate it if it does not within ``timeout``."""
+        try:
+            if self._proc.is_alive():
+                self._conn.send(("stop",))
+        except (OSError, ValueError):
+            pass
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout)
+        self._conn.close()

@@ -1,0 +1,68 @@
+"""The editor's render process (app.render_worker): the same pictures as an in-process render, one
+line for a bad request or a model it cannot load, and nothing left running after close."""
+
+import numpy as np
+import pytest
+
+from engine.api import CgofError, FaceSpec
+
+from _app_synth import small_checkpoint
+
+
+@pytest.fixture(scope="module")
+def worker():
+    from app.render_worker import RenderWorker
+
+    w = RenderWorker(dict(checkpoint=str(small_checkpoint()), device="cpu"), preview_threads=1)
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def local():
+    from engine.api import FaceSynthesizer
+
+    return FaceSynthesizer.load(checkpoint=small_checkpoint(), device="cpu")
+
+
+def test_a_batch_comes_back_as_rendered_in_this_process(worker, local):
+    specs = [FaceSpec(identity={0: 1.0}, seed=3), FaceSpec(expression={1: -1.5}, seed=4)]
+    got = worker.render_many(specs, [10.0, -20.0], [0.0, 5.0], size=32, quality="fast", normals=True)
+    want = local.render_many(specs, [10.0, -20.0], [0.0, 5.0], size=32, quality="fast", normals=True)
+    assert [r.yaw_deg for r in got] == [10.0, -20.0]
+    for g, w in zip(got, want):  # float sums may differ in the last bit where the two use other thread counts
+        assert np.abs(g.image.astype(int) - w.image.astype(int)).max() <= 1
+        assert np.allclose(g.depth, w.depth, atol=1e-6) and np.allclose(g.normals, w.normals, atol=1e-4)
+
+
+def test_a_bad_request_is_one_line_and_the_worker_goes_on(worker):
+    with pytest.raises(CgofError) as info:
+        worker.render_many([FaceSpec()], [0.0], [0.0], size=1, quality="fast")
+    assert "\n" not in str(info.value) and "size" in str(info.value)
+    assert worker.render_many([FaceSpec()], [0.0], [0.0], size=16, quality="preview", normals=False)[0].image.shape == (16, 16, 3)
+
+
+def test_a_model_it_cannot_load_is_one_line(tmp_path):
+    from app.render_worker import RenderWorker
+
+    with pytest.raises(CgofError) as info:
+        RenderWorker(dict(checkpoint=str(tmp_path / "missing"), device="cpu"))
+    assert "\n" not in str(info.value)
+
+
+def test_the_server_renders_through_it_and_stops_it_on_close(tmp_path, local):
+    from app.server import create_server
+    from app.state import EditorState
+
+    srv = create_server(local, tmp_path / "srv", preview_size=64,
+                        render_process=dict(checkpoint=str(small_checkpoint()), device="cpu"))
+    worker = srv.service.worker
+    try:
+        assert worker is not None and worker.alive
+        st = EditorState()
+        frame = srv.service.render_preview(st)
+        want = local.render(st.spec, st.yaw, st.pitch, size=64, quality="preview", normals=False)
+        assert np.array_equal(frame.image, want.image)
+    finally:
+        srv.close()
+    assert not worker.alive
