@@ -2,7 +2,8 @@
 """Open the cGOF Studio editor.
 
     python launch.py [--host 127.0.0.1] [--port 7860] [--checkpoint DIR] [--facemodel PATH] [--coeff-dist NPZ]
-                     [--device auto] [--max-request-cost M] [--max-batch N]
+                     [--device auto] [--max-request-cost M] [--max-batch N] [--preview-threads N]
+                     [--render-process on|off]
                      [--auth USER:PASSWORD | --auth-file FILE] [--insecure]
 
 The model is loaded (and checked) before the UI is built: a bad checkpoint or face model prints one
