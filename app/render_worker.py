@@ -9,8 +9,9 @@ to spare. A thread busy in Python 37 % of the time slows a one-thread 64 px rend
 
 The worker loads the same model (the same ``FaceSynthesizer.load`` arguments) and serves
 ``render_many`` calls over a pipe, one at a time (the service's fair queue already orders them);
-results come back as :class:`~engine.synthesizer.RenderResult` objects, bit-identical to an
-in-process render. It stops when asked, when the server's process ends (its end of the pipe
+results come back as :class:`~engine.synthesizer.RenderResult` objects, those of an in-process
+render (bit-identical at the same thread count; float sums may differ in the last bit across
+counts, and the service gives the worker torch's default). It stops when asked, when the server's process ends (its end of the pipe
 closes), or when it cannot load the model (the error comes back as one line).
 """
 

@@ -22,8 +22,8 @@ def load_facemodel(path=None, **kw) -> MorphableModel:
 
 __all__ = [
     "CameraConfig", "OrbitCamera", "angles_from_degrees", "default_checkpoint_path", "load_field", "read_info",
-    "save_checkpoint", "resolve_device", "resolve_threads", "torch_threads", "CgofError", "FileFormatError", "FaceSpec", "LatentLayout",
-    "parse_assignments", "MorphableModel", "RenderConfig", "FaceSynthesizer", "MeshData", "RenderResult",
+    "save_checkpoint", "resolve_device", "resolve_threads", "torch_threads", "CgofError", "FileFormatError",
+    "FaceSpec", "LatentLayout", "parse_assignments", "MorphableModel", "RenderConfig", "FaceSynthesizer", "MeshData", "RenderResult",
     "load_facemodel", "finite_number", "check_render_size", "RENDER_SIZE_RANGE",
 ]
 

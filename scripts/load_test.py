@@ -17,10 +17,12 @@ down. ``--client http`` (the default) speaks Gradio's public HTTP API itself (:c
 one POST, one streamed GET, one GET of the picture); ``--client gradio`` uses gradio_client's
 ``Client``. The clients share the machine with the server, so the lighter one measures the server
 rather than the clients: on 2 cores, 8 gradio_client clients took 0.9-1.1 cores themselves
-(about 85 ms of CPU a request), the HTTP clients about 1 ms a request. The report gives the
-clients' own CPU time (``client_cpu_ms_per_request``). GIF clients always use gradio_client. ``--gif-clients N`` adds N clients that ask for the most
-expensive GIF the server allows by default (48 frames, 128 px, reference quality, side-by-side:
-what the editor's own controls offer at most) over and over. ``--compare`` runs the renders alone
+(85-120 ms of CPU a request), the HTTP clients 1-3 ms a request. The report gives the clients'
+own CPU time (``client_cpu_ms_per_request``). GIF clients always use gradio_client.
+
+``--gif-clients N`` adds N clients that ask for the most expensive GIF the server allows by
+default (48 frames, 128 px, reference quality, side-by-side: what the editor's own controls offer
+at most) over and over. ``--compare`` runs the renders alone
 first and then with the GIF clients, and reports the ratio of the renders' p95 latencies (the
 fairness check of issue 15: it must stay within 3x).
 
