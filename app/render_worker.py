@@ -11,8 +11,10 @@ The worker loads the same model (the same ``FaceSynthesizer.load`` arguments) an
 ``render_many`` calls over a pipe, one at a time (the service's fair queue already orders them);
 results come back as :class:`~engine.synthesizer.RenderResult` objects, those of an in-process
 render (bit-identical at the same thread count; float sums may differ in the last bit across
-counts, and the service gives the worker torch's default). It stops when asked, when the server's process ends (its end of the pipe
-closes), or when it cannot load the model (the error comes back as one line).
+counts, and the service gives the worker torch's default). It stops when asked, when the
+server's process ends (its end of the pipe closes), or when it cannot load the model (the error
+comes back as one line). If it dies, the render under way fails with one line and the next one
+starts it again.
 """
 
 from __future__ import annotations
@@ -67,20 +69,27 @@ def _portable(exc: BaseException) -> BaseException:
 class RenderWorker:
     """A render process over ``FaceSynthesizer.load(**load)`` (``load``: its keyword arguments;
     ``preview_threads``: intra-op threads of "preview" renders, None = torch's setting).
-    ``render_many`` has the synthesizer's signature; ``close`` stops the process."""
+    ``render_many`` has the synthesizer's signature; ``close`` stops the process. A process that
+    died (killed, out of memory) is started again by the next render, which then waits for it;
+    ``restarts`` counts those."""
 
     def __init__(self, load: dict[str, Any], preview_threads: int | None = None,
                  start_timeout: float = START_TIMEOUT_S):
+        self._load, self._threads, self._timeout = dict(load), preview_threads, start_timeout
+        self._lock = threading.Lock()
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
         ctx = mp.get_context("spawn")  # no forked copy of the server's threads and locks
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, dict(load), preview_threads), daemon=True,
+        self._proc = ctx.Process(target=_serve, args=(child, self._load, self._threads), daemon=True,
                                  name="cgof-render-worker")
-        self._lock = threading.Lock()
         self._proc.start()
         child.close()
-        if not self._conn.poll(start_timeout):
+        if not self._conn.poll(self._timeout):
             self.close()
-            raise CgofError(f"the render process did not load the model within {start_timeout:.0f} s")
+            raise CgofError(f"the render process did not load the model within {self._timeout:.0f} s")
         kind, value = self._receive()
         if kind != "ready":
             self.close()
@@ -91,8 +100,10 @@ class RenderWorker:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
+            self._proc.join(1.0)
             code = self._proc.exitcode
-            raise CgofError(f"the render process stopped (exit code {code}); restart the editor") from None
+            raise CgofError(f"the render process stopped (exit code {code}) during this render; "
+                            "the next one starts it again") from None
 
     @property
     def alive(self) -> bool:
@@ -101,7 +112,9 @@ class RenderWorker:
     def render_many(self, specs, yaws, pitches, size: int = 128, quality: str = "fast", normals: bool = True):
         with self._lock:
             if not self._proc.is_alive():
-                raise CgofError(f"the render process stopped (exit code {self._proc.exitcode}); restart the editor")
+                self._conn.close()
+                self.restarts += 1
+                self._start()
             self._conn.send(("render", (list(specs), list(yaws), list(pitches), int(size), quality, bool(normals))))
             kind, value = self._receive()
         if kind == "error":

@@ -66,3 +66,22 @@ def test_the_server_renders_through_it_and_stops_it_on_close(tmp_path, local):
     finally:
         srv.close()
     assert not worker.alive
+
+
+def test_a_worker_that_died_is_started_again_by_the_next_render():
+    import os
+    import signal
+
+    from app.render_worker import RenderWorker
+
+    w = RenderWorker(dict(checkpoint=str(small_checkpoint()), device="cpu"))
+    try:
+        first = w.render_many([FaceSpec(seed=2)], [0.0], [0.0], size=16, quality="preview", normals=False)
+        os.kill(w._proc.pid, signal.SIGKILL)  # as the out-of-memory killer would
+        w._proc.join(10)
+        again = w.render_many([FaceSpec(seed=2)], [0.0], [0.0], size=16, quality="preview", normals=False)
+        assert w.restarts == 1 and w.alive
+        assert np.array_equal(first[0].image, again[0].image)
+    finally:
+        w.close()
+    assert not w.alive
