@@ -43,7 +43,7 @@ def resolve_threads(spec: int | str | None, device: torch.device | None, reserve
     Why reserve a core: a render is thousands of small ops, each split over the threads and joined
     again. While a slider is dragged the browser and the server's event loop keep a core busy, and
     a render thread that loses its core holds up the others at every join: on 2 cores a 128 px
-    preview took 111-141 ms in the editor with 2 threads and 85-95 ms with 1."""
+    preview took 117-135 ms in the editor with 2 threads and 86-95 ms with 1 (75 alone)."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
         return None if device is None or device.type == "cuda" else max(1, usable_cores() - reserve)
     try:
