@@ -10,7 +10,7 @@ the same face state.
 
 It also paces the status line during a drag (:meth:`PreviewGate.status_due`): the browser redraws
 a Markdown block for every new text, and on a 2-core machine, where the browser shares the cores
-with the server, a new status with every preview cost about one picture a second.
+with the server, previews without a status came at 9.2 a second against 8.1-8.4 with one each.
 """
 
 from __future__ import annotations
