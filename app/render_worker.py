@@ -28,7 +28,7 @@ from engine.api import CgofError, torch_threads
 START_TIMEOUT_S = 300.0
 
 
-def _serve(conn, load: dict, preview_threads: int | None) -> None:
+def _serve(conn, load: dict) -> None:
     """The worker process: load the model, then answer ("render", args) until ("stop",) or EOF."""
     import signal
 
@@ -49,9 +49,9 @@ def _serve(conn, load: dict, preview_threads: int | None) -> None:
             return
         if msg[0] == "stop":
             return
-        specs, yaws, pitches, size, quality, normals = msg[1]
+        specs, yaws, pitches, size, quality, normals, threads = msg[1]
         try:
-            with torch_threads(preview_threads if quality == "preview" else None):
+            with torch_threads(threads):
                 out = synth.render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals)
             conn.send(("ok", out))
         except BaseException as exc:  # noqa: BLE001
@@ -67,15 +67,14 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 class RenderWorker:
-    """A render process over ``FaceSynthesizer.load(**load)`` (``load``: its keyword arguments;
-    ``preview_threads``: intra-op threads of "preview" renders, None = torch's setting).
-    ``render_many`` has the synthesizer's signature; ``close`` stops the process. A process that
+    """A render process over ``FaceSynthesizer.load(**load)`` (``load``: its keyword arguments).
+    ``render_many`` has the synthesizer's signature plus ``threads`` (intra-op threads of that call,
+    None = torch's setting); ``close`` stops the process. A process that
     died (killed, out of memory) is started again by the next render, which then waits for it;
     ``restarts`` counts those."""
 
-    def __init__(self, load: dict[str, Any], preview_threads: int | None = None,
-                 start_timeout: float = START_TIMEOUT_S):
-        self._load, self._threads, self._timeout = dict(load), preview_threads, start_timeout
+    def __init__(self, load: dict[str, Any], start_timeout: float = START_TIMEOUT_S):
+        self._load, self._timeout = dict(load), start_timeout
         self._lock = threading.Lock()
         self.restarts = 0
         self._start()
@@ -83,7 +82,7 @@ class RenderWorker:
     def _start(self) -> None:
         ctx = mp.get_context("spawn")  # no forked copy of the server's threads and locks
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, self._load, self._threads), daemon=True,
+        self._proc = ctx.Process(target=_serve, args=(child, self._load), daemon=True,
                                  name="cgof-render-worker")
         self._proc.start()
         child.close()
@@ -109,13 +108,15 @@ class RenderWorker:
     def alive(self) -> bool:
         return self._proc.is_alive()
 
-    def render_many(self, specs, yaws, pitches, size: int = 128, quality: str = "fast", normals: bool = True):
+    def render_many(self, specs, yaws, pitches, size: int = 128, quality: str = "fast", normals: bool = True,
+                    threads: int | None = None):
         with self._lock:
             if not self._proc.is_alive():
                 self._conn.close()
                 self.restarts += 1
                 self._start()
-            self._conn.send(("render", (list(specs), list(yaws), list(pitches), int(size), quality, bool(normals))))
+            self._conn.send(("render", (list(specs), list(yaws), list(pitches), int(size), quality, bool(normals),
+                                        threads)))
             kind, value = self._receive()
         if kind == "error":
             raise value

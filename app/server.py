@@ -213,7 +213,7 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
         if render_process is not None:
             from .render_worker import RenderWorker
 
-            worker = RenderWorker(render_process, preview_threads)
+            worker = RenderWorker(render_process)
         batching = {} if max_batch is None else {"max_batch": max_batch}
         service = RenderService(synth, workdir / "cache" / "out", preview_size=preview_size, max_cost=max_cost,
                                 preview_threads=preview_threads, worker=worker, **batching)

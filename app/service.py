@@ -283,10 +283,12 @@ class RenderService:
     def _render_batch(self, key: tuple, views: list[tuple]) -> list:
         """The batcher's render: views (spec, yaw, pitch) sharing key (size, quality, normals)."""
         size, quality, normals = key
-        if self.worker is not None:  # it applies the preview threads itself
+        threads = self.preview_threads if quality == "preview" else None
+        if self.worker is not None:
             specs, yaws, pitches = zip(*views)
-            return self.worker.render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals)
-        with torch_threads(self.preview_threads if quality == "preview" else None):
+            return self.worker.render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals,
+                                           threads=threads)
+        with torch_threads(threads):
             if len(views) == 1:  # alone: the synthesizer's one-view entry point (what tests and tools stub)
                 spec, yaw, pitch = views[0]
                 return [self.synth.render(spec, yaw_deg=yaw, pitch_deg=pitch, size=size, quality=quality,

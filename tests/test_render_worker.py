@@ -13,7 +13,7 @@ from _app_synth import small_checkpoint
 def worker():
     from app.render_worker import RenderWorker
 
-    w = RenderWorker(dict(checkpoint=str(small_checkpoint()), device="cpu"), preview_threads=1)
+    w = RenderWorker(dict(checkpoint=str(small_checkpoint()), device="cpu"))
     yield w
     w.close()
 
@@ -39,7 +39,8 @@ def test_a_bad_request_is_one_line_and_the_worker_goes_on(worker):
     with pytest.raises(CgofError) as info:
         worker.render_many([FaceSpec()], [0.0], [0.0], size=1, quality="fast")
     assert "\n" not in str(info.value) and "size" in str(info.value)
-    assert worker.render_many([FaceSpec()], [0.0], [0.0], size=16, quality="preview", normals=False)[0].image.shape == (16, 16, 3)
+    again = worker.render_many([FaceSpec()], [0.0], [0.0], size=16, quality="preview", normals=False, threads=1)
+    assert again[0].image.shape == (16, 16, 3)
 
 
 def test_a_model_it_cannot_load_is_one_line(tmp_path):
@@ -54,13 +55,18 @@ def test_the_server_renders_through_it_and_stops_it_on_close(tmp_path, local):
     from app.server import create_server
     from app.state import EditorState
 
-    srv = create_server(local, tmp_path / "srv", preview_size=64,
+    srv = create_server(local, tmp_path / "srv", preview_size=64, preview_threads=1,
                         render_process=dict(checkpoint=str(small_checkpoint()), device="cpu"))
     worker = srv.service.worker
+    calls = []
+    real = worker.render_many
+    worker.render_many = lambda *a, **k: calls.append((k["quality"], k["threads"])) or real(*a, **k)
     try:
         assert worker is not None and worker.alive
         st = EditorState()
         frame = srv.service.render_preview(st)
+        srv.service.render_full(st)
+        assert calls == [("preview", 1), ("fast", None)]  # the service picks the threads, the worker applies them
         want = local.render(st.spec, st.yaw, st.pitch, size=64, quality="preview", normals=False)
         assert np.array_equal(frame.image, want.image)
     finally:
