@@ -197,7 +197,8 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
     unless ``workdir`` is given. The folder is removed on close when it was made here (or when
     ``remove_workdir`` says so). ``max_batch``: views rendered together at most (None: the
     service's default; 1 = one render at a time). ``preview_threads``: intra-op threads of the
-    drag previews (None: torch's setting; see :func:`engine.device.resolve_threads`).
+    drag previews and of renders while other requests wait (None: torch's setting; see
+    :meth:`app.service.RenderService.render_threads`).
     ``render_process``: ``FaceSynthesizer.load`` arguments of ``synth`` to run the interactive renders
     in a process of their own (:mod:`app.render_worker`); None renders in this process."""
     own = workdir is None

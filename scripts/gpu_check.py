@@ -250,6 +250,14 @@ def _md(summary: dict) -> str:
         d0 = next(iter(renders.values()))
         lines += ["", f"device {d0.get('device_name')}, torch {d0.get('torch')}, half precision "
                   f"{d0.get('fast_half_precision')}, rasteriser {d0.get('rasterizer')}"]
+    batching = (renders.get("render_off") or {}).get("batching")
+    if batching:
+        lines += ["", "Batching (render_off: random views alone vs in one render_many call, fast path, image only):",
+                  "", "| field | size | batch | alone ms/view | batched ms/view | gain | max level diff |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in batching:
+            lines.append(f"| {r.get('field')} | {r.get('size')} | {r.get('batch')} | {r.get('solo_ms_per_view')} | "
+                         f"{r.get('batched_ms_per_view')} | {r.get('gain')} | {r.get('max_abs_diff')} |")
     goals = summary.get("goals") or {}
     if any(g["best_fps"] is not None for g in goals.values()):
         lines += ["", f"Goal (width-{GOAL_WIDTH} field on CUDA):"]

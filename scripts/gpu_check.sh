@@ -11,8 +11,10 @@
 #   cuda_tests       pytest -m gpu on the test files holding CUDA tests (rasteriser backends, field capture)
 #   raster_compare   cgof bench raster --compare: nvdiffrast vs the torch rasteriser, same meshes (face
 #                    model mean + a random face + a sphere, 4 poses, 128 and 256): mask IoU, depth error
-#   render_off       cgof bench render --widths 256 --capture off: the default field and a 256-wide
+#   render_off       cgof bench render --widths 256 --capture off --batch 8: the default field and a 256-wide
 #                    (reference-size) random field at 128 and 256, fast path in half precision, eager
+#                    (--batch 8: 8 random views alone against the same 8 in one render_many call, the
+#                    most the server's micro-batcher can gain there: issue 16's point 3 on the GPU)
 #   render_compile   the same with --capture compile (torch.compile of the field's trunk)
 #   train_bench      cgof bench train (reference and cpu curricula, both schedules, 64 px)
 #   render_graphs    the same render bench with --capture graphs (CUDA graphs via torch.compile)
@@ -147,11 +149,11 @@ log "$NVDR_HOW"
 # ---- the parts ----------------------------------------------------------------------------------------
 CLI=("$PY" -m app.cli)
 if [ "$MODE" = gpu ]; then
-  R_SIZES=128,256; R_WIDTHS=256; R_REPEATS=20; R_REF=2; C_SIZES=128,256
+  R_SIZES=128,256; R_WIDTHS=256; R_REPEATS=20; R_REF=2; C_SIZES=128,256; R_BATCH=(--batch 8 --batch-rounds 3)
   TRAIN=(--device cuda)
   CAPTURES=(off compile graphs)
 else
-  R_SIZES=8; R_WIDTHS=16; R_REPEATS=1; R_REF=1; C_SIZES=16
+  R_SIZES=8; R_WIDTHS=16; R_REPEATS=1; R_REF=1; C_SIZES=16; R_BATCH=(--batch 2 --batch-rounds 1)
   TRAIN=(--device cpu --curricula cpu --samplings mesh --size 16 --steps 1 --warmup 0)
   # compile on the CPU costs tens of seconds per process; "auto" is the CPU default (eager) and
   # exercises the same flag; tests/test_field_capture.py checks compiled = eager on the CPU.
@@ -195,11 +197,13 @@ run_part cuda_tests 200 "$PY" -m pytest -q -rfE -m gpu -p no:cacheprovider "${K[
 if [ "$NVDR" = 0 ] && [ "$MODE" = gpu ]; then echo "${NVDR_HOW#nvdiffrast: }" > "$W/raster_compare.skip"; fi
 run_part raster_compare 90 "${CLI[@]}" bench raster --compare --json --quiet --sizes "$C_SIZES" --device "$DEV"
 
-render() {  # render PART CAPTURE MAX_SECONDS
-  run_part "$1" "$3" "${CLI[@]}" bench render --json --quiet --device "$DEV" --sizes "$R_SIZES" \
-    --widths "$R_WIDTHS" --repeats "$R_REPEATS" --reference-repeats "$R_REF" --capture "$2"
+render() {  # render PART CAPTURE MAX_SECONDS [EXTRA ARGS...]
+  local part=$1 capture=$2 limit=$3
+  shift 3
+  run_part "$part" "$limit" "${CLI[@]}" bench render --json --quiet --device "$DEV" --sizes "$R_SIZES" \
+    --widths "$R_WIDTHS" --repeats "$R_REPEATS" --reference-repeats "$R_REF" --capture "$capture" "$@"
 }
-render render_off "${CAPTURES[0]}" 120
+render render_off "${CAPTURES[0]}" 120 "${R_BATCH[@]}"
 render render_compile "${CAPTURES[1]}" 150
 run_part train_bench 150 "${CLI[@]}" bench train --json --quiet "${TRAIN[@]}"
 render render_graphs "${CAPTURES[2]}" 150

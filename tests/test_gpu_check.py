@@ -63,12 +63,17 @@ def test_cpu_dry_run_runs_every_part(tmp_path):
         data = parts[name]["data"]
         assert parts[name]["status"] == "ok" and data["rows"][0]["size"] == 8 and data["rows"][0]["fast_fps"] > 0
         assert data["random_field_width_16"][0]["fast_ms_median"] > 0
+    batching = parts["render_off"]["data"]["batching"]  # point 3's engine-side figure, on the GPU
+    assert {(r["field"], r["size"], r["batch"]) for r in batching} == {("default", 8, 2),
+                                                                      ("random_field_width_16", 8, 2)}
+    assert all(r["gain"] > 0 and r["max_abs_diff"] <= 1 for r in batching)
+    assert "render_batching" not in parts and "batching" not in parts["render_compile"]["data"]
     assert parts["render_graphs"]["data"]["capture"] == "off"  # graphs is CUDA-only: ignored, with a note
     assert "CUDA" in parts["render_graphs"]["reason"]
     train = parts["train_bench"]["data"]["rows"]
     assert len(train) == 1 and train[0]["images_per_s"] > 0 and "error" not in train[0]
     md = (tmp_path / "summary.md").read_text()
-    assert "| render_off | ok |" in md and "Training bench" in md
+    assert "| render_off | ok |" in md and "Training bench" in md and "| random_field_width_16 | 8 | 2 |" in md
     assert "render_graphs" in (tmp_path / "gpu_check.log").read_text()
 
 

@@ -1,5 +1,5 @@
-"""Drag-preview threads: every core but one on a CPU (the browser and the server need one while a
-slider moves); full renders keep torch's setting."""
+"""Render threads on a CPU: every core but one for drag previews and for renders while other sessions
+wait (the browser and the server need a core); a full render alone keeps torch's setting."""
 
 import pytest
 import torch
@@ -67,3 +67,59 @@ def test_previews_render_on_their_threads_and_full_renders_on_torchs(tmp_path, m
         assert seen == [("preview", 1), ("fast", 2)] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_renders_on_a_shared_machine_use_the_preview_threads(tmp_path, monkeypatch):
+    """A full render alone keeps torch's setting; one that shares the machine with other sessions
+    (a batch of several views, or requests waiting behind it) runs on ``preview_threads``, so that
+    the server keeps a core for answering them."""
+    from app.service import RenderService
+    from app.state import EditorState
+    from engine.model.latent import FaceSpec
+    from _app_synth import make_synth
+    from test_app_batching import _concurrently
+
+    synth = make_synth()
+    seen = []  # (views in the call, threads)
+    real = synth.render_many
+
+    def spy(specs, *a, **k):
+        seen.append((len(specs), torch.get_num_threads()))
+        return real(specs, *a, **k)
+
+    monkeypatch.setattr(synth, "render_many", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        svc = RenderService(synth, tmp_path / "out", preview_size=64, preview_threads=1)
+        small = [EditorState(spec=FaceSpec(seed=k), yaw=5.0 * k, size=32) for k in range(2)]
+        large = EditorState(spec=FaceSpec(seed=9), size=48)
+
+        seen.clear()
+        svc.render_full(small[0], session="alone")
+        assert seen == [(1, 2)]  # alone: torch's setting
+
+        seen.clear()  # two sessions, one size: one batch of two
+        got = _concurrently(svc.device, [lambda: svc.render_full(small[0], session="a"),
+                                         lambda: svc.render_full(small[1], session="b")])
+        assert not any(isinstance(g, BaseException) for g in got) and seen == [(2, 1)]
+
+        seen.clear()  # two sizes cannot share a batch: the first renders with the other waiting behind it
+        got = _concurrently(svc.device, [lambda: svc.render_full(small[0], session="a"),
+                                         lambda: svc.render_full(large, session="c")])
+        assert not any(isinstance(g, BaseException) for g in got)
+        assert sorted(seen) == [(1, 1), (1, 2)]  # the one with a request behind it on 1 thread, the last on 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_without_preview_threads_every_render_keeps_torchs_setting(tmp_path):
+    from app.service import RenderService
+    from _app_synth import make_synth
+
+    svc = RenderService(make_synth(), tmp_path / "out", preview_size=64, preview_threads=None)
+    assert svc.render_threads("preview", 1) is None and svc.render_threads("fast", 8) is None
+    svc2 = RenderService(make_synth(), tmp_path / "out2", preview_size=64, preview_threads=3)
+    assert svc2.render_threads("preview") == 3 and svc2.render_threads("fast", 2) == 3
+    assert svc2.render_threads("reference", 1) is None  # alone, nothing waiting

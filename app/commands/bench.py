@@ -58,6 +58,10 @@ def register(sub):
                         "with the reference's own seed-to-seed agreement (default 0: the bench view only)")
     q.add_argument("--reference-seeds", type=int, default=3,
                    help="with --views: reference renders averaged for the reference's expected image (default 3)")
+    q.add_argument("--batch", type=int, default=0, metavar="N",
+                   help="also time N random views rendered one at a time against the same N in one batch, per size "
+                        "and field: the gain the server's micro-batcher can get at most (default 0: off)")
+    q.add_argument("--batch-rounds", type=int, default=3, help="timed rounds each way with --batch (default 3)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     add_quiet_arg(q)
     q.set_defaults(handler=_render)
@@ -143,12 +147,15 @@ def _render(args) -> int:
         raise CgofError("--repeats and --reference-repeats must be >= 1")
     if args.views < 0 or args.reference_seeds < 1:
         raise CgofError("--views must be >= 0 and --reference-seeds >= 1")
+    if args.batch == 1 or args.batch < 0 or args.batch > 64 or args.batch_rounds < 1:
+        raise CgofError(f"--batch {args.batch}: expected 0 (off) or 2..64, and --batch-rounds >= 1")
     with Progress(args, "bench render", "row") as bar:
-        total = len(args.sizes) * (1 + len(args.widths) + (args.views + 1 if args.views else 0))
+        total = len(args.sizes) * ((1 + len(args.widths)) * (2 if args.batch else 1) + (args.views + 1 if args.views else 0))
         bar.update(0, total)
         out = bench_render(sizes=args.sizes, repeats=args.repeats, reference_repeats=args.reference_repeats,
                            device=args.device, checkpoint=args.checkpoint, widths=args.widths, capture=args.capture,
-                           log=_logger(args, bar, total), views=args.views, reference_seeds=args.reference_seeds)
+                           log=_logger(args, bar, total), views=args.views, reference_seeds=args.reference_seeds,
+                           batch=args.batch, batch_rounds=args.batch_rounds)
     if args.json:
         print(json.dumps(out))
         return 0

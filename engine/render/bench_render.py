@@ -118,13 +118,56 @@ def fidelity(synth, size: int, views: int = 8, seeds: int = 3, yaw: float = 15.0
             "psnr_reference_vs_reference_mean_db": med["ref_mean"]}
 
 
+def batch_gain(synth, size: int, batch: int = 8, rounds: int = 3, seed: int = 11, log=None) -> dict:
+    """What rendering ``batch`` views in one ``render_many`` call gains over rendering them one at a
+    time (the server's micro-batcher, issue 16 point 3), fast path, image only (what ``/render``
+    asks for): ``batch`` random faces and poses (yaw +-35, pitch +-15 degrees), timed ``rounds``
+    times each way, alternating so that a change in the machine's load weighs on both alike.
+
+    ``gain``: median ms a view alone / median ms a view in the batch. ``max_abs_diff``: the
+    largest difference in levels between a view rendered alone and in the batch (batching must
+    not change a picture beyond float rounding)."""
+    from ..model.latent import FaceSpec
+
+    if batch < 2 or rounds < 1:
+        raise ValueError(f"batch_gain: batch {batch} and rounds {rounds}: expected batch >= 2, rounds >= 1")
+    sync = torch.cuda.synchronize if synth.device.type == "cuda" else (lambda: None)
+    g = np.random.default_rng(seed)
+    specs = [FaceSpec.random(synth.layout, seed=int(g.integers(2**31)), psi=0.7) for _ in range(batch)]
+    yaws = [float(g.uniform(-35, 35)) for _ in range(batch)]
+    pitches = [float(g.uniform(-15, 15)) for _ in range(batch)]
+
+    def solo():
+        return [synth.render(s, y, p, size, "fast", normals=False) for s, y, p in zip(specs, yaws, pitches)]
+
+    def together():
+        return synth.render_many(specs, yaws, pitches, size, "fast", normals=False)
+
+    alone, joint = solo(), together()  # warm-up (caches, kernels) and the pictures to compare
+    sync()
+    t_solo, t_batch = [], []
+    for _ in range(rounds):
+        t_solo.append(_time(solo, 1, sync)[0] / batch)
+        t_batch.append(_time(together, 1, sync)[0] / batch)
+    a, b = statistics.median(t_solo), statistics.median(t_batch)
+    diff = max(int(np.abs(x.image.astype(np.int16) - y.image.astype(np.int16)).max()) for x, y in zip(alone, joint))
+    row = {"size": size, "batch": batch, "rounds": rounds, "solo_ms_per_view": round(a, 2),
+           "batched_ms_per_view": round(b, 2), "solo_views_per_s": round(1000 / max(a, 1e-6), 1),
+           "batched_views_per_s": round(1000 / max(b, 1e-6), 1), "gain": round(a / max(b, 1e-6), 2),
+           "max_abs_diff": diff}
+    if log:
+        log(row)
+    return row
+
+
 def bench_render(sizes=(64, 128, 256), repeats: int = 10, reference_repeats: int = 3, device="auto",
                  checkpoint=None, widths=(), log=None, capture: str = "off", views: int = 0,
-                 reference_seeds: int = 3) -> dict:
+                 reference_seeds: int = 3, batch: int = 0, batch_rounds: int = 3) -> dict:
     """Benchmark the default (or given) checkpoint; ``widths`` adds random-weight fields of those
     widths (e.g. 256, the reference) on the same face model for speed only (no PSNR meaning).
     ``capture``: "auto" | "off" | "compile" | "graphs" (see the module docstring). ``views`` > 0 adds
-    :func:`fidelity` per size ("fidelity") over that many random views besides the bench's."""
+    :func:`fidelity` per size ("fidelity") over that many random views besides the bench's. ``batch`` >= 2
+    adds :func:`batch_gain` per size and field ("batching")."""
     import warnings
 
     from ..device import resolve_device
@@ -168,6 +211,9 @@ def bench_render(sizes=(64, 128, 256), repeats: int = 10, reference_repeats: int
                                     synth.device, capture=capture)
         result[f"random_field_width_{w}"] = bench_synth(other, sizes, repeats, reference_repeats, log=log)
         captured[f"random_field_width_{w}"] = other
+    if batch:
+        result["batching"] = [{"field": name, **batch_gain(s, size, batch, batch_rounds, log=log)}
+                              for name, s in captured.items() for size in sizes]
     # The mode each field ended in: a capture that failed at run time fell back to eager ("off").
     result["capture_at_end"] = {k: s.field.capture for k, s in captured.items()}
     return result
