@@ -20,8 +20,8 @@ def test_preview_is_the_engine_render_at_the_preview_size(service, synth):
     st = EditorState(spec=FaceSpec(identity={0: 1.0}, seed=2), yaw=12, pitch=-4, size=128, quality="reference")
     fr = service.render_preview(st)
     assert fr.image.shape == (64, 64, 3) and fr.image.dtype == np.uint8 and fr.size == 64 and fr.ms > 0
-    # fast quality whatever the state asks for: the preview must stay cheap while dragging
-    direct = synth.render(st.spec, 12, -4, size=64, quality="fast", normals=False)
+    # the engine's preview quality whatever the state asks for: the preview must stay cheap while dragging
+    direct = synth.render(st.spec, 12, -4, size=64, quality="preview", normals=False)
     assert np.array_equal(fr.image, direct.image)
 
 

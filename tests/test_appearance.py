@@ -269,15 +269,17 @@ def test_albedo_fit_keeps_geometry_and_learns_the_basis(facemodel, tmp_path):
 
 
 def test_preview_quality_is_the_fast_path_with_single_point_shading_normals(facemodel):
+    from dataclasses import replace
+
     synth = _albedo_synth(facemodel)
+    # with its fill off (the fill from neighbours: tests/test_preview_fill.py)
+    synth.renderer.config = replace(synth.renderer.config, preview_fill_depth=0.0, preview_fill_albedo=0.0)
     with torch.no_grad():
         synth.field.final_layer.bias.fill_(1e5)
     spec = FaceSpec(identity={2: 1.0}, lighting={3: 2.0}, seed=2)
     fast = synth.render(spec, 10.0, 0.0, size=24, quality="fast", normals=False)
     preview = synth.render(spec, 10.0, 0.0, size=24, quality="preview", normals=False)
     assert np.array_equal(fast.depth, preview.depth) and fast.evals_per_pixel == preview.evals_per_pixel
-    from dataclasses import replace
-
     # The fast path averages its shading normals over depths (shading_normal_spread on the band path,
     # surface_normal_spread on the surface search); the preview takes one point.
     assert not np.array_equal(fast.image, preview.image)

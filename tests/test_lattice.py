@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from engine.model.latent import FaceSpec
 from engine.synthesizer import FaceSynthesizer
-from engine.render.lattice import lattice_unit_vectors
+from engine.render.lattice import lattice_unit_vectors, lattice_values
 
 
 def _disk(h: int = 33) -> torch.Tensor:
@@ -134,3 +134,40 @@ def test_fast_path_normals_close_to_full_evaluation(synth):
     assert lat.normal_evals_per_pixel < 0.3 * full.normal_evals_per_pixel
     diff = np.abs(full.image.astype(int) - lat.image.astype(int))[m]
     assert np.median(diff) <= 2
+
+
+# ---- plain values (the drag preview's albedo) ---------------------------------------------------
+def _ramp(h: int = 33, edge: int | None = None) -> torch.Tensor:
+    """(1, h, h, 3) values varying slowly across the image, with a jump of 0.5 from column ``edge``."""
+    x = torch.arange(h, dtype=torch.float32) / h
+    v = torch.stack([0.2 + 0.1 * x[None, :].expand(h, h), 0.5 + 0.05 * x[:, None].expand(h, h),
+                     torch.full((h, h), 0.3)], -1)[None].clone()
+    if edge is not None:
+        v[0, :, edge:] += 0.5
+    return v
+
+
+def test_values_every_pixel_at_zero_tolerance():
+    where, truth = _disk(), _ramp()
+    evaluate, _ = _counting(truth)
+    out, n = lattice_values(where, evaluate, 3, 0.0)
+    assert n == int(where.sum()) and torch.equal(out[where], truth[where])
+
+
+def test_smooth_values_are_mostly_interpolated_within_tolerance():
+    where, truth = _disk(), _ramp()
+    evaluate, asked = _counting(truth)
+    out, n = lattice_values(where, evaluate, 3, 0.01)
+    assert n == sum(int(a.numel()) for a in asked) and n < 0.45 * int(where.sum())
+    assert float((out[where] - truth[where]).abs().max()) < 0.01
+    assert float(out[~where].abs().sum()) == 0
+
+
+@pytest.mark.parametrize("edge", [16, 17])
+def test_values_across_an_edge_are_evaluated(edge):
+    """Neighbours on both sides of a jump disagree: the pixels between them are evaluated, so
+    the edge stays sharp (no pixel takes a mean across it)."""
+    where, truth = _disk(), _ramp(edge=edge)
+    evaluate, _ = _counting(truth)
+    out, _ = lattice_values(where, evaluate, 3, 0.01)
+    assert float((out[where] - truth[where]).abs().max()) < 0.01

@@ -10,6 +10,8 @@ where the field's gradient flips). A few percent of the pixels are evaluated at 
 
 The same reading of a value off coarser pixels is how the surface search starts its finer pixels
 (:mod:`.surface_search`); here the neighbours' agreement decides whether the field is asked at all.
+:func:`lattice_values` does the same for plain values (the drag preview's albedo, where neighbours
+agree when every channel lies within a tolerance of their mean).
 """
 
 from __future__ import annotations
@@ -45,30 +47,58 @@ def lattice_unit_vectors(where: torch.Tensor, evaluate: Callable[[torch.Tensor],
     lies within this angle of that mean; 0 evaluates every pixel of ``where``. ``levels``: the
     coarsest lattice has a spacing of 2**levels pixels; each finer one is read off the one above.
     Works on strided views of the lattices, so its own cost is a fraction of the pixels' count."""
+    cos_limit = math.cos(math.radians(min(max_angle_deg, 180.0)))
+
+    def mean_if_agreed(near: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = F.normalize(near.sum(0), dim=-1, eps=1e-12)
+        return mean, (near * mean).sum(-1).min(0).values >= cos_limit
+
+    return _lattice_fill(where, evaluate, 3, mean_if_agreed, levels if max_angle_deg > 0 else 0)
+
+
+def lattice_values(where: torch.Tensor, evaluate: Callable[[torch.Tensor], torch.Tensor], channels: int,
+                   tolerance: float, levels: int = 1) -> tuple[torch.Tensor, int]:
+    """As :func:`lattice_unit_vectors` for plain values (B, H, W, channels): a pixel a finer lattice
+    adds takes its neighbours' mean when every channel of every neighbour lies within ``tolerance``
+    of that mean; 0 evaluates every pixel of ``where``."""
+
+    def mean_if_agreed(near: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = near.mean(0)
+        return mean, (near - mean).abs().amax(-1).amax(0) <= tolerance
+
+    return _lattice_fill(where, evaluate, channels, mean_if_agreed, levels if tolerance > 0 else 0)
+
+
+def _lattice_fill(where: torch.Tensor, evaluate: Callable[[torch.Tensor], torch.Tensor], channels: int,
+                  mean_if_agreed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                  levels: int) -> tuple[torch.Tensor, int]:
+    """The lattice scheme of this module: values (B, H, W, channels) on ``where`` and the number of
+    pixels evaluated. ``mean_if_agreed(near)``: the neighbours' values (k, B, h, w, channels) ->
+    (their combined value (B, h, w, channels), where they agree (B, h, w) bool). ``levels`` 0:
+    every pixel of ``where`` evaluated."""
     b, h, w = where.shape
     dev = where.device
-    if max_angle_deg <= 0 or levels < 1:
-        out = torch.zeros(b * h * w, 3, device=dev)
+    if levels < 1:
+        out = torch.zeros(b * h * w, channels, device=dev)
         ids = where.reshape(-1).nonzero().squeeze(-1)
         if ids.numel():
-            out[ids] = evaluate(ids)
-        return out.view(b, h, w, 3), int(ids.numel())
+            out[ids] = evaluate(ids).to(out.dtype)
+        return out.view(b, h, w, channels), int(ids.numel())
     top = 2 ** levels
     # Padded to whole blocks plus one, so every pixel's lower and right neighbours exist (as padding
     # that is never evaluated).
     hp, wp = (h // top + 2) * top, (w // top + 2) * top
-    vec = torch.zeros(b, hp, wp, 3, device=dev)
+    vec = torch.zeros(b, hp, wp, channels, device=dev)
     inside = torch.zeros(b, hp, wp, dtype=torch.bool, device=dev)
     inside[:, :h, :w] = where
     flat = torch.full((b, hp, wp), -1, dtype=torch.long, device=dev)
     flat[:, :h, :w] = torch.arange(b * h * w, device=dev).view(b, h, w)
-    cos_limit = math.cos(math.radians(min(max_angle_deg, 180.0)))
 
     def evaluate_where(spacing: int, todo: torch.Tensor) -> int:
         """Evaluate the pixels ``todo`` (a mask on the spacing's lattice) into ``vec``."""
         ids = _phase(flat, spacing, 0, 0)[todo]  # row-major, so ascending
         if ids.numel():
-            _phase(vec, spacing, 0, 0)[todo] = evaluate(ids)
+            _phase(vec, spacing, 0, 0)[todo] = evaluate(ids).to(vec.dtype)
         return int(ids.numel())
 
     evaluated = evaluate_where(top, _phase(inside, top, 0, 0))
@@ -84,8 +114,7 @@ def lattice_unit_vectors(where: torch.Tensor, evaluate: Callable[[torch.Tensor],
             n_r, n_c = coarse.shape[1] - 1, coarse.shape[2] - 1
             near = torch.stack([coarse[:, dr:dr + n_r, dc:dc + n_c] for dr, dc in offsets])
             all_known = torch.stack([have[:, dr:dr + n_r, dc:dc + n_c] for dr, dc in offsets]).all(0)
-            mean = F.normalize(near.sum(0), dim=-1, eps=1e-12)
-            agree = (near * mean).sum(-1).min(0).values >= cos_limit
+            mean, agree = mean_if_agreed(near)
             target = _phase(inside, spacing, pr * s, pc * s)[:, :n_r, :n_c]
             take = target & all_known & agree
             _phase(vec, spacing, pr * s, pc * s)[:, :n_r, :n_c][take] = mean[take]

@@ -36,7 +36,7 @@ from ..config import from_dict, option
 from ..model.field import Film, OccupancyField, unit_normals
 from .free_space import FreeSpace, carve_free_space
 from .integration import integrate, sample_pdf, stratified_depths
-from .lattice import lattice_unit_vectors
+from .lattice import lattice_unit_vectors, lattice_values
 from .surface_search import find_surface, grid_levels, interpolate
 from .view_batch import FlatRays, chunk_points
 from .windows import dilate
@@ -146,6 +146,19 @@ class RenderConfig:
     surface_normal_grid: int = option(32, help="fast path: lattice pixels per image side at which the shading "
                                       "normals are first evaluated; each finer lattice (twice as dense) is read "
                                       "off the one above where it agrees", range=(1, 4096))
+    # A drag preview (quality "preview") is replaced by the full render on release, so it may trade a
+    # little accuracy for time: on the search's finest level (three pixels in four) a pixel whose
+    # solved neighbours agree on the surface's offset from the mesh takes their interpolated surface
+    # instead of searching, and (preview_fill_albedo) a pixel whose lattice neighbours agree on the
+    # albedo takes their mean instead of an evaluation.
+    preview_fill_depth: float = option(0.0002, help="drag previews: a pixel of the search's finest level takes "
+                                       "its solved neighbours' interpolated surface when their offsets from the "
+                                       "mesh depth spread less than this, world units (0: every pixel searched)",
+                                       range=(0, 0.01))
+    preview_fill_albedo: float = option(0.008, help="drag previews: the albedo is evaluated on every other pixel and "
+                                        "a pixel between takes its neighbours' mean when each of their channels "
+                                        "lies within this of it, reflectance units (0: every pixel evaluated)",
+                                        range=(0, 1))
     surface_ring_fraction: float = option(1 / 64, help="surface search: width of the searched ring of "
                                           "background pixels around the silhouette, as a fraction of the image "
                                           "side (at least one pixel)", range=(0, 1))
@@ -219,6 +232,11 @@ class VolumeOutput:
     normal_lattice: bool = False
     # Of ``evaluations``: those spent on background rays (off the mesh mask); None where not split.
     background_evaluations: int | None = None
+
+
+# The drag preview's fill (RenderConfig.preview_fill_depth) works on the search levels of this
+# stride and finer (1: the finest, three pixels in four; 2: also the one before it).
+FILL_MAX_STRIDE = 2
 
 
 @dataclass
@@ -488,17 +506,18 @@ class VolumeRenderer:
     @torch.no_grad()
     def fast(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor,
              offsets: torch.Tensor | None = None, appearance_offsets: torch.Tensor | None = None,
-             free_space: FreeSpace | None = None) -> VolumeOutput:
+             free_space: FreeSpace | None = None, preview: bool = False) -> VolumeOutput:
         """Editor path: band samples on mesh pixels, a few fixed samples elsewhere.
 
         Mesh pixels: ``fast_band_samples`` evenly across ``fast_band_width`` around the mesh depth,
         then ``fast_behind`` offsets behind it; background: ``fast_background_samples`` evenly over
         [ray_start, ray_end] (the last one at ray_end carries last_back's leftover, as in the
         reference). Evaluations per pixel are at most max(face, background) samples. offsets,
-        appearance_offsets and free_space as in :meth:`reference`.
+        appearance_offsets and free_space as in :meth:`reference`. ``preview``: a drag preview, which
+        the surface search may fill in from neighbours (``preview_fill_depth``).
         """
         if self.field.config.albedo and self.config.fast_surface:
-            return self.fast_surface(film, rays, mesh_depth, mask, offsets, appearance_offsets, free_space)
+            return self.fast_surface(film, rays, mesh_depth, mask, offsets, appearance_offsets, free_space, preview)
         c, cam = self.config, self.camera.config
         b, r = rays.directions.shape[:2]
         dev = rays.directions.device
@@ -583,7 +602,7 @@ class VolumeRenderer:
     @torch.no_grad()
     def fast_surface(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor,
                      offsets: torch.Tensor | None = None, appearance_offsets: torch.Tensor | None = None,
-                     free_space: FreeSpace | None = None) -> VolumeOutput:
+                     free_space: FreeSpace | None = None, preview: bool = False) -> VolumeOutput:
         """The fast path of albedo fields (:mod:`.surface_search`): the surface found per pixel, drawn
         opaque. Mesh pixels are searched coarse to fine from the mesh depth, between
         ``surface_front`` (or ``free_space_margin``, the nearer) in front of it and ``surface_behind``
@@ -612,7 +631,8 @@ class VolumeRenderer:
                 """Raw density (m,) or (m, K) along rays ``ids`` (m,) (ascending) at depths t (m,) or (m, K)."""
                 return flat.evaluate(trunk, ids, t, chunk).float()
 
-            found = self._search_mesh_pixels(density_at, mesh_depth, mask, rays.height, rays.width)
+            fill = c.preview_fill_depth if preview else 0.0
+            found = self._search_mesh_pixels(density_at, mesh_depth, mask, rays.height, rays.width, fill)
             ring_density_at = density_at
             if free_space is not None:  # mesh rays: the ray test; the rest: the k-d tree's
                 world, on_mesh, md = FlatRays.of(rays), mask.reshape(-1), mesh_depth.reshape(-1)
@@ -639,11 +659,17 @@ class VolumeRenderer:
             idx = hit.nonzero().squeeze(-1)
             op = opacity[idx]
             rgb = torch.zeros(b * r, 3, device=dev)
+            albedo_evals = 0
             if idx.numel():
                 # An albedo is a reflectance in [0, 1] (see albedo_integral).
-                albedo = FlatRays.of(rays, appearance_offsets).evaluate(lambda p: self.field.albedo(p, film), idx,
-                                                                        at[idx], chunk)
-                rgb[idx] = albedo.float().clamp(0, 1) * op[:, None]
+                bent = FlatRays.of(rays, appearance_offsets)
+
+                def albedo_at(ids: torch.Tensor) -> torch.Tensor:
+                    return bent.evaluate(lambda p: self.field.albedo(p, film), ids, at[ids], chunk).float()
+
+                tol = c.preview_fill_albedo if preview else 0.0
+                albedo, albedo_evals = lattice_values(hit.view(b, rays.height, rays.width), albedo_at, 3, tol)
+                rgb[idx] = albedo.reshape(-1, 3)[idx].clamp(0, 1) * op[:, None]
         depth = torch.full((b * r,), float(cam.ray_end), device=dev)
         depth[idx] = op * at[idx] + (1 - op) * cam.ray_end
         surf = torch.full((b * r,), float(cam.ray_end), device=dev)
@@ -652,7 +678,7 @@ class VolumeRenderer:
         acc = torch.zeros(b * r, device=dev)
         acc[idx] = op
         evals = found.evaluations + ring.evaluations
-        return VolumeOutput(rgb.view(b, r, 3), depth.view(b, r), acc.view(b, r), evals, idx.numel(), surf.view(b, r),
+        return VolumeOutput(rgb.view(b, r, 3), depth.view(b, r), acc.view(b, r), evals, albedo_evals, surf.view(b, r),
                             normal_spread=c.surface_normal_spread, normal_lattice=True,
                             background_evaluations=ring.background_evaluations)
 
@@ -663,20 +689,30 @@ class VolumeRenderer:
             return lambda p: self.field.density(p, film)[..., 0]
         return self.field.fold(film).density
 
-    def _search_mesh_pixels(self, density_at, mesh_depth: torch.Tensor, mask: torch.Tensor, h: int, w: int) -> "_Hits":
+    def _search_mesh_pixels(self, density_at, mesh_depth: torch.Tensor, mask: torch.Tensor, h: int, w: int,
+                            fill: float = 0.0) -> "_Hits":
         """The surface search on mesh pixels, coarse to fine, all views at once: each finer level
         starts from the mesh depth plus the offset interpolated from the pixels already solved.
-        mesh_depth, mask (B, R) -> hits (B*R,): where the surface was found and its first solid point."""
+        mesh_depth, mask (B, R) -> hits (B*R,): where the surface was found and its first solid point.
+        ``fill`` > 0 (drag previews): on the finest level a pixel whose neighbourhood holds only
+        solved pixels, whose offsets spread (standard deviation) less than ``fill``, takes their
+        interpolated surface and first solid point without a search."""
         c = self.config
         md, on_mesh = mesh_depth.reshape(-1), mask.reshape(-1)
         offset = torch.zeros_like(md)  # (B*R,) found depth - mesh depth where solved
         solved = torch.zeros_like(on_mesh)
         hi = torch.zeros_like(md)
         evals = 0
+        taken = torch.zeros(h * w, dtype=torch.bool, device=md.device)  # pixels of the levels done
         for j, (pixels, stride) in enumerate(grid_levels(h, w, max(1, max(h, w) // c.surface_grid), device=md.device)):
+            done_before, taken = taken, taken | pixels
             idx = (pixels[None] & mask).reshape(-1).nonzero().squeeze(-1)
             if idx.numel() == 0:
                 continue
+            if j > 0 and fill > 0 and stride <= FILL_MAX_STRIDE:
+                idx = self._fill_from_neighbours(idx, offset, hi, solved, md, done_before, h, w, fill, 2 * stride)
+                if idx.numel() == 0:
+                    continue
             guess = md[idx]
             if j > 0:
                 est, near = interpolate(offset.view(mask.shape), solved.view(mask.shape), h, w, 2 * stride)
@@ -689,6 +725,27 @@ class VolumeRenderer:
             solved[idx] = br.found
             hi[idx] = br.hi
         return _Hits(solved, hi, torch.ones_like(hi), evals, torch.where(solved, md + offset, md))
+
+    @staticmethod
+    def _fill_from_neighbours(idx: torch.Tensor, offset: torch.Tensor, hi: torch.Tensor, solved: torch.Tensor,
+                              md: torch.Tensor, taken: torch.Tensor, h: int, w: int, fill: float,
+                              radius: int) -> torch.Tensor:
+        """The finest level's fill (see :meth:`_search_mesh_pixels`): sets offset, hi and solved (B*R,)
+        of the pixels of ``idx`` it can fill, in place, and returns the rest of ``idx`` (to search).
+        ``taken`` (R,): the pixels of the coarser levels, whose results the neighbourhoods hold."""
+        r = h * w
+        b = offset.numel() // r
+        known = taken[None].expand(b, r)
+        stack = torch.stack([offset, offset * offset, hi - md, (~solved).float()]).view(4, b, r)
+        est, _ = interpolate(stack, known.expand(4, b, r), h, w, radius)
+        mean, sq, hi_off, unsolved = (e.reshape(-1) for e in est)
+        spread = (sq - mean * mean).clamp_min(0).sqrt()
+        ok = (unsolved[idx] <= 1e-6) & (spread[idx] < fill)
+        done = idx[ok]
+        offset[done] = mean[done]
+        hi[done] = md[done] + hi_off[done]
+        solved[done] = True
+        return idx[~ok]
 
     def _walk_ring(self, density_at, found: "_Hits", mesh_depth: torch.Tensor, mask: torch.Tensor, h: int,
                    w: int, mesh_only: bool = False) -> "_Hits":
