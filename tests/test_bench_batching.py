@@ -74,6 +74,7 @@ def test_bench_render_cli_batch(capsys):
     assert main(["bench", "render", "--sizes", "16", "--repeats", "1", "--reference-repeats", "1", "--device", "cpu",
                  "--batch", "2", "--batch-rounds", "1", "--json", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["rows"][0]["preview_ms_median"] > 0  # the drag preview's quality is timed too
     (row,) = out["batching"]
     assert row["field"] == "default" and row["size"] == 16 and row["batch"] == 2 and row["gain"] > 0
     assert np.isfinite(row["solo_views_per_s"]) and np.isfinite(row["batched_views_per_s"])

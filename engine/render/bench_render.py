@@ -37,8 +37,8 @@ def _time(fn, repeats: int, sync) -> list[float]:
 
 def bench_synth(synth, sizes=(64, 128, 256), repeats: int = 10, reference_repeats: int = 3, yaw: float = 15.0,
                 pitch: float = 5.0, seed: int = 7, log=None) -> list[dict]:
-    """Per size: median/p90 ms of the fast path (image only and with normals), median ms of the
-    reference path, evaluations per pixel of each, PSNR(fast, reference)."""
+    """Per size: median/p90 ms of the fast path (image only and with normals), median ms of the drag
+    preview quality and of the reference path, evaluations per pixel of each, PSNR(fast, reference)."""
     from ..model.latent import FaceSpec
 
     sync = torch.cuda.synchronize if synth.device.type == "cuda" else (lambda: None)
@@ -51,6 +51,7 @@ def bench_synth(synth, sizes=(64, 128, 256), repeats: int = 10, reference_repeat
         first = (time.perf_counter() - t0) * 1000
         fast = _time(lambda: synth.render(spec, yaw, pitch, size, "fast", normals=False), repeats, sync)
         fast_n = _time(lambda: synth.render(spec, yaw, pitch, size, "fast", normals=True), max(3, repeats // 3), sync)
+        prev = _time(lambda: synth.render(spec, yaw, pitch, size, "preview", normals=False), max(3, repeats // 3), sync)
         f = synth.render(spec, yaw, pitch, size, "fast", normals=False)
         ref = _time(lambda: synth.render(spec, yaw, pitch, size, "reference", normals=False), reference_repeats, sync)
         r = synth.render(spec, yaw, pitch, size, "reference", normals=False)
@@ -62,6 +63,7 @@ def bench_synth(synth, sizes=(64, 128, 256), repeats: int = 10, reference_repeat
             "fast_fps": round(1000 / max(statistics.median(fast), 1e-6), 1),
             "first_frame_ms": round(first, 1),
             "fast_with_normals_ms_median": round(statistics.median(fast_n), 2),
+            "preview_ms_median": round(statistics.median(prev), 2),  # the editor's drag preview quality
             "fast_evals_per_pixel": round(f.evals_per_pixel, 3),
             "fast_evals_per_face_pixel": round(f.evals_per_face_pixel, 3),
             "fast_evals_per_background_pixel": round(f.evals_per_background_pixel, 3),
