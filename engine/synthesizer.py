@@ -36,9 +36,9 @@ from .render.volume import RenderConfig, VolumeRenderer
 # "preview": the fast path with an albedo field shaded by single-point normals (no averaging over
 # depths, a third of the normal cost; a few more wrongly lit specks), its surface search and albedo
 # filled in from agreeing neighbours (RenderConfig.preview_fill_depth / _albedo: 0.3-1.0 density and
-# 0.24-0.36 albedo evaluations per face pixel instead of 2.0-2.1 and 0.53, 39-50 dB from the unfilled
-# preview over 10 random views at 64 px, 46-72 at 128), for the editor's live drag preview; otherwise
-# as "fast".
+# 0.24-0.36 albedo evaluations per face pixel instead of 2.0-2.1 and 0.53, at a median of 49 / 56 dB
+# (worst 39 / 46) from the unfilled preview over 10 random views at 64 / 128 px), for the editor's
+# live drag preview; otherwise as "fast".
 QUALITIES = ("fast", "reference", "preview")
 SHADE_MIN_OPACITY = 0.05  # albedo fields: pixels the field covers at least this much get a shading normal
 FILM_CACHE_SIZE = 64
