@@ -69,3 +69,15 @@ def test_fill_settings_never_touch_the_full_paths(synth, quality):
     b = loose(spec, yaw, pitch, 48, quality, normals=True)
     assert np.array_equal(a.image, b.image) and np.array_equal(a.depth, b.depth)
     assert a.evals_per_pixel == b.evals_per_pixel
+
+
+def test_a_batch_of_previews_fills_each_view_as_alone(synth):
+    """The fill reads only a view's own neighbours: three views rendered together give each one's
+    own preview (up to float rounding), as the batcher needs."""
+    cases = _cases(synth, 3, seed=12)
+    specs, yaws, pitches = zip(*cases)
+    together = synth.render_many(list(specs), list(yaws), list(pitches), 64, "preview", normals=False)
+    for (spec, yaw, pitch), got in zip(cases, together):
+        alone = synth.render(spec, yaw, pitch, 64, "preview", normals=False)
+        assert int(np.abs(alone.image.astype(int) - got.image.astype(int)).max()) <= 1
+        assert np.array_equal(alone.mask, got.mask)
