@@ -147,11 +147,11 @@ class RenderConfig:
                                       "normals are first evaluated; each finer lattice (twice as dense) is read "
                                       "off the one above where it agrees", range=(1, 4096))
     # A drag preview (quality "preview") is replaced by the full render on release, so it may trade a
-    # little accuracy for time: on the search's finest level (three pixels in four) a pixel whose
+    # little accuracy for time: on the search's two finest levels (15 pixels in 16) a pixel whose
     # solved neighbours agree on the surface's offset from the mesh takes their interpolated surface
     # instead of searching, and (preview_fill_albedo) a pixel whose lattice neighbours agree on the
     # albedo takes their mean instead of an evaluation.
-    preview_fill_depth: float = option(0.0002, help="drag previews: a pixel of the search's finest level takes "
+    preview_fill_depth: float = option(0.0002, help="drag previews: a pixel of the search's two finest levels takes "
                                        "its solved neighbours' interpolated surface when their offsets from the "
                                        "mesh depth spread less than this, world units (0: every pixel searched)",
                                        range=(0, 0.01))
@@ -513,8 +513,8 @@ class VolumeRenderer:
         then ``fast_behind`` offsets behind it; background: ``fast_background_samples`` evenly over
         [ray_start, ray_end] (the last one at ray_end carries last_back's leftover, as in the
         reference). Evaluations per pixel are at most max(face, background) samples. offsets,
-        appearance_offsets and free_space as in :meth:`reference`. ``preview``: a drag preview, which
-        the surface search may fill in from neighbours (``preview_fill_depth``).
+        appearance_offsets and free_space as in :meth:`reference`. ``preview``: a drag preview, whose
+        surface and albedo may be filled in from neighbours (``preview_fill_depth`` / ``_albedo``).
         """
         if self.field.config.albedo and self.config.fast_surface:
             return self.fast_surface(film, rays, mesh_depth, mask, offsets, appearance_offsets, free_space, preview)
@@ -694,9 +694,9 @@ class VolumeRenderer:
         """The surface search on mesh pixels, coarse to fine, all views at once: each finer level
         starts from the mesh depth plus the offset interpolated from the pixels already solved.
         mesh_depth, mask (B, R) -> hits (B*R,): where the surface was found and its first solid point.
-        ``fill`` > 0 (drag previews): on the finest level a pixel whose neighbourhood holds only
-        solved pixels, whose offsets spread (standard deviation) less than ``fill``, takes their
-        interpolated surface and first solid point without a search."""
+        ``fill`` > 0 (drag previews): on the levels of stride FILL_MAX_STRIDE and finer a pixel whose
+        neighbourhood holds only solved pixels, whose offsets spread (standard deviation) less than
+        ``fill``, takes their interpolated surface and first solid point without a search."""
         c = self.config
         md, on_mesh = mesh_depth.reshape(-1), mask.reshape(-1)
         offset = torch.zeros_like(md)  # (B*R,) found depth - mesh depth where solved
@@ -730,9 +730,10 @@ class VolumeRenderer:
     def _fill_from_neighbours(idx: torch.Tensor, offset: torch.Tensor, hi: torch.Tensor, solved: torch.Tensor,
                               md: torch.Tensor, taken: torch.Tensor, h: int, w: int, fill: float,
                               radius: int) -> torch.Tensor:
-        """The finest level's fill (see :meth:`_search_mesh_pixels`): sets offset, hi and solved (B*R,)
+        """A fine level's fill (see :meth:`_search_mesh_pixels`): sets offset, hi and solved (B*R,)
         of the pixels of ``idx`` it can fill, in place, and returns the rest of ``idx`` (to search).
-        ``taken`` (R,): the pixels of the coarser levels, whose results the neighbourhoods hold."""
+        ``taken`` (R,): the pixels of the coarser levels, whose results the neighbourhoods hold;
+        ``radius``: the neighbourhood's reach in pixels (a tent, as the search's own interpolation)."""
         r = h * w
         b = offset.numel() // r
         known = taken[None].expand(b, r)
