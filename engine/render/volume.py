@@ -667,9 +667,13 @@ class VolumeRenderer:
                 def albedo_at(ids: torch.Tensor) -> torch.Tensor:
                     return bent.evaluate(lambda p: self.field.albedo(p, film), ids, at[ids], chunk).float()
 
-                tol = c.preview_fill_albedo if preview else 0.0
-                albedo, albedo_evals = lattice_values(hit.view(b, rays.height, rays.width), albedo_at, 3, tol)
-                rgb[idx] = albedo.reshape(-1, 3)[idx].clamp(0, 1) * op[:, None]
+                if preview and c.preview_fill_albedo > 0:
+                    grid, albedo_evals = lattice_values(hit.view(b, rays.height, rays.width), albedo_at, 3,
+                                                        c.preview_fill_albedo)
+                    albedo = grid.reshape(-1, 3)[idx]
+                else:
+                    albedo, albedo_evals = albedo_at(idx), int(idx.numel())
+                rgb[idx] = albedo.clamp(0, 1) * op[:, None]
         depth = torch.full((b * r,), float(cam.ray_end), device=dev)
         depth[idx] = op * at[idx] + (1 - op) * cam.ray_end
         surf = torch.full((b * r,), float(cam.ray_end), device=dev)
