@@ -286,6 +286,52 @@ def test_an_api_request_over_the_limit_is_refused_with_the_limit(server, tmp_pat
     assert len(gifs) == 1 and gifs[0].resolve().is_relative_to(server.service.workdir.resolve())
 
 
+def _drag_index(demo, elem_id: str = "slider-identity-0") -> int:
+    return next(i for i, fn in demo.fns.items()
+                if any(t is not None and getattr(demo.blocks[t], "elem_id", None) == elem_id and e == "input"
+                       for t, e in fn.targets))
+
+
+def _run(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict | str]:
+    """POST to /run as the page sends a drag (queue=False events): one request, the answer in it."""
+    req = urllib.request.Request(f"{url}gradio_api/run/predict", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def test_a_drag_is_one_post_answered_with_its_picture(server):
+    """The route the browser takes for a drag preview: the picture comes in the answer, and the
+    session's state is kept on the server between drags (the second drag starts from the first's
+    face: its picture is the preview of both edits, not of the second alone)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def drag(session: str, elem_id: str, value: float):
+        body = dict(data=[None, value], fn_index=_drag_index(server.demo, elem_id), session_hash=session,
+                    event_data=None, trigger_id=None)
+        status, answer = _run(server.url, body)
+        assert status == 200, answer
+        _, image, line = answer["data"]
+        assert image["url"].endswith(".png")
+        with urllib.request.urlopen(image["url"], timeout=30) as r:
+            return np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB")), line
+
+    first, line = drag("drag-a", "slider-identity-0", 1.5)
+    assert line.startswith("◌ preview 64 px")
+    both, _ = drag("drag-a", "slider-identity-1", -0.5)
+    alone, _ = drag("drag-b", "slider-identity-1", -0.5)
+    st = EditorState()
+    expected = server.service.render_preview(st.with_slider("identity", 0, 1.5).with_slider("identity", 1, -0.5))
+    assert np.array_equal(both, expected.image) and not np.array_equal(both, alone)
+    assert np.array_equal(first, server.service.render_preview(st.with_slider("identity", 0, 1.5)).image)
+
+
 def test_the_cache_sweeper_bounds_age_and_size(tmp_path):
     from app.server import sweep_cache
 
@@ -370,6 +416,8 @@ def test_a_signal_stops_the_server_and_removes_its_files(tmp_path, sig, code):
         with pytest.raises(urllib.error.HTTPError) as info:  # no login, no API
             urllib.request.urlopen(f"{url}gradio_api/info", timeout=10).read()
         assert info.value.code == 401
+        status, _ = _run(url, dict(data=[None, 1.0], fn_index=0, session_hash="x", event_data=None, trigger_id=None))
+        assert status == 401  # drags skip the queue, not the login
         from gradio_client import Client
 
         client = Client(url, auth=("ann", "secret"), verbose=False, analytics_enabled=False,

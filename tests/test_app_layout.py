@@ -143,6 +143,27 @@ def test_a_drag_previews_and_the_release_renders_in_full(demo):
     assert not _skipped(full["mesh-plot"]) and full["btn-save-preset"].endswith(".json")
 
 
+def test_drags_answer_outside_the_queue_and_releases_wait_in_it(demo):
+    """Every drag preview is one POST answered with its picture (queue=False), at most one in
+    flight per control (always_last), with no progress shown; every release and every other render
+    goes through the queue's device group. Both kinds must exist on every slider."""
+    drags = releases = 0
+    for fn in demo.fns.values():
+        events = {e for t, e in fn.targets if t is not None}
+        outputs = {getattr(c, "elem_id", None) for c in fn.outputs}
+        if "input" in events and outputs == {None, "main-image", "status"}:  # the preview's outputs
+            drags += 1
+            assert fn.queue is False and fn.trigger_mode == "always_last" and fn.show_progress == "hidden", fn.targets
+            assert fn.api_visibility == "private"
+        elif "main-image" in outputs:
+            if "release" in events:
+                releases += 1
+            assert fn.queue is True and fn.concurrency_id == "device", fn.targets
+    sliders = [b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.interactive is not False
+               and str(getattr(b, "elem_id", "")).startswith(("slider-", "more-"))]
+    assert drags == releases and drags >= len(GROUPS) * 5, (drags, releases, len(sliders))
+
+
 def test_every_group_has_its_buttons(demo):
     for group in GROUPS:
         for what in ("random", "reset"):

@@ -382,7 +382,16 @@ def build_api_panel() -> ApiPanel:
 # UI events are private: only /render and /export_gif make up the public API.
 EVENT = dict(concurrency_id=DEVICE_QUEUE, api_visibility="private")
 EXPORT_EVENT = dict(concurrency_id=EXPORT_QUEUE, concurrency_limit=EXPORT_SLOTS, api_visibility="private")
-DRAG = dict(trigger_mode="always_last", show_progress="hidden", **EVENT)
+# Drag previews skip Gradio's queue (queue=False): the browser sends each as one POST to /run and
+# gets the picture in its answer, instead of a queue join, a server-sent event stream and its
+# messages per picture. While a slider moves, one preview after another is the whole loop (the
+# browser sends the next when the last has answered, "always_last"), and on the 2-core CPU that
+# transport was ~35 ms of every ~110 ms: 7.2-7.8 pictures/s at 128 px through the queue against
+# 10.3-12.5 without it (scripts/preview_rate.py, issue 16). What the queue gave them is kept:
+# renders still take the device through the service's fair queue (app.scheduler) and batcher,
+# bounded by Gradio's thread pool (Blocks.max_threads), the login guards /run as it guards the
+# queue, and PreviewGate drops a preview that would land on a newer full render.
+DRAG = dict(trigger_mode="always_last", show_progress="hidden", queue=False, api_visibility="private")
 SETTLE = dict(trigger_mode="always_last", show_progress="minimal", **EVENT)
 
 

@@ -2,11 +2,12 @@
 
 A slider sends ``.input`` (preview) events while it is dragged and one ``.release`` (full render)
 at the end. The browser holds back the newest ``.input`` until the previous one has answered
-(``trigger_mode="always_last"``), so that preview can reach the queue *after* the release and,
-the queue being first-in first-out, land on top of the full render: the user lets go and sees
-a small blurry frame. :class:`PreviewGate` remembers, per browser session, the last full render
-that started, and a preview is dropped when that full render started after it or already shows
-the same face state.
+(``trigger_mode="always_last"``), so that preview can be sent *after* the release; previews skip
+the queue (``ui.layout.DRAG``) while the release waits in it, and both wait for the device in the
+service's fair queue, so the preview can finish after the full render and land on top of it: the
+user lets go and sees a small blurry frame. :class:`PreviewGate` remembers, per browser session,
+the last full render that started, and a preview is dropped when that full render started after
+it or already shows the same face state.
 
 It also paces the status line during a drag (:meth:`PreviewGate.status_due`): the browser redraws
 a Markdown block for every new text, and on a 2-core machine, where the browser shares the cores
