@@ -257,3 +257,24 @@ def test_start_from_an_image_sets_the_sliders(browser, server, tmp_path):
     msg = _status(page, "⚠")
     assert "notes.png" in msg and "not an image" in msg
     context.close()
+
+
+def test_the_preview_rate_tool_counts_the_pictures_of_a_drag(server):
+    """scripts/preview_rate.py, which measures issue 16's live-preview rate: its page driver sends
+    an input event at every animation frame, and every new picture is counted (in its own process:
+    Playwright's sync API runs one per thread)."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "preview_rate.py"
+    out = subprocess.run([sys.executable, str(script), "--url", server.url, "--seconds", "3", "--driver", "page",
+                          "--chromium", CHROMIUM, "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["driver"] == "page" and report["input_events"] >= 30, report  # ~60 a second, ~20 when busy
+    assert report["pictures"] >= 2 and report["preview_px"] == 64, report
+    # a size for a server it does not start is refused in one line
+    bad = subprocess.run([sys.executable, str(script), "--url", server.url, "--preview-size", "128"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--preview-size" in bad.stderr

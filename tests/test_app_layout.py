@@ -155,6 +155,8 @@ def test_drags_answer_outside_the_queue_and_releases_wait_in_it(demo):
             drags += 1
             assert fn.queue is False and fn.trigger_mode == "always_last" and fn.show_progress == "hidden", fn.targets
             assert fn.api_visibility == "private"
+            # progress only on the (invisible) state: no progress timers on the picture and status
+            assert fn.show_progress_on == [fn.inputs[0]] and isinstance(fn.inputs[0], gr.State)
         elif "main-image" in outputs:
             if "release" in events:
                 releases += 1

@@ -159,7 +159,8 @@ class MorphableModel:
 
     def face_normals(self, verts: torch.Tensor) -> torch.Tensor:
         """(B, N, 3) -> (B, F, 3) unit face normals, pointing out of the face."""
-        v0, v1, v2 = (verts[:, self.triangles[:, i]] for i in range(3))
+        corners = verts.index_select(1, self.triangles.reshape(-1)).view(verts.shape[0], -1, 3, 3)  # (B, F, 3, 3)
+        v0, v1, v2 = corners.unbind(2)
         return torch.nn.functional.normalize(torch.cross(v1 - v0, v2 - v0, dim=-1), dim=-1, eps=1e-12)
 
     def vertex_normals(self, verts: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,7 @@ class FlatRays:
 
     def points(self, ids: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Rays ``ids`` (m,) at axis depths (m,) or (m, K) -> world points (m, 3) or (m, K, 3)."""
-        o, d = self.origins[ids], self.directions[ids]
+        o, d = self.origins.index_select(0, ids), self.directions.index_select(0, ids)
         if depth.dim() == 2:
             o, d = o[:, None], d[:, None]
         return o + d * depth[..., None]
