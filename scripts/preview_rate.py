@@ -2,7 +2,8 @@
 """How many live-preview pictures a user sees per second while dragging a slider (a tool, not a test).
 
     python scripts/preview_rate.py [--url http://127.0.0.1:7860/] [--seconds 10] [--slider slider-identity-0]
-                                   [--preview-size PX] [--driver mouse|page] [--chromium /usr/bin/chromium] [--json]
+                                   [--preview-size PX] [--driver mouse|page] [--chromium /usr/bin/chromium]
+                                   [--json]
 
 Without ``--url`` it starts ``launch.py`` on a free port (as scripts/load_test.py does, stopping it with
 SIGTERM at the end; ``--preview-size`` is passed on to it, default: its adaptive size). A headless

@@ -386,8 +386,8 @@ EXPORT_EVENT = dict(concurrency_id=EXPORT_QUEUE, concurrency_limit=EXPORT_SLOTS,
 # gets the picture in its answer, instead of a queue join, a server-sent event stream and its
 # messages per picture. While a slider moves, one preview after another is the whole loop (the
 # browser sends the next when the last has answered, "always_last"), and on the 2-core CPU that
-# transport was ~35 ms of every ~110 ms: 7.2-7.8 pictures/s at 128 px through the queue against
-# 10.3-12.5 without it (scripts/preview_rate.py, issue 16). What the queue gave them is kept:
+# transport took ~25 ms of a ~110 ms loop: 7.0-8.2 pictures/s at 128 px through the queue against
+# 8.8-10.4 without it, alternating (scripts/preview_rate.py, issue 16). What the queue gave them is kept:
 # renders still take the device through the service's fair queue (app.scheduler) and batcher,
 # bounded by Gradio's thread pool (Blocks.max_threads), the login guards /run as it guards the
 # queue, and PreviewGate drops a preview that would land on a newer full render.
@@ -501,7 +501,8 @@ class Editor:
         on_drag.__name__ = on_drag.__qualname__ = f"{name}_drag"
         on_release.__name__ = on_release.__qualname__ = f"{name}_release"
 
-        control.input(on_drag, [self.state, control], self.preview_outs.components, show_progress_on=self.state, **DRAG)
+        control.input(on_drag, [self.state, control], self.preview_outs.components, show_progress_on=self.state,
+                      **DRAG)
         control.release(on_release, [self.state, control, self.view.show_landmarks], self.full_outs.components,
                         **SETTLE)
 

@@ -297,8 +297,8 @@ def interpolate(frags: Fragments, attr: torch.Tensor, triangles: torch.Tensor) -
     n, c = attr.shape[1], attr.shape[-1]
     triangles = triangles.to(attr.device, torch.int64)
     # Only covered pixels are interpolated (background pixels, often half the image, stay 0).
-    # index_select / index_copy rather than x[idx] / x[idx] = v: the same values, in a quarter
-    # of the time on a CPU (this runs several times per frame).
+    # index_select / index_copy rather than x[idx] / x[idx] = v: the same values in about half the
+    # time on a CPU (1.2 -> 0.7 ms a call at 128 px; this runs several times per frame).
     pix = frags.mask.to(attr.device).reshape(-1).nonzero().squeeze(1)  # (P,) into the B*H*W pixels
     vid = triangles.index_select(0, frags.triangle_id.to(attr.device).reshape(-1).index_select(0, pix))  # (P, 3)
     if attr.shape[0] == b and b > 1:
