@@ -37,7 +37,10 @@ def _serve(conn, load: dict) -> None:
     try:
         from engine.api import FaceSynthesizer
 
+        from .service import KEPT_SURFACE_VIEWS
+
         synth = FaceSynthesizer.load(**load)
+        synth.keep_surfaces(KEPT_SURFACE_VIEWS)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back as one line
         conn.send(("error", _portable(exc)))
         return

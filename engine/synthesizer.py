@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass, field as dc_field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .camera import CameraConfig, OrbitCamera, angles_from_degrees
+from .camera import CameraConfig, OrbitCamera, Rays, angles_from_degrees
 from .checkpoint import check_facemodel, default_checkpoint_path, load_field
 from .device import resolve_device
 from .errors import CgofError, finite_number, shown_value
@@ -31,7 +31,7 @@ from .render.conditioning import FaceMeshes, MeshConditioning, mesh_conditioning
 from .render.free_space import FreeSpace
 from .render.mesh_warp import point_offsets
 from .render.rasterizer import MeshRasterizer
-from .render.volume import RenderConfig, VolumeRenderer
+from .render.volume import RenderConfig, SurfaceHits, VolumeOutput, VolumeRenderer
 
 # "preview": the fast path with an albedo field shaded by single-point normals (no averaging over
 # depths, a third of the normal cost; a few more wrongly lit specks), its surface search and albedo
@@ -68,7 +68,10 @@ class RenderResult:
     albedo_evals_per_pixel: albedo-field evaluations per pixel (albedo fields only);
     evals_per_face_pixel / evals_per_background_pixel: the density evaluations split between mesh
     pixels and the rest (of the batch); normal_evals_per_pixel: points whose density gradient was
-    taken for the normals (each a forward and a backward pass).
+    taken for the normals (each a forward and a backward pass). Counts are what the picture took;
+    surface_reused: its geometry was kept from an earlier render of the same faces and views
+    (:meth:`FaceSynthesizer.keep_surfaces`), so only the albedo and shading were done again, or
+    only the shading (the same picture and counts as from scratch; only the timings differ).
     """
 
     image: np.ndarray
@@ -84,6 +87,7 @@ class RenderResult:
     evals_per_face_pixel: float = 0.0
     evals_per_background_pixel: float = 0.0
     normal_evals_per_pixel: float = 0.0
+    surface_reused: bool = False
 
     def normals_image(self) -> np.ndarray:
         """(H, W, 3) uint8: (n + 1) / 2 with world x -> R, y -> G, z -> B; black off the mask."""
@@ -140,6 +144,9 @@ class FaceSynthesizer:
         self.mapping_calls = 0
         self._films: OrderedDict[tuple, Film] = OrderedDict()
         self._meshes: OrderedDict[tuple, FaceMeshes] = OrderedDict()
+        self._surfaces: OrderedDict[tuple, _KeptSurface] = OrderedDict()
+        self.surface_cache_size = 0  # see keep_surfaces
+        self.surface_reuses = 0
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -241,22 +248,59 @@ class FaceSynthesizer:
         films = Film.cat([self.film(s) for s in specs])
         t["mapping"] = time.perf_counter()
         coeffs = [self.coefficients(s) for s in specs]
-        theta, phi = angles_from_degrees(yaws, pitches, device=self.device)
-        cond = self.conditioning(torch.cat([c["id"] for c in coeffs]), torch.cat([c["exp"] for c in coeffs]),
-                                 theta, phi, size)
-        rays, mask_r, depth_r = cond.rays, cond.mask, cond.depth
         b, r = len(specs), size * size
-        sync()
-        t["raster"] = time.perf_counter()
-        margin = self.renderer.config.free_space_margin
-        free = None if margin is None else FreeSpace(cond.verts, cond.meshes.vertex_normals("verts"), margin)
-        if quality in ("fast", "preview"):
+        preview = quality == "preview"
+        key = self._surface_key(specs, coeffs, yaws, pitches, size, quality)
+        kept = None if key is None else self._surfaces.get(key)
+        if kept is not None and not (kept.configs[0] is self.renderer.config and kept.configs[1] is self.camera.config):
+            kept = None  # the key's ids belonged to configs since replaced (the entry holds them, so not reused)
+        nrm = seen = cond = None
+
+        def guidance():
+            """The views' mesh guidance and free space; ends the "raster" stage."""
+            theta, phi = angles_from_degrees(yaws, pitches, device=self.device)
+            guide = self.conditioning(torch.cat([c["id"] for c in coeffs]), torch.cat([c["exp"] for c in coeffs]),
+                                      theta, phi, size)
+            sync()
+            t["raster"] = time.perf_counter()
+            margin = self.renderer.config.free_space_margin
+            return guide, None if margin is None else FreeSpace(guide.verts, guide.meshes.vertex_normals("verts"), margin)
+
+        if kept is not None:  # the same faces and views as a render before, in another texture or lighting
+            self._surfaces.move_to_end(key)
+            self.surface_reuses += 1
+            # clones: the arrays handed out must not share memory with what is kept
+            rays, hits, seen = kept.rays, kept.hits, kept.seen
+            mask_r, depth_r, nrm = kept.mask.clone(), kept.depth.clone(), kept.normals.clone()
+            sync()
+            t["raster"] = time.perf_counter()
+            if not torch.equal(kept.tex, films.tex):
+                kept.colour = self.renderer.surface_colour(films, rays, hits, kept.appearance_offsets, preview)
+                kept.tex = films.tex.clone()
+            out = kept.colour
+            rgb, depth, acc, surf = out.rgb, out.depth.clone(), out.acc.clone(), out.surface_depth
+            # what the picture took, as a render from scratch reports it (surface_reused says so)
+            evals, albedo_evals, bg_evals = out.evaluations, out.albedo_evaluations, out.background_evaluations
+            normal_evals = kept.normal_evaluations
+        elif key is not None:  # the albedo fast path in its two halves, the geometry kept for the next edit
+            cond, free = guidance()
+            rays, mask_r, depth_r = cond.rays, cond.mask, cond.depth
+            hits = self.renderer.surface_hits(films, rays, depth_r, mask_r, cond.offsets, free, preview)
+            out = self.renderer.surface_colour(films, rays, hits, cond.appearance_offsets, preview)
+            rgb, depth, acc, surf = out.rgb, out.depth, out.acc, out.surface_depth
+            evals, albedo_evals = out.evaluations, out.albedo_evaluations
+            spread_hint, bg_evals, lattice = out.normal_spread, out.background_evaluations, out.normal_lattice
+        elif quality in ("fast", "preview"):
+            cond, free = guidance()
+            rays, mask_r, depth_r = cond.rays, cond.mask, cond.depth
             out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets, free,
-                                     preview=quality == "preview")
+                                     preview=preview)
             rgb, depth, acc, surf = out.rgb, out.depth, out.acc, out.surface_depth
             evals, albedo_evals = out.evaluations, out.albedo_evaluations
             spread_hint, bg_evals, lattice = out.normal_spread, out.background_evaluations, out.normal_lattice
         else:
+            cond, free = guidance()
+            rays, mask_r, depth_r = cond.rays, cond.mask, cond.depth
             outs = []
             for i, s in enumerate(specs):
                 seed = s.seed if sampling_seed is None else sampling_seed
@@ -272,9 +316,9 @@ class FaceSynthesizer:
         sync()
         t["volume"] = time.perf_counter()
         shaded = self.field.config.albedo
-        nrm = None
-        normal_evals = 0
-        if normals or shaded:
+        if kept is None:
+            normal_evals = 0
+        if kept is None and (normals or shaded):
             # An albedo field is shaded with its own normals wherever the field is seen (mesh pixels
             # and silhouette pixels it partly covers), taken where the seen surface is (on mesh pixels
             # the mesh depth: RenderConfig.surface_normals_at): on a partly covered pixel the rendered
@@ -296,7 +340,12 @@ class FaceSynthesizer:
             # silhouette ring); elsewhere the black background, as in the face model's own render.
             # The field's density off the face is not trained to look like anything, and a random
             # reference sample that meets it would otherwise read some surface's albedo there.
-            seen = mask_r | self.renderer.silhouette_ring(mask_r, size, size)
+            if seen is None:
+                seen = mask_r | self.renderer.silhouette_ring(mask_r, size, size)
+            if key is not None and kept is None:
+                self._keep_surface(key, _KeptSurface.of(rays, mask_r, depth_r, cond.appearance_offsets, hits, nrm,
+                                                        seen, out, films.tex, normal_evals,
+                                                        (self.renderer.config, self.camera.config)))
             gamma = self.facemodel.coefficients("gamma", torch.cat([c["gamma"] for c in coeffs]))
             rgb = sh_shade(rgb * seen[..., None], nrm, gamma)
             if not normals:
@@ -318,8 +367,43 @@ class FaceSynthesizer:
         split = dict(evals_per_face_pixel=(evals - bg_evals) / max(face_px, 1),
                      evals_per_background_pixel=bg_evals / max(bg_px, 1), normal_evals_per_pixel=normal_evals / (b * r))
         return [RenderResult(img[i], depth_np[i], mesh_np[i], mask_np[i], None if nrm_np is None else nrm_np[i],
-                             dict(ms), evals / (b * r), yaws[i], pitches[i], albedo_evals / (b * r), **split)
+                             dict(ms), evals / (b * r), yaws[i], pitches[i], albedo_evals / (b * r), **split,
+                             surface_reused=kept is not None)
                 for i in range(b)]
+
+    def keep_surfaces(self, views: int) -> None:
+        """Keep the fast path's geometry of the last ``views`` renders (0: none, the default) for
+        edits that change only their texture or lighting.
+
+        An albedo field's density never sees the texture or lighting (:meth:`LatentLayout.field_latent`):
+        a render of the same faces, poses, size and quality in another texture then only evaluates the
+        albedo again, and in another lighting only shades again. The pictures are those of a render
+        from scratch, bit for bit. For the editor, where such a drag repeats one view dozens of times;
+        the bench and the evaluations time renders from scratch and leave it off. Only for fixed
+        weights: a field being trained under a kept surface would be read with a stale geometry.
+        Views kept before the call are dropped (a new user of a shared synthesizer, such as the
+        editor's start-up calibration, times its renders from scratch)."""
+        if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+            raise CgofError(f"keep_surfaces({views!r}): expected a count of views >= 0")
+        self.surface_cache_size = views
+        self._surfaces.clear()
+
+    def _surface_key(self, specs, coeffs, yaws, pitches, size: int, quality: str) -> tuple | None:
+        """What the fast path's geometry depends on for these views (``coeffs``: their
+        :meth:`coefficients`); None: nothing is kept for them."""
+        if (not self.surface_cache_size or quality not in ("fast", "preview") or not self.field.config.albedo
+                or not self.renderer.config.fast_surface):
+            return None
+        faces = tuple((self.field_latent(s).numpy().tobytes(), float(s.psi), c["id"].cpu().numpy().tobytes(),
+                       c["exp"].cpu().numpy().tobytes()) for s, c in zip(specs, coeffs))
+        # the configs by identity: one replaced by another (a test, a tool) is another geometry; the
+        # entry keeps references to them, so their ids are not reused while it lives
+        return (faces, tuple(yaws), tuple(pitches), size, quality, id(self.renderer.config), id(self.camera.config))
+
+    def _keep_surface(self, key: tuple, kept: "_KeptSurface") -> None:
+        self._surfaces[key] = kept
+        while len(self._surfaces) > self.surface_cache_size:
+            self._surfaces.popitem(last=False)
 
     # ---- geometry queries ----------------------------------------------------------------------
     @torch.no_grad()
@@ -436,6 +520,34 @@ class FaceSynthesizer:
             "render": self.renderer.config.to_dict(),
             "provenance": {k: v for k, v in self.provenance.items() if k != "recipe"},
         }
+
+
+@dataclass
+class _KeptSurface:
+    """A render's fast-path geometry (:meth:`FaceSynthesizer.keep_surfaces`): its rays, mesh mask
+    and depth (B, R), appearance offsets, surface hits, shading normals in the view frame (B, R, 3),
+    the pixels that are coloured (B, R), and the colour of the last texture code (tex) read there."""
+
+    rays: Rays
+    mask: torch.Tensor
+    depth: torch.Tensor
+    appearance_offsets: torch.Tensor | None
+    hits: SurfaceHits
+    normals: torch.Tensor
+    seen: torch.Tensor
+    colour: VolumeOutput
+    tex: torch.Tensor
+    normal_evaluations: int
+    configs: tuple  # (RenderConfig, CameraConfig) it was rendered with
+
+    @classmethod
+    def of(cls, rays, mask, depth, appearance_offsets, hits, normals, seen, colour, tex,
+           normal_evaluations: int, configs: tuple) -> "_KeptSurface":
+        """Kept as copies of what the render hands out (its arrays share memory with these tensors)."""
+        hits = replace(hits, depth=hits.depth.clone(), acc=hits.acc.clone())
+        colour = replace(colour, depth=hits.depth, acc=hits.acc)
+        return cls(rays, mask.clone(), depth.clone(), appearance_offsets, hits, normals.clone(), seen, colour, tex.clone(),
+                   int(normal_evaluations), configs)
 
 
 def _rays_index(rays, i: int):

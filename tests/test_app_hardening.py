@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.scheduler import FairDevice
@@ -224,6 +225,26 @@ def test_start_up_calibration_never_picks_below_64(synth, tmp_path, monkeypatch)
     monkeypatch.setattr(synth, "render", slow)
     monkeypatch.setattr(service_module.time, "perf_counter", lambda: clock[0])
     assert RenderService(synth, tmp_path / "a").preview_size == 64
+
+
+def test_the_service_keeps_surfaces_and_times_its_calibration_from_scratch(synth, tmp_path):
+    """Texture and lighting drags re-use the view's geometry (KEPT_SURFACE_VIEWS); the start-up
+    calibration, which picks the preview size from its times, never reads a kept surface."""
+    from app.service import KEPT_SURFACE_VIEWS
+
+    reuses = synth.surface_reuses
+    svc = RenderService(synth, tmp_path / "a", preview_size="auto")
+    assert synth.surface_cache_size == KEPT_SURFACE_VIEWS and synth.surface_reuses == reuses
+    st = EditorState().with_slider("identity", 0, 0.5)
+    first = svc.render_preview(st)
+    lit = st.with_slider("lighting", 0, 1.0)
+    again = svc.render_preview(lit)
+    assert synth.surface_reuses == reuses + 1 and not np.array_equal(first.image, again.image)
+    synth.keep_surfaces(0)  # the same picture from scratch
+    try:
+        assert np.array_equal(svc.render_preview(lit).image, again.image)
+    finally:
+        synth.keep_surfaces(KEPT_SURFACE_VIEWS)
 
 
 # ---- a live server: uploads, GIFs, the API's refusals ---------------------------------------------

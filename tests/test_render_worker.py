@@ -91,3 +91,23 @@ def test_a_worker_that_died_is_started_again_by_the_next_render():
     finally:
         w.close()
     assert not w.alive
+
+
+def test_the_worker_keeps_surfaces_for_texture_and_lighting_edits():
+    """The render process keeps its views' geometry as the server's own synthesizer does
+    (app.service.KEPT_SURFACE_VIEWS): a lighting edit of the default model's view comes back
+    marked as re-used, and as the server's process renders it from scratch."""
+    from app.render_worker import RenderWorker
+    from engine.api import FaceSynthesizer
+
+    w = RenderWorker(dict(device="cpu"))
+    try:
+        spec = FaceSpec(identity={0: 1.0}, texture={1: 0.5}, seed=3)
+        first = w.render_many([spec], [10.0], [0.0], size=32, quality="preview", normals=False, threads=1)[0]
+        lit = FaceSpec(identity={0: 1.0}, texture={1: 0.5}, lighting={0: 0.8}, seed=3)
+        again = w.render_many([lit], [10.0], [0.0], size=32, quality="preview", normals=False, threads=1)[0]
+    finally:
+        w.close()
+    want = FaceSynthesizer.load(device="cpu").render(lit, 10.0, 0.0, 32, "preview", normals=False)
+    assert not first.surface_reused and again.surface_reused and not want.surface_reused
+    assert np.abs(again.image.astype(int) - want.image.astype(int)).max() <= 1  # other thread counts: last bits

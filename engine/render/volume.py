@@ -240,6 +240,27 @@ FILL_MAX_STRIDE = 2
 
 
 @dataclass
+class SurfaceHits:
+    """The fast surface path's geometry for B views of R rays (:meth:`VolumeRenderer.surface_hits`):
+    everything but the colour, which depends on the texture code alone (:meth:`VolumeRenderer.surface_colour`).
+
+    hit (B*R,) bool: pixels with a colour; at (B*R,): where each is read (axis depth); opacity (B*R,);
+    depth, acc, surface_depth (B, R) as in :class:`VolumeOutput`; evaluations, background_evaluations:
+    density evaluations spent finding them."""
+
+    hit: torch.Tensor
+    at: torch.Tensor
+    opacity: torch.Tensor
+    depth: torch.Tensor
+    acc: torch.Tensor
+    surface_depth: torch.Tensor
+    evaluations: int
+    background_evaluations: int
+    height: int
+    width: int
+
+
+@dataclass
 class _Hits:
     """What a stage of the surface search found, per ray of the batch (B*R,): ``hit`` bool, ``depth``
     where the pixel's colour is read (the first solid point, or a ring chord's opacity-weighted
@@ -619,6 +640,15 @@ class VolumeRenderer:
 
         All B views are searched together (:mod:`.view_batch`): each step of the search is one field
         call for every view's rays, so a batch costs about its points, not B times the calls."""
+        hits = self.surface_hits(film, rays, mesh_depth, mask, offsets, free_space, preview)
+        return self.surface_colour(film, rays, hits, appearance_offsets, preview)
+
+    @torch.no_grad()
+    def surface_hits(self, film: Film, rays: Rays, mesh_depth: torch.Tensor, mask: torch.Tensor,
+                     offsets: torch.Tensor | None = None, free_space: FreeSpace | None = None,
+                     preview: bool = False) -> SurfaceHits:
+        """The geometry half of :meth:`fast_surface` (same arguments): where each pixel's surface is,
+        found with the density alone, so it holds for any texture code of ``film``."""
         c, cam = self.config, self.camera.config
         b, r = mesh_depth.shape
         dev = mesh_depth.device
@@ -658,22 +688,6 @@ class VolumeRenderer:
             opacity = torch.where(ring.hit, ring.opacity, torch.ones_like(at))
             idx = hit.nonzero().squeeze(-1)
             op = opacity[idx]
-            rgb = torch.zeros(b * r, 3, device=dev)
-            albedo_evals = 0
-            if idx.numel():
-                # An albedo is a reflectance in [0, 1] (see albedo_integral).
-                bent = FlatRays.of(rays, appearance_offsets)
-
-                def albedo_at(ids: torch.Tensor) -> torch.Tensor:
-                    return bent.evaluate(lambda p: self.field.albedo(p, film), ids, at[ids], chunk).float()
-
-                if preview and c.preview_fill_albedo > 0:
-                    grid, albedo_evals = lattice_values(hit.view(b, rays.height, rays.width), albedo_at, 3,
-                                                        c.preview_fill_albedo)
-                    albedo = grid.reshape(-1, 3)[idx]
-                else:
-                    albedo, albedo_evals = albedo_at(idx), int(idx.numel())
-                rgb[idx] = albedo.clamp(0, 1) * op[:, None]
         depth = torch.full((b * r,), float(cam.ray_end), device=dev)
         depth[idx] = op * at[idx] + (1 - op) * cam.ray_end
         surf = torch.full((b * r,), float(cam.ray_end), device=dev)
@@ -681,10 +695,41 @@ class VolumeRenderer:
         surf = self.shading_depth(surf.view(b, r), mesh_depth, mask).reshape(-1)
         acc = torch.zeros(b * r, device=dev)
         acc[idx] = op
-        evals = found.evaluations + ring.evaluations
-        return VolumeOutput(rgb.view(b, r, 3), depth.view(b, r), acc.view(b, r), evals, albedo_evals, surf.view(b, r),
-                            normal_spread=c.surface_normal_spread, normal_lattice=True,
-                            background_evaluations=ring.background_evaluations)
+        return SurfaceHits(hit, at, opacity, depth.view(b, r), acc.view(b, r), surf.view(b, r),
+                           found.evaluations + ring.evaluations, ring.background_evaluations, rays.height, rays.width)
+
+    @torch.no_grad()
+    def surface_colour(self, film: Film, rays: Rays, hits: SurfaceHits,
+                       appearance_offsets: torch.Tensor | None = None, preview: bool = False) -> VolumeOutput:
+        """The colour half of :meth:`fast_surface`: the albedo of ``film``'s texture code at ``hits``
+        (pixels with an opacity below 1 take it times their opacity); with ``hits`` of the same views
+        and geometry, the same output as :meth:`fast_surface` for any texture code."""
+        c = self.config
+        b, r = hits.depth.shape
+        dev = hits.depth.device
+        chunk = chunk_points(dev, c.chunk_points)
+        idx = hits.hit.nonzero().squeeze(-1)
+        rgb = torch.zeros(b * r, 3, device=dev)
+        albedo_evals = 0
+        with self._autocast(dev):
+            if idx.numel():
+                op = hits.opacity[idx]
+                # An albedo is a reflectance in [0, 1] (see albedo_integral).
+                bent = FlatRays.of(rays, appearance_offsets)
+
+                def albedo_at(ids: torch.Tensor) -> torch.Tensor:
+                    return bent.evaluate(lambda p: self.field.albedo(p, film), ids, hits.at[ids], chunk).float()
+
+                if preview and c.preview_fill_albedo > 0:
+                    grid, albedo_evals = lattice_values(hits.hit.view(b, hits.height, hits.width), albedo_at, 3,
+                                                        c.preview_fill_albedo)
+                    albedo = grid.reshape(-1, 3)[idx]
+                else:
+                    albedo, albedo_evals = albedo_at(idx), int(idx.numel())
+                rgb[idx] = albedo.clamp(0, 1) * op[:, None]
+        return VolumeOutput(rgb.view(b, r, 3), hits.depth, hits.acc, hits.evaluations, albedo_evals,
+                            hits.surface_depth, normal_spread=c.surface_normal_spread, normal_lattice=True,
+                            background_evaluations=hits.background_evaluations)
 
     def _fast_density(self, film: Film):
         """The density the fast path searches, (B, N, 3) -> (B, N): the trunk with the film folded
