@@ -47,6 +47,7 @@ WATCH = """() => {
 }"""
 
 
+TABS = {"identity": "Identity", "expression": "Expression", "texture": "Texture", "lighting": "Lighting"}
 # The page driver: the slider's value set and an input event sent at every animation frame, on
 # the same triangle wave as the mouse; resolves to the number of events sent.
 PAGE_DRIVE = """([id, seconds]) => new Promise(done => {
@@ -75,6 +76,9 @@ def measure(url: str, seconds: float, slider: str, chromium: str, driver: str = 
         page.wait_for_selector("#main-image img")
         page.wait_for_function("() => (document.querySelector(\"#status [data-testid='markdown']\")?.innerText || '')"
                                ".trim().startsWith('✓')")
+        group = slider.split("-")[1] if slider.count("-") == 2 else ""
+        if group in TABS:  # the 3DMM groups' sliders are in tabs: open the slider's own
+            page.get_by_role("tab", name=TABS[group]).click()
         rng = page.locator(f"#{slider} input[type=range]")
         rng.scroll_into_view_if_needed()
         box = rng.bounding_box()
