@@ -264,7 +264,9 @@ class FaceSynthesizer:
             sync()
             t["raster"] = time.perf_counter()
             margin = self.renderer.config.free_space_margin
-            return guide, None if margin is None else FreeSpace(guide.verts, guide.meshes.vertex_normals("verts"), margin)
+            if margin is None:
+                return guide, None
+            return guide, FreeSpace(guide.verts, guide.meshes.vertex_normals("verts"), margin)
 
         if kept is not None:  # the same faces and views as a render before, in another texture or lighting
             self._surfaces.move_to_end(key)
@@ -282,19 +284,15 @@ class FaceSynthesizer:
             # what the picture took, as a render from scratch reports it (surface_reused says so)
             evals, albedo_evals, bg_evals = out.evaluations, out.albedo_evaluations, out.background_evaluations
             normal_evals = kept.normal_evaluations
-        elif key is not None:  # the albedo fast path in its two halves, the geometry kept for the next edit
-            cond, free = guidance()
-            rays, mask_r, depth_r = cond.rays, cond.mask, cond.depth
-            hits = self.renderer.surface_hits(films, rays, depth_r, mask_r, cond.offsets, free, preview)
-            out = self.renderer.surface_colour(films, rays, hits, cond.appearance_offsets, preview)
-            rgb, depth, acc, surf = out.rgb, out.depth, out.acc, out.surface_depth
-            evals, albedo_evals = out.evaluations, out.albedo_evaluations
-            spread_hint, bg_evals, lattice = out.normal_spread, out.background_evaluations, out.normal_lattice
         elif quality in ("fast", "preview"):
             cond, free = guidance()
             rays, mask_r, depth_r = cond.rays, cond.mask, cond.depth
-            out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets, free,
-                                     preview=preview)
+            if key is not None:  # the albedo fast path in its two halves, the geometry kept for the next edit
+                hits = self.renderer.surface_hits(films, rays, depth_r, mask_r, cond.offsets, free, preview)
+                out = self.renderer.surface_colour(films, rays, hits, cond.appearance_offsets, preview)
+            else:
+                out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets, free,
+                                         preview=preview)
             rgb, depth, acc, surf = out.rgb, out.depth, out.acc, out.surface_depth
             evals, albedo_evals = out.evaluations, out.albedo_evaluations
             spread_hint, bg_evals, lattice = out.normal_spread, out.background_evaluations, out.normal_lattice
@@ -546,8 +544,8 @@ class _KeptSurface:
         """Kept as copies of what the render hands out (its arrays share memory with these tensors)."""
         hits = replace(hits, depth=hits.depth.clone(), acc=hits.acc.clone())
         colour = replace(colour, depth=hits.depth, acc=hits.acc)
-        return cls(rays, mask.clone(), depth.clone(), appearance_offsets, hits, normals.clone(), seen, colour, tex.clone(),
-                   int(normal_evaluations), configs)
+        return cls(rays, mask.clone(), depth.clone(), appearance_offsets, hits, normals.clone(), seen, colour,
+                   tex.clone(), int(normal_evaluations), configs)
 
 
 def _rays_index(rays, i: int):
