@@ -11,7 +11,8 @@ Chromium opens the editor, waits for the first full render, then sweeps the slid
 for ``--seconds``: ``--driver mouse`` (the default) holds Playwright's mouse down on it and moves it
 every 16 ms (each move is a round trip to the browser, so ~20 moves a second arrive); ``--driver page``
 sets the slider's value from a script in the page at every animation frame (~60 input events a
-second, what a real mouse gives a slider, with no round trips). A MutationObserver in the page counts every new picture the main image
+second, what a real mouse gives a slider, with no round trips); a slider of a 3DMM group is
+dragged in its own tab. A MutationObserver in the page counts every new picture the main image
 shows and reads the status line (preview size and the engine's ms/frame). Reported: pictures per
 second over the drag (what issue 16 asks: >= 10 at 128 px on an idle machine), the preview size the
 server chose, its ms/frame, and the gaps between pictures (median, p90).
