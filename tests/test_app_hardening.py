@@ -313,10 +313,10 @@ def _drag_index(demo, elem_id: str = "slider-identity-0") -> int:
                        for t, e in fn.targets))
 
 
-def _run(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict | str]:
+def _run(url: str, body: dict) -> tuple[int, dict | str]:
     """POST to /run as the page sends a drag (queue=False events): one request, the answer in it."""
     req = urllib.request.Request(f"{url}gradio_api/run/predict", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -330,7 +330,6 @@ def test_a_drag_is_one_post_answered_with_its_picture(server):
     face: its picture is the preview of both edits, not of the second alone)."""
     import io
 
-    import numpy as np
     from PIL import Image
 
     def drag(session: str, elem_id: str, value: float):

@@ -146,24 +146,23 @@ def test_a_drag_previews_and_the_release_renders_in_full(demo):
 def test_drags_answer_outside_the_queue_and_releases_wait_in_it(demo):
     """Every drag preview is one POST answered with its picture (queue=False), at most one in
     flight per control (always_last), with no progress shown; every release and every other render
-    goes through the queue's device group. Both kinds must exist on every slider."""
-    drags = releases = 0
+    goes through the queue's device group. Every control that previews also renders on release."""
+    dragged, released = set(), set()
     for fn in demo.fns.values():
         events = {e for t, e in fn.targets if t is not None}
+        targets = {getattr(demo.blocks[t], "elem_id", None) for t, _ in fn.targets if t is not None}
         outputs = {getattr(c, "elem_id", None) for c in fn.outputs}
         if "input" in events and outputs == {None, "main-image", "status"}:  # the preview's outputs
-            drags += 1
+            dragged |= targets
             assert fn.queue is False and fn.trigger_mode == "always_last" and fn.show_progress == "hidden", fn.targets
             assert fn.api_visibility == "private"
             # progress only on the (invisible) state: no progress timers on the picture and status
             assert fn.show_progress_on == [fn.inputs[0]] and isinstance(fn.inputs[0], gr.State)
         elif "main-image" in outputs:
             if "release" in events:
-                releases += 1
+                released |= targets
             assert fn.queue is True and fn.concurrency_id == "device", fn.targets
-    sliders = [b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.interactive is not False
-               and str(getattr(b, "elem_id", "")).startswith(("slider-", "more-"))]
-    assert drags == releases and drags >= len(GROUPS) * 5, (drags, releases, len(sliders))
+    assert dragged == released and {"slider-yaw", "slider-identity-0", "more-lighting-value"} <= dragged, dragged
 
 
 def test_every_group_has_its_buttons(demo):
