@@ -30,15 +30,16 @@ from .model.sh import sh_shade
 from .render.conditioning import FaceMeshes, MeshConditioning, mesh_conditioning
 from .render.free_space import FreeSpace
 from .render.mesh_warp import point_offsets
-from .render.rasterizer import MeshRasterizer
+from .render.rasterizer import Fragments, MeshRasterizer, interpolate
 from .render.volume import RenderConfig, SurfaceHits, VolumeOutput, VolumeRenderer
 
 # "preview": the fast path with an albedo field shaded by single-point normals (no averaging over
-# depths, a third of the normal cost; a few more wrongly lit specks), its surface search and albedo
-# filled in from agreeing neighbours (RenderConfig.preview_fill_depth / _albedo: 0.3-1.0 density and
-# 0.24-0.36 albedo evaluations per face pixel instead of 2.0-2.1 and 0.53, at a median of 49 / 56 dB
-# (worst 39 / 46) from the unfilled preview over 10 random views at 64 / 128 px), for the editor's
-# live drag preview; otherwise as "fast".
+# depths, a third of the normal cost; a few more wrongly lit specks), its surface search filled in
+# from agreeing neighbours (RenderConfig.preview_fill_depth: 0.3-1.0 density evaluations per face
+# pixel instead of 2.0-2.1) and the albedo of mesh pixels read off the albedo basis at the mean
+# face's vertices (RenderConfig.preview_vertex_albedo: no albedo evaluation on them), for the
+# editor's live drag preview; otherwise as "fast". Over 10 random views at 64 / 128 / 256 px its
+# pictures are a median of 46.6 / 45.8 / 44.6 dB (worst 39.4 / 40.2 / 41.6) from the fast path's.
 QUALITIES = ("fast", "reference", "preview")
 SHADE_MIN_OPACITY = 0.05  # albedo fields: pixels the field covers at least this much get a shading normal
 FILM_CACHE_SIZE = 64
@@ -147,6 +148,7 @@ class FaceSynthesizer:
         self._surfaces: OrderedDict[tuple, _KeptSurface] = OrderedDict()
         self.surface_cache_size = 0  # see keep_surfaces
         self.surface_reuses = 0
+        self._albedo_basis: tuple | None = None  # see vertex_albedo_basis
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -277,7 +279,8 @@ class FaceSynthesizer:
             sync()
             t["raster"] = time.perf_counter()
             if not torch.equal(kept.tex, films.tex):
-                kept.colour = self.renderer.surface_colour(films, rays, hits, kept.appearance_offsets, preview)
+                kept.colour = self.renderer.surface_colour(films, rays, hits, kept.appearance_offsets, preview,
+                                                           self._vertex_albedo(films, kept.frags, preview))
                 kept.tex = films.tex.clone()
             out = kept.colour
             rgb, depth, acc, surf = out.rgb, out.depth.clone(), out.acc.clone(), out.surface_depth
@@ -287,9 +290,11 @@ class FaceSynthesizer:
         elif quality in ("fast", "preview"):
             cond, free = guidance()
             rays, mask_r, depth_r = cond.rays, cond.mask, cond.depth
-            if key is not None:  # the albedo fast path in its two halves, the geometry kept for the next edit
+            if self.field.config.albedo and self.renderer.config.fast_surface:
+                # the albedo fast path in its two halves: the geometry can be kept for the next edit
                 hits = self.renderer.surface_hits(films, rays, depth_r, mask_r, cond.offsets, free, preview)
-                out = self.renderer.surface_colour(films, rays, hits, cond.appearance_offsets, preview)
+                out = self.renderer.surface_colour(films, rays, hits, cond.appearance_offsets, preview,
+                                                   self._vertex_albedo(films, cond.frags, preview))
             else:
                 out = self.renderer.fast(films, rays, depth_r, mask_r, cond.offsets, cond.appearance_offsets, free,
                                          preview=preview)
@@ -343,7 +348,7 @@ class FaceSynthesizer:
             if key is not None and kept is None:
                 self._keep_surface(key, _KeptSurface.of(rays, mask_r, depth_r, cond.appearance_offsets, hits, nrm,
                                                         seen, out, films.tex, normal_evals,
-                                                        (self.renderer.config, self.camera.config)))
+                                                        (self.renderer.config, self.camera.config), cond.frags))
             gamma = self.facemodel.coefficients("gamma", torch.cat([c["gamma"] for c in coeffs]))
             rgb = sh_shade(rgb * seen[..., None], nrm, gamma)
             if not normals:
@@ -398,6 +403,38 @@ class FaceSynthesizer:
         # entry keeps references to them, so their ids are not reused while it lives
         return (faces, tuple(yaws), tuple(pitches), size, quality, id(self.renderer.config), id(self.camera.config))
 
+    def vertex_albedo_basis(self) -> torch.Tensor:
+        """An albedo field's basis at the face model's mean-face vertices, (N, 1 + K, 3)
+        (:meth:`~engine.model.field.AlbedoField.basis`): what the drag preview reads its albedo from
+        (``RenderConfig.preview_vertex_albedo``). Evaluated once per set of weights: it is evaluated
+        again when a parameter of the albedo field was replaced or changed in place."""
+        params = tuple(self.field.albedo_field.parameters())
+        stamp = tuple(p._version for p in params)  # bumped by every in-place change (optimiser steps, loads)
+        kept = self._albedo_basis
+        if kept is None or len(kept[0]) != len(params) or any(a is not p for a, p in zip(kept[0], params)) \
+                or kept[1] != stamp:
+            k_id, k_exp = self.facemodel.sizes["id"], self.facemodel.sizes["exp"]
+            mean = self.facemodel.vertices(torch.zeros(1, k_id, device=self.device),
+                                           torch.zeros(1, k_exp, device=self.device))
+            with torch.no_grad():
+                basis = self.field.albedo_field.basis(mean)[0].float()
+            kept = self._albedo_basis = (params, stamp, basis)
+        return kept[2]
+
+    def _vertex_albedo(self, films: Film, frags: Fragments, preview: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The drag preview's albedo on mesh pixels for :meth:`VolumeRenderer.surface_colour`:
+        (values (B, R, 3), known (B, R)): ``films``' texture codes applied to the
+        :meth:`vertex_albedo_basis` and interpolated over the expression mesh's fragments (the
+        triangle a pixel's ray meets is the same triangle of the mean face, where the basis lives).
+        None where it does not apply (not a preview, or ``preview_vertex_albedo`` off)."""
+        if not (preview and self.field.config.albedo and self.renderer.config.preview_vertex_albedo):
+            return None
+        with torch.no_grad():
+            colours = self.field.albedo_field.combine(self.vertex_albedo_basis(), films.tex)  # (B, N, 3)
+            values = interpolate(frags, colours, self.facemodel.triangles)
+        b = values.shape[0]
+        return values.reshape(b, -1, 3), frags.mask.reshape(b, -1)
+
     def _keep_surface(self, key: tuple, kept: "_KeptSurface") -> None:
         self._surfaces[key] = kept
         while len(self._surfaces) > self.surface_cache_size:
@@ -443,7 +480,9 @@ class FaceSynthesizer:
         key = (id_z.detach().cpu().numpy().tobytes(), exp_z.detach().cpu().numpy().tobytes())
         meshes = self._meshes.get(key)
         if meshes is None:
-            meshes = FaceMeshes(self.facemodel, id_z, exp_z, mesh_warp=self.mesh_warp, albedo=self.field.config.albedo)
+            same_identity = next((m for k, m in reversed(self._meshes.items()) if k[0] == key[0]), None)
+            meshes = FaceMeshes(self.facemodel, id_z, exp_z, mesh_warp=self.mesh_warp, albedo=self.field.config.albedo,
+                                same_identity=same_identity)
             self._meshes[key] = meshes
             while len(self._meshes) > MESH_CACHE_SIZE:
                 self._meshes.popitem(last=False)
@@ -524,7 +563,8 @@ class FaceSynthesizer:
 class _KeptSurface:
     """A render's fast-path geometry (:meth:`FaceSynthesizer.keep_surfaces`): its rays, mesh mask
     and depth (B, R), appearance offsets, surface hits, shading normals in the view frame (B, R, 3),
-    the pixels that are coloured (B, R), and the colour of the last texture code (tex) read there."""
+    the pixels that are coloured (B, R), the colour of the last texture code (tex) read there, and
+    the expression mesh's fragments (a preview reads its albedo through them)."""
 
     rays: Rays
     mask: torch.Tensor
@@ -537,15 +577,16 @@ class _KeptSurface:
     tex: torch.Tensor
     normal_evaluations: int
     configs: tuple  # (RenderConfig, CameraConfig) it was rendered with
+    frags: Fragments
 
     @classmethod
     def of(cls, rays, mask, depth, appearance_offsets, hits, normals, seen, colour, tex,
-           normal_evaluations: int, configs: tuple) -> "_KeptSurface":
+           normal_evaluations: int, configs: tuple, frags: Fragments) -> "_KeptSurface":
         """Kept as copies of what the render hands out (its arrays share memory with these tensors)."""
         hits = replace(hits, depth=hits.depth.clone(), acc=hits.acc.clone())
         colour = replace(colour, depth=hits.depth, acc=hits.acc)
         return cls(rays, mask.clone(), depth.clone(), appearance_offsets, hits, normals.clone(), seen, colour,
-                   tex.clone(), int(normal_evaluations), configs)
+                   tex.clone(), int(normal_evaluations), configs, frags)
 
 
 def _rays_index(rays, i: int):

@@ -272,8 +272,9 @@ def test_preview_quality_is_the_fast_path_with_single_point_shading_normals(face
     from dataclasses import replace
 
     synth = _albedo_synth(facemodel)
-    # with its fill off (the fill from neighbours: tests/test_preview_fill.py)
-    synth.renderer.config = replace(synth.renderer.config, preview_fill_depth=0.0, preview_fill_albedo=0.0)
+    # with its short cuts off (the fill from neighbours, the per-vertex albedo: tests/test_preview_fill.py)
+    synth.renderer.config = replace(synth.renderer.config, preview_fill_depth=0.0, preview_fill_albedo=0.0,
+                                    preview_vertex_albedo=False)
     with torch.no_grad():
         synth.field.final_layer.bias.fill_(1e5)
     spec = FaceSpec(identity={2: 1.0}, lighting={3: 2.0}, seed=2)
@@ -300,6 +301,35 @@ def test_a_pose_only_edit_reuses_the_face_meshes(facemodel):
     assert d.meshes is not b.meshes and not torch.equal(d.verts, b.verts)
     # The kept normals are the face model's own.
     assert torch.allclose(b.meshes.vertex_normals("verts"), facemodel.vertex_normals(b.verts))
+
+
+def test_an_expression_edit_reuses_the_neutral_meshes_of_its_identity(facemodel, monkeypatch):
+    from engine.camera import angles_from_degrees
+
+    synth = _albedo_synth(facemodel)
+    pose = angles_from_degrees([10.0], [0.0])
+    c = synth.coefficients(FaceSpec(identity={0: 1.0}, expression={1: 0.5}))
+    a = synth.conditioning(c["id"], c["exp"], *pose, 16)
+    a.to_view_frame(torch.zeros(1, 16 * 16, 3))  # computes both normal sets, as a render does
+    calls = []
+    monkeypatch.setattr(facemodel, "vertex_normals", lambda v, f=facemodel.vertex_normals: calls.append(1) or f(v))
+    e = synth.coefficients(FaceSpec(identity={0: 1.0}, expression={1: -0.5}))
+    b = synth.conditioning(e["id"], e["exp"], *pose, 16)
+    assert b.meshes is not a.meshes and b.neutral is a.neutral and b.meshes.mean is a.meshes.mean
+    assert not torch.equal(b.verts, a.verts)
+    assert b.meshes.vertex_normals("neutral") is a.meshes.vertex_normals("neutral") and not calls
+    b.meshes.vertex_normals("verts")
+    assert len(calls) == 1  # only the expression mesh's
+    # the same guidance as meshes built from scratch
+    fresh = _albedo_synth(facemodel).conditioning(e["id"], e["exp"], *pose, 16)
+    for name in ("mask", "depth", "offsets", "appearance_offsets"):
+        assert torch.equal(getattr(b, name), getattr(fresh, name)), name
+    n = torch.nn.functional.normalize(torch.randn(1, 16 * 16, 3), dim=-1)
+    assert torch.equal(b.to_view_frame(n), fresh.to_view_frame(n))
+    # another identity shares nothing
+    o = synth.coefficients(FaceSpec(identity={0: -1.0}, expression={1: 0.5}))
+    d = synth.conditioning(o["id"], o["exp"], *pose, 16)
+    assert not torch.equal(d.neutral, a.neutral)
 
 
 def test_read_points_lie_where_the_fast_path_reads_with_their_pixels_mesh_colours(facemodel):

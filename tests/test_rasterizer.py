@@ -227,6 +227,27 @@ def test_interpolate_gradient_reaches_attributes():
     assert (attr.grad >= 0).all() and (attr.grad[:, 0] > 0).sum() > 10
 
 
+def test_interpolations_over_one_rasterisation_share_their_gathers_and_notice_changes():
+    verts, tris = grid_sphere(12, 16, 0.09, bump=0.1, seed=2)
+    raster = MeshRasterizer(CAM)
+    frags = raster.rasterize(torch.stack([verts, verts * 1.1]), tris, pose(20.0, -5.0).expand(2, 4, 4), 24)
+    fresh = lambda: Fragments(frags.depth, frags.mask, frags.triangle_id, frags.bary)  # noqa: E731 - nothing kept
+    a, b = torch.rand(2, verts.shape[0], 3), torch.rand(verts.shape[0], 5)
+    first = raster.interpolate(frags, a, tris)
+    kept = frags._gather
+    assert kept is not None
+    for attr in (b, a, verts):  # the same values as over fragments that kept nothing, batched or not
+        assert torch.equal(raster.interpolate(frags, attr, tris), raster.interpolate(fresh(), attr, tris))
+    assert frags._gather is kept and torch.equal(raster.interpolate(frags, a, tris), first)
+    # a fragment tensor changed in place, or another triangle list, is gathered again
+    assert bool(frags.mask[0, 12].any())
+    frags.mask[0, 12, :] = False
+    cut = raster.interpolate(frags, b, tris)
+    assert (cut[0, 12] == 0).all() and torch.equal(cut, raster.interpolate(fresh(), b, tris))
+    flipped = tris[:, [0, 2, 1]].contiguous()
+    assert torch.equal(raster.interpolate(frags, b, flipped), raster.interpolate(fresh(), b, flipped))
+
+
 def test_warp_flow_of_a_translation():
     verts, tris = grid_sphere(10, 14, 0.09, seed=2)
     shift = torch.tensor([0.01, -0.02, 0.005])

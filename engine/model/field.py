@@ -237,10 +237,19 @@ class AlbedoField(nn.Module):
         out = self.head(self.features(points))
         return out.reshape(*out.shape[:-1], 1 + self.tex_dim, 3)
 
+    def code(self, tex: torch.Tensor) -> torch.Tensor:
+        """Texture code (B, K) -> (B, 1 + K): the weights of A_0 (always 1) and of each A_k."""
+        return torch.cat([torch.ones_like(tex[:, :1]), tex], dim=-1).to(self.head.weight.dtype)
+
+    def combine(self, basis: torch.Tensor, tex: torch.Tensor) -> torch.Tensor:
+        """A basis (N, 1 + K, 3) from :meth:`basis`, tex (B, K) -> albedo (B, N, 3), not clamped:
+        the texture code applied to colours evaluated once (the drag preview's per-vertex albedo)."""
+        return torch.einsum("bk,nkc->bnc", self.code(tex), basis.to(self.head.weight.dtype))
+
     def forward(self, points: torch.Tensor, tex: torch.Tensor) -> torch.Tensor:
         """points (B, N, 3) world (mean-face frame), tex (B, K) sigma units -> albedo (B, N, 3), not clamped."""
         k, w = self.tex_dim, self.width
-        code = torch.cat([torch.ones_like(tex[:, :1]), tex], dim=-1).to(self.head.weight.dtype)  # (B, 1 + K)
+        code = self.code(tex)  # (B, 1 + K)
         weight = torch.einsum("bk,kcw->bcw", code, self.head.weight.reshape(1 + k, 3, w))
         bias = code @ self.head.bias.reshape(1 + k, 3)
         h = self.features(points)

@@ -29,16 +29,28 @@ class FaceMeshes:
 
     verts (B, N, 3): the expression meshes; neutral: the same identities without expression (for a
     mesh_warp field, else None); mean: the mean face (for an albedo field, else None). A pose-only
-    edit re-uses them (:meth:`FaceSynthesizer.conditioning` keeps a few).
+    edit re-uses them (:meth:`FaceSynthesizer.conditioning` keeps a few). ``same_identity``: the
+    meshes of the same identities in another expression, whose neutral meshes and their normals
+    are taken over (an expression edit computes only the expression meshes again).
     """
 
     def __init__(self, facemodel: MorphableModel, id_z: torch.Tensor, exp_z: torch.Tensor, *, mesh_warp: bool,
-                 albedo: bool):
+                 albedo: bool, same_identity: "FaceMeshes | None" = None):
         self.facemodel = facemodel
-        self.verts = facemodel.vertices(id_z, exp_z)
-        self.neutral = facemodel.vertices(id_z, torch.zeros_like(exp_z)) if mesh_warp else None
-        self.mean = facemodel.vertices(torch.zeros_like(id_z), torch.zeros_like(exp_z)) if albedo else None
         self._normals: dict[str, torch.Tensor] = {}
+        self.verts = facemodel.vertices(id_z, exp_z)
+        like = same_identity if same_identity is not None and same_identity.facemodel is facemodel else None
+        self.neutral = self.mean = None
+        if mesh_warp:
+            if like is not None and like.neutral is not None:
+                self.neutral = like.neutral
+                if "neutral" in like._normals:
+                    self._normals["neutral"] = like._normals["neutral"]
+            else:
+                self.neutral = facemodel.vertices(id_z, torch.zeros_like(exp_z))
+        if albedo:
+            self.mean = like.mean if like is not None and like.mean is not None else \
+                facemodel.vertices(torch.zeros_like(id_z), torch.zeros_like(exp_z))
 
     def vertex_normals(self, which: str) -> torch.Tensor:
         """(B, N, 3) unit vertex normals of ``which`` ('verts' or 'neutral')."""

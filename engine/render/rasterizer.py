@@ -25,7 +25,7 @@ interpolation is differentiable with respect to the attributes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -63,6 +63,9 @@ class Fragments:
     mask: torch.Tensor
     triangle_id: torch.Tensor
     bary: torch.Tensor
+    # what :func:`interpolate` gathers once per triangle list (covered pixels, their corners and
+    # weights): guidance interpolates several vertex attributes over the same fragments
+    _gather: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -295,18 +298,34 @@ def interpolate(frags: Fragments, attr: torch.Tensor, triangles: torch.Tensor) -
     if attr.dim() != 3 or attr.shape[0] not in (1, b):
         raise CgofError(f"attribute: expected shape (B, N, C) or (N, C) with B = {b}, got {tuple(attr.shape)}")
     n, c = attr.shape[1], attr.shape[-1]
-    triangles = triangles.to(attr.device, torch.int64)
-    # Only covered pixels are interpolated (background pixels, often half the image, stay 0).
-    # index_select / index_copy rather than x[idx] / x[idx] = v: the same values in about half the
-    # time on a CPU (1.2 -> 0.7 ms a call at 128 px; this runs several times per frame).
-    pix = frags.mask.to(attr.device).reshape(-1).nonzero().squeeze(1)  # (P,) into the B*H*W pixels
-    vid = triangles.index_select(0, frags.triangle_id.to(attr.device).reshape(-1).index_select(0, pix))  # (P, 3)
+    pix, vid, bary = _gather(frags, triangles, attr.device)
     if attr.shape[0] == b and b > 1:
         vid = vid + (torch.div(pix, h * w, rounding_mode="floor") * n)[:, None]
     corner = attr.reshape(-1, c).index_select(0, vid.reshape(-1)).view(-1, 3, c)  # (P, 3, C)
-    bary = frags.bary.to(attr.device, attr.dtype).reshape(-1, 3).index_select(0, pix)
+    bary = bary.to(attr.dtype)
     value = bary[:, 0:1] * corner[:, 0] + bary[:, 1:2] * corner[:, 1] + bary[:, 2:3] * corner[:, 2]
     return attr.new_zeros(b * h * w, c).index_copy(0, pix, value).reshape(b, h, w, c)
+
+
+def _gather(frags: Fragments, triangles: torch.Tensor, device: torch.device):
+    """:func:`interpolate`'s gathers for ``triangles`` (F, 3): the covered pixels (P,) into the
+    B*H*W, their triangles' vertex ids (P, 3) within a view's mesh, their barycentrics (P, 3).
+    Kept on ``frags`` for the next attribute over the same fragments and triangle list (unless
+    either was changed in place since)."""
+    inputs = (triangles, frags.mask, frags.triangle_id, frags.bary)
+    stamp = (device, *(t._version for t in inputs))
+    kept = frags._gather
+    if kept is not None and all(a is b for a, b in zip(kept[0], inputs)) and kept[1] == stamp:
+        return kept[2]
+    # Only covered pixels are interpolated (background pixels, often half the image, stay 0).
+    # index_select / index_copy rather than x[idx] / x[idx] = v: the same values in about half the
+    # time on a CPU (1.2 -> 0.7 ms a call at 128 px; this runs several times per frame).
+    pix = frags.mask.to(device).reshape(-1).nonzero().squeeze(1)  # (P,) into the B*H*W pixels
+    tris = triangles.to(device, torch.int64)
+    vid = tris.index_select(0, frags.triangle_id.to(device).reshape(-1).index_select(0, pix))  # (P, 3)
+    bary = frags.bary.to(device).reshape(-1, 3).index_select(0, pix)
+    frags._gather = (inputs, stamp, (pix, vid, bary))
+    return pix, vid, bary
 
 
 def warp_flow(frags: Fragments, verts_a: torch.Tensor, verts_b: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
