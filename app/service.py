@@ -48,8 +48,8 @@ PREVIEW_MIN = PREVIEW_CANDIDATES[0]
 PREVIEW_BUDGET_MS = 100.0
 PREVIEW_WINDOW = 4  # previews measured at one size before it may change again
 # Views whose fast-path geometry the renders keep (FaceSynthesizer.keep_surfaces): a texture or
-# lighting drag repeats one view with only the albedo or the shading changing, ~12 and ~2 ms a
-# 128 px preview instead of ~60-90; 8, as many as a batch holds (~1.3 MB a view at 128 px).
+# lighting drag repeats one view with only the albedo or the shading changing, ~4 and ~2 ms a
+# 128 px preview instead of ~50-90; 8, as many as a batch holds (~2.7 MB a view at 128 px).
 KEPT_SURFACE_VIEWS = 8
 # Signed depth error map: +-ERROR_LIMIT world units span the colour scale (the face box is 0.24).
 ERROR_LIMIT = 0.01
