@@ -408,6 +408,8 @@ class FaceSynthesizer:
         (:meth:`~engine.model.field.AlbedoField.basis`): what the drag preview reads its albedo from
         (``RenderConfig.preview_vertex_albedo``). Evaluated once per set of weights: it is evaluated
         again when a parameter of the albedo field was replaced or changed in place."""
+        if not self.field.config.albedo:
+            raise CgofError("vertex_albedo_basis: this field has no albedo basis (its appearance is radiance)")
         params = tuple(self.field.albedo_field.parameters())
         stamp = tuple(p._version for p in params)  # bumped by every in-place change (optimiser steps, loads)
         kept = self._albedo_basis

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from app.cli import main
+from engine.errors import CgofError
 from engine.model.field import FieldConfig, OccupancyField
 from engine.model.io import load_facemodel
 from engine.model.latent import FaceSpec, LatentLayout
@@ -198,3 +199,10 @@ def test_cli_render_bad_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     rc = main(["render", "--checkpoint", str(bad), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "config.json" in err
+
+
+def test_a_radiance_field_previews_without_an_albedo_basis(random_synth):
+    preview = random_synth.render(FaceSpec(seed=4), 5.0, 0.0, size=24, quality="preview", normals=False)
+    assert preview.image.shape == (24, 24, 3) and preview.albedo_evals_per_pixel == 0
+    with pytest.raises(CgofError, match="no albedo basis"):
+        random_synth.vertex_albedo_basis()
