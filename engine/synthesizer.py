@@ -404,8 +404,9 @@ class FaceSynthesizer:
         return (faces, tuple(yaws), tuple(pitches), size, quality, id(self.renderer.config), id(self.camera.config))
 
     def vertex_albedo_basis(self) -> torch.Tensor:
-        """An albedo field's basis at the face model's mean-face vertices, (N, 1 + K, 3)
-        (:meth:`~engine.model.field.AlbedoField.basis`): what the drag preview reads its albedo from
+        """An albedo field's basis at the face model's mean-face vertices, (1 + K, N, 3)
+        (:meth:`~engine.model.field.AlbedoField.basis`, coefficient-major for
+        :meth:`~engine.model.field.AlbedoField.combine`): what the drag preview reads its albedo from
         (``RenderConfig.preview_vertex_albedo``). Evaluated once per set of weights: it is evaluated
         again when a parameter of the albedo field was replaced or changed in place."""
         if not self.field.config.albedo:
@@ -419,7 +420,7 @@ class FaceSynthesizer:
             mean = self.facemodel.vertices(torch.zeros(1, k_id, device=self.device),
                                            torch.zeros(1, k_exp, device=self.device))
             with torch.no_grad():
-                basis = self.field.albedo_field.basis(mean)[0].float()
+                basis = self.field.albedo_field.basis(mean)[0].float().transpose(0, 1).contiguous()
             kept = self._albedo_basis = (params, stamp, basis)
         return kept[2]
 

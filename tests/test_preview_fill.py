@@ -129,7 +129,7 @@ def test_the_vertex_albedo_basis_is_evaluated_once_per_set_of_weights(synth):
     spec, yaw, pitch = _cases(synth, 1, seed=23)[0]
     first = synth.render(spec, yaw, pitch, 64, "preview", normals=False)
     basis = synth.vertex_albedo_basis()
-    assert basis.shape == (synth.facemodel.num_vertices, 1 + synth.layout.tex, 3)
+    assert basis.shape == (1 + synth.layout.tex, synth.facemodel.num_vertices, 3)
     synth.render(spec, yaw + 5, pitch, 64, "preview", normals=False)
     assert synth.vertex_albedo_basis() is basis  # not evaluated again
     bias = synth.field.albedo_field.head.bias
@@ -145,3 +145,14 @@ def test_the_vertex_albedo_basis_is_evaluated_once_per_set_of_weights(synth):
             bias[:3] -= 0.1
     again = synth.render(spec, yaw, pitch, 64, "preview", normals=False)
     assert np.array_equal(again.image, first.image)
+
+
+def test_combine_is_the_albedo_field_at_the_basis_points(synth):
+    field = synth.field.albedo_field
+    gen = torch.Generator().manual_seed(6)
+    points = (torch.rand(1, 50, 3, generator=gen) - 0.5) * 0.2
+    tex = torch.randn(3, synth.layout.tex, generator=gen)
+    with torch.no_grad():
+        basis = field.basis(points)[0].transpose(0, 1).contiguous()  # (1 + K, N, 3)
+        direct = field(points.expand(3, -1, -1), tex)
+    assert torch.allclose(field.combine(basis, tex), direct, atol=1e-5)

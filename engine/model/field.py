@@ -242,9 +242,11 @@ class AlbedoField(nn.Module):
         return torch.cat([torch.ones_like(tex[:, :1]), tex], dim=-1).to(self.head.weight.dtype)
 
     def combine(self, basis: torch.Tensor, tex: torch.Tensor) -> torch.Tensor:
-        """A basis (N, 1 + K, 3) from :meth:`basis`, tex (B, K) -> albedo (B, N, 3), not clamped:
-        the texture code applied to colours evaluated once (the drag preview's per-vertex albedo)."""
-        return torch.einsum("bk,nkc->bnc", self.code(tex), basis.to(self.head.weight.dtype))
+        """A basis (1 + K, N, 3) (:meth:`basis` of N points, coefficient-major), tex (B, K) -> albedo
+        (B, N, 3), not clamped: the texture code applied to colours evaluated once (the drag
+        preview's per-vertex albedo). Coefficient-major, so that this is one matrix product."""
+        n = basis.shape[1]
+        return (self.code(tex) @ basis.reshape(1 + self.tex_dim, n * 3).to(self.head.weight.dtype)).view(-1, n, 3)
 
     def forward(self, points: torch.Tensor, tex: torch.Tensor) -> torch.Tensor:
         """points (B, N, 3) world (mean-face frame), tex (B, K) sigma units -> albedo (B, N, 3), not clamped."""
