@@ -332,6 +332,24 @@ def test_an_expression_edit_reuses_the_neutral_meshes_of_its_identity(facemodel,
     assert not torch.equal(d.neutral, a.neutral)
 
 
+def test_to_view_frame_turns_the_covered_pixels_as_the_per_image_formula(facemodel):
+    """to_view_frame works on the mesh's pixels only; the result is the whole-image rotation's."""
+    from engine.camera import angles_from_degrees
+    from engine.render.mesh_warp import pixel_normals, rotate_normals
+
+    synth = _albedo_synth(facemodel)
+    c = synth.coefficients(FaceSpec(identity={0: 0.5}, expression={1: 1.0, 3: -0.5}))
+    cond = synth.conditioning(torch.cat([c["id"]] * 2), torch.cat([c["exp"], -c["exp"]]),
+                              *angles_from_degrees([15.0, -20.0], [5.0, 0.0]), 32)
+    n = torch.nn.functional.normalize(torch.randn(2, 32 * 32, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    tris = facemodel.triangles
+    expr = pixel_normals(cond.frags, cond.meshes.vertex_normals("verts"), tris).reshape(2, -1, 3)
+    whole = rotate_normals(n, cond.field_normals(), expr)
+    got = cond.to_view_frame(n)
+    assert torch.equal(got, whole) and not torch.equal(got, n)
+    assert torch.equal(got[~cond.frags.mask.reshape(2, -1)], n[~cond.frags.mask.reshape(2, -1)])
+
+
 def test_read_points_lie_where_the_fast_path_reads_with_their_pixels_mesh_colours(facemodel):
     """The embedded default's fast-path read points sit on the mean face (within the field's few-mm
     offset from the mesh), their targets are the basis interpolated on the mesh (A_0 within the

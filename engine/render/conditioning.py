@@ -21,7 +21,7 @@ from ..camera import OrbitCamera, Rays
 from ..model.morphable import MorphableModel
 from .holes import close_mouth
 from .mesh_warp import grow_offsets, pixel_normals, ray_offsets, rotate_normals
-from .rasterizer import Fragments, MeshRasterizer
+from .rasterizer import Fragments, MeshRasterizer, interpolate_covered
 
 
 class FaceMeshes:
@@ -99,12 +99,18 @@ class MeshConditioning:
 
     def to_view_frame(self, normals: torch.Tensor) -> torch.Tensor:
         """Field normals (B, R, 3) -> normals of the face as posed: for a mesh_warp field the
-        canonical (neutral) normals turned, per pixel, as the mesh turned there; else unchanged."""
+        canonical (neutral) normals turned, per pixel, as the mesh turned there; else unchanged.
+        Only the pixels the mesh covers turn (elsewhere both mesh normals are 0, which
+        :func:`rotate_normals` leaves alone), so only those are computed."""
         if self.neutral is None:
             return normals
-        b, tris = self.verts.shape[0], self.facemodel.triangles
-        expr = pixel_normals(self.frags, self.meshes.vertex_normals("verts"), tris).reshape(b, -1, 3)
-        return rotate_normals(normals, self.field_normals(), expr)
+        tris = self.facemodel.triangles
+        pix, expr = interpolate_covered(self.frags, self.meshes.vertex_normals("verts"), tris)
+        _, canon = interpolate_covered(self.frags, self.meshes.vertex_normals("neutral"), tris)
+        unit = lambda v: torch.nn.functional.normalize(v, dim=-1, eps=1e-12)  # noqa: E731 - as pixel_normals
+        flat = normals.reshape(-1, 3)
+        turned = rotate_normals(flat.index_select(0, pix), unit(canon), unit(expr))
+        return flat.index_copy(0, pix, turned).view(normals.shape)
 
 
 def mesh_conditioning(facemodel: MorphableModel, rasterizer: MeshRasterizer, camera: OrbitCamera,

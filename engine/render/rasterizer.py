@@ -297,14 +297,21 @@ def interpolate(frags: Fragments, attr: torch.Tensor, triangles: torch.Tensor) -
         attr = attr[None]
     if attr.dim() != 3 or attr.shape[0] not in (1, b):
         raise CgofError(f"attribute: expected shape (B, N, C) or (N, C) with B = {b}, got {tuple(attr.shape)}")
+    pix, value = interpolate_covered(frags, attr, triangles)
+    return attr.new_zeros(b * h * w, attr.shape[-1]).index_copy(0, pix, value).reshape(b, h, w, attr.shape[-1])
+
+
+def interpolate_covered(frags: Fragments, attr: torch.Tensor, triangles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`interpolate` on the covered pixels only: (pixels (P,) ascending into the B*H*W, their
+    values (P, C)), for callers that work on the face's pixels alone. ``attr`` (B, N, C) or (1, N, C)."""
+    b, h, w = frags.triangle_id.shape
     n, c = attr.shape[1], attr.shape[-1]
     pix, vid, bary = _gather(frags, triangles, attr.device)
     if attr.shape[0] == b and b > 1:
         vid = vid + (torch.div(pix, h * w, rounding_mode="floor") * n)[:, None]
     corner = attr.reshape(-1, c).index_select(0, vid.reshape(-1)).view(-1, 3, c)  # (P, 3, C)
     bary = bary.to(attr.dtype)
-    value = bary[:, 0:1] * corner[:, 0] + bary[:, 1:2] * corner[:, 1] + bary[:, 2:3] * corner[:, 2]
-    return attr.new_zeros(b * h * w, c).index_copy(0, pix, value).reshape(b, h, w, c)
+    return pix, bary[:, 0:1] * corner[:, 0] + bary[:, 1:2] * corner[:, 1] + bary[:, 2:3] * corner[:, 2]
 
 
 def _gather(frags: Fragments, triangles: torch.Tensor, device: torch.device):
