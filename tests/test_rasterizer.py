@@ -246,6 +246,11 @@ def test_interpolations_over_one_rasterisation_share_their_gathers_and_notice_ch
     assert (cut[0, 12] == 0).all() and torch.equal(cut, raster.interpolate(fresh(), b, tris))
     flipped = tris[:, [0, 2, 1]].contiguous()
     assert torch.equal(raster.interpolate(frags, b, flipped), raster.interpolate(fresh(), b, flipped))
+    # barycentrics with a gradient (nvdiffrast's): nothing kept, each backward pass has its own graph
+    graded = Fragments(frags.depth, frags.mask, frags.triangle_id, frags.bary.clone().requires_grad_(True))
+    for _ in range(2):
+        raster.interpolate(graded, b, tris).sum().backward()
+    assert graded._gather is None and graded.bary.grad is not None
 
 
 def test_warp_flow_of_a_translation():

@@ -318,7 +318,8 @@ def _gather(frags: Fragments, triangles: torch.Tensor, device: torch.device):
     """:func:`interpolate`'s gathers for ``triangles`` (F, 3): the covered pixels (P,) into the
     B*H*W, their triangles' vertex ids (P, 3) within a view's mesh, their barycentrics (P, 3).
     Kept on ``frags`` for the next attribute over the same fragments and triangle list (unless
-    either was changed in place since)."""
+    either was changed in place since), except when the barycentrics carry a gradient (nvdiffrast's
+    do): a kept gather would tie later interpolations to a graph that a backward pass frees."""
     inputs = (triangles, frags.mask, frags.triangle_id, frags.bary)
     stamp = (device, *(t._version for t in inputs))
     kept = frags._gather
@@ -331,7 +332,8 @@ def _gather(frags: Fragments, triangles: torch.Tensor, device: torch.device):
     tris = triangles.to(device, torch.int64)
     vid = tris.index_select(0, frags.triangle_id.to(device).reshape(-1).index_select(0, pix))  # (P, 3)
     bary = frags.bary.to(device).reshape(-1, 3).index_select(0, pix)
-    frags._gather = (inputs, stamp, (pix, vid, bary))
+    if not bary.requires_grad:
+        frags._gather = (inputs, stamp, (pix, vid, bary))
     return pix, vid, bary
 
 
