@@ -107,9 +107,10 @@ class MeshConditioning:
         tris = self.facemodel.triangles
         pix, expr = interpolate_covered(self.frags, self.meshes.vertex_normals("verts"), tris)
         _, canon = interpolate_covered(self.frags, self.meshes.vertex_normals("neutral"), tris)
-        unit = lambda v: torch.nn.functional.normalize(v, dim=-1, eps=1e-12)  # noqa: E731 - as pixel_normals
+        canon = torch.nn.functional.normalize(canon, dim=-1, eps=1e-12)  # as pixel_normals
+        expr = torch.nn.functional.normalize(expr, dim=-1, eps=1e-12)
         flat = normals.reshape(-1, 3)
-        turned = rotate_normals(flat.index_select(0, pix), unit(canon), unit(expr))
+        turned = rotate_normals(flat.index_select(0, pix), canon, expr)
         return flat.index_copy(0, pix, turned).view(normals.shape)
 
 

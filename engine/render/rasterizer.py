@@ -293,18 +293,18 @@ def interpolate(frags: Fragments, attr: torch.Tensor, triangles: torch.Tensor) -
     Differentiable w.r.t. ``attr``; ``triangles`` (F, 3) must be the list that was rasterised.
     """
     b, h, w = frags.triangle_id.shape
-    if attr.dim() == 2:
-        attr = attr[None]
-    if attr.dim() != 3 or attr.shape[0] not in (1, b):
-        raise CgofError(f"attribute: expected shape (B, N, C) or (N, C) with B = {b}, got {tuple(attr.shape)}")
     pix, value = interpolate_covered(frags, attr, triangles)
-    return attr.new_zeros(b * h * w, attr.shape[-1]).index_copy(0, pix, value).reshape(b, h, w, attr.shape[-1])
+    return value.new_zeros(b * h * w, value.shape[-1]).index_copy(0, pix, value).reshape(b, h, w, -1)
 
 
 def interpolate_covered(frags: Fragments, attr: torch.Tensor, triangles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`interpolate` on the covered pixels only: (pixels (P,) ascending into the B*H*W, their
-    values (P, C)), for callers that work on the face's pixels alone. ``attr`` (B, N, C) or (1, N, C)."""
+    values (P, C)), for callers that work on the face's pixels alone."""
     b, h, w = frags.triangle_id.shape
+    if attr.dim() == 2:
+        attr = attr[None]
+    if attr.dim() != 3 or attr.shape[0] not in (1, b):
+        raise CgofError(f"attribute: expected shape (B, N, C) or (N, C) with B = {b}, got {tuple(attr.shape)}")
     n, c = attr.shape[1], attr.shape[-1]
     pix, vid, bary = _gather(frags, triangles, attr.device)
     if attr.shape[0] == b and b > 1:
