@@ -156,3 +156,28 @@ def test_combine_is_the_albedo_field_at_the_basis_points(synth):
         basis = field.basis(points)[0].transpose(0, 1).contiguous()  # (1 + K, N, 3)
         direct = field(points.expand(3, -1, -1), tex)
     assert torch.allclose(field.combine(basis, tex), direct, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_vertex_albedo_on_cuda(synth):
+    """On CUDA (fp16 fast path, scripts/gpu_check.sh): the per-vertex albedo against the evaluated
+    one as on the CPU, and a kept surface's texture edit equal to a render from scratch."""
+    gpu = FaceSynthesizer.load(device="cuda")
+    evaluated = _with(gpu, preview_vertex_albedo=False)
+    scores = []
+    for spec, yaw, pitch in _cases(synth, 4, seed=21):
+        vertex = gpu.render(spec, yaw, pitch, 96, "preview", normals=False)
+        each = evaluated(spec, yaw, pitch, 96, "preview", normals=False)
+        assert vertex.albedo_evals_per_pixel < 0.05 * each.albedo_evals_per_pixel
+        scores.append(psnr(vertex.image, each.image))
+    assert min(scores) > 35 and statistics.median(scores) > 40, scores
+    spec, yaw, pitch = _cases(synth, 1, seed=25)[0]
+    gpu.keep_surfaces(2)
+    gpu.render(spec, yaw, pitch, 96, "preview")
+    edited = dataclasses.replace(spec, texture={**dict(spec.texture), 0: 1.5})
+    kept = gpu.render(edited, yaw, pitch, 96, "preview")
+    gpu.keep_surfaces(0)
+    fresh = gpu.render(edited, yaw, pitch, 96, "preview")
+    assert kept.surface_reused and np.array_equal(kept.image, fresh.image)
