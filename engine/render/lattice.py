@@ -10,8 +10,9 @@ where the field's gradient flips). A few percent of the pixels are evaluated at 
 
 The same reading of a value off coarser pixels is how the surface search starts its finer pixels
 (:mod:`.surface_search`); here the neighbours' agreement decides whether the field is asked at all.
-:func:`lattice_values` does the same for plain values (the drag preview's albedo, where neighbours
-agree when every channel lies within a tolerance of their mean).
+:func:`lattice_values` does the same for plain values (the drag preview's albedo when it is evaluated,
+``RenderConfig.preview_vertex_albedo`` off; neighbours agree when every channel lies within a
+tolerance of their mean).
 """
 
 from __future__ import annotations
