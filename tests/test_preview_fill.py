@@ -88,11 +88,12 @@ def test_a_batch_of_previews_fills_each_view_as_alone(synth):
 
 
 # ---- the per-vertex albedo (preview_vertex_albedo) -------------------------------------------------
-def test_the_vertex_albedo_spends_no_albedo_evaluation_on_mesh_pixels_and_keeps_the_picture(synth):
-    evaluated = _with(synth, preview_vertex_albedo=False)
+def _check_vertex_against_evaluated_albedo(renderer: FaceSynthesizer, cases) -> None:
+    """Previews of ``renderer`` with the per-vertex albedo against the albedo evaluated."""
+    evaluated = _with(renderer, preview_vertex_albedo=False)
     scores = []
-    for spec, yaw, pitch in _cases(synth, 4, seed=21):
-        vertex = synth.render(spec, yaw, pitch, 96, "preview", normals=False)
+    for spec, yaw, pitch in cases:
+        vertex = renderer.render(spec, yaw, pitch, 96, "preview", normals=False)
         each = evaluated(spec, yaw, pitch, 96, "preview", normals=False)
         # only pixels the mesh does not cover (closed holes, the silhouette ring) are evaluated
         assert vertex.albedo_evals_per_pixel < 0.05 * each.albedo_evals_per_pixel
@@ -101,6 +102,10 @@ def test_the_vertex_albedo_spends_no_albedo_evaluation_on_mesh_pixels_and_keeps_
     # measured against the evaluated preview: medians 45-47 dB, worst 37.8, over 10 views at 64-256 px;
     # the release renders the fast path
     assert min(scores) > 35 and statistics.median(scores) > 40, scores
+
+
+def test_the_vertex_albedo_spends_no_albedo_evaluation_on_mesh_pixels_and_keeps_the_picture(synth):
+    _check_vertex_against_evaluated_albedo(synth, _cases(synth, 4, seed=21))
 
 
 def test_the_vertex_albedo_applies_the_texture_code_as_the_field_does(synth):
@@ -165,14 +170,7 @@ def test_the_vertex_albedo_on_cuda(synth):
     """On CUDA (fp16 fast path, scripts/gpu_check.sh): the per-vertex albedo against the evaluated
     one as on the CPU, and a kept surface's texture edit equal to a render from scratch."""
     gpu = FaceSynthesizer.load(device="cuda")
-    evaluated = _with(gpu, preview_vertex_albedo=False)
-    scores = []
-    for spec, yaw, pitch in _cases(synth, 4, seed=21):
-        vertex = gpu.render(spec, yaw, pitch, 96, "preview", normals=False)
-        each = evaluated(spec, yaw, pitch, 96, "preview", normals=False)
-        assert vertex.albedo_evals_per_pixel < 0.05 * each.albedo_evals_per_pixel
-        scores.append(psnr(vertex.image, each.image))
-    assert min(scores) > 35 and statistics.median(scores) > 40, scores
+    _check_vertex_against_evaluated_albedo(gpu, _cases(synth, 4, seed=21))
     spec, yaw, pitch = _cases(synth, 1, seed=25)[0]
     gpu.keep_surfaces(2)
     gpu.render(spec, yaw, pitch, 96, "preview")
