@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.api import CgofError, torch_threads
+from engine.api import CgofError, FaceSpec, torch_threads
 
 from .batcher import DEFAULT_MAX_BATCH, RenderBatcher
 from .scheduler import FairDevice
@@ -142,6 +142,8 @@ class RenderService:
         self._exports: set = set()  # sessions with an export running
         self.pinned: set[Path] = set()  # files never pruned (what a fresh page links to)
         self._exports_lock = threading.Lock()
+        self._decimations: dict[int, Decimation] = {}  # the preview mesh's clustering per face budget
+        self._decimations_lock = threading.Lock()
         # ceiling on one request's cost (evaluations); None = what the editor offers at most
         self.max_cost = float(max_cost) if max_cost is not None else self.ui_max_cost()
         self.preview_ms: float | None = None  # what the calibration measured at the chosen size
@@ -397,16 +399,28 @@ class RenderService:
         return np.asarray(error_legend(ERROR_LIMIT, width, height))
 
     def preview_mesh(self, state: EditorState, max_faces: int = MESH_PREVIEW_FACES, session=None) -> PreviewMesh:
-        """The current 3DMM mesh, decimated by vertex clustering to at most ~``max_faces`` faces."""
+        """The current 3DMM mesh, decimated to at most ~``max_faces`` faces by a vertex clustering
+        found once on the mean face (:class:`Decimation`)."""
         with self.device.use(session, 0.0):
             mesh = self.synth.mesh(state.spec)
+            decimation = self._decimation(max_faces) if mesh.triangles.shape[0] > max_faces else None
         v = np.asarray(mesh.vertices, dtype=np.float32)
         f = np.asarray(mesh.triangles, dtype=np.int64)
         c = np.asarray(mesh.colours, dtype=np.uint8)
         lm = np.asarray(mesh.landmarks, dtype=np.float32)
-        if f.shape[0] > max_faces:
-            v, f, c = decimate(v, f, c, max_faces)
+        if decimation is not None:
+            v, f, c = decimation.apply(v, c)
         return PreviewMesh(v, f, c, lm, full_vertices=int(mesh.vertices.shape[0]), full_triangles=int(mesh.triangles.shape[0]))
+
+    def _decimation(self, max_faces: int) -> Decimation:
+        """The preview mesh's clustering for ``max_faces``, found once on the mean face (called
+        holding the device)."""
+        with self._decimations_lock:
+            if max_faces not in self._decimations:
+                mean = self.synth.mesh(FaceSpec())
+                self._decimations[max_faces] = Decimation.of(np.asarray(mean.vertices, dtype=np.float32),
+                                                             np.asarray(mean.triangles, dtype=np.int64), max_faces)
+            return self._decimations[max_faces]
 
     # ---- files --------------------------------------------------------------------------------
     def new_path(self, stem: str, suffix: str) -> Path:
@@ -634,45 +648,69 @@ def _maybe_float(v) -> float | None:
     return round(f, 3) if math.isfinite(f) else None
 
 
+@dataclass(frozen=True)
+class Decimation:
+    """A vertex clustering of one mesh topology, found on one shape and applied to any shape of the
+    same topology: each vertex belongs to a cluster (``cluster`` (N,), 0..M-1), a cluster is drawn
+    at its vertices' mean position and colour, and ``faces`` (F', 3) are the faces that survive
+    the merge. The editor finds it once on the mean face, so every edit is drawn with the same
+    triangles (nothing flickers as a slider moves) and a face costs two weighted sums instead of a
+    clustering (~1 ms against ~23 for the 3DMM at 6000 faces)."""
+
+    cluster: np.ndarray
+    counts: np.ndarray  # (M,) vertices per cluster
+    faces: np.ndarray
+
+    @classmethod
+    def of(cls, vertices: np.ndarray, triangles: np.ndarray, max_faces: int) -> "Decimation":
+        """Snap vertices to a grid, merge each cell, drop collapsed and duplicate faces; the grid is
+        refined until the face count fits ``max_faces``."""
+        lo = vertices.min(0)
+        extent = float((vertices.max(0) - lo).max()) or 1.0
+        best = None
+        # cells per side: a face budget F on a surface ~ 2 * cells^2 faces for a height-field-like face
+        cells = max(4, int(math.sqrt(max_faces / 2.0)))
+        for _ in range(8):
+            cell = extent / cells
+            key = np.floor((vertices - lo) / cell).astype(np.int64)
+            flat = (key[:, 0] * (cells + 1) + key[:, 1]) * (cells + 1) + key[:, 2]
+            inv = np.unique(flat, return_inverse=True)[1].reshape(-1)
+            f = inv[triangles]
+            f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+            # Keep each merged face once, in its original winding (first occurrence wins).
+            _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
+            cand = (inv, f[np.sort(first)])
+            if cand[1].shape[0] <= max_faces:
+                best = cand
+                cells = int(cells * 1.15) + 1
+                if cand[1].shape[0] > 0.8 * max_faces:
+                    break
+            else:
+                if best is not None:
+                    break
+                cells = max(2, int(cells / 1.3))
+        inv, f = best if best is not None else cand
+        # only the clusters a face uses, numbered 0..M-1; the other vertices join no cluster (-1)
+        used = np.unique(f)
+        remap = np.full(int(inv.max()) + 1, -1, np.int64)
+        remap[used] = np.arange(used.size)
+        cluster = remap[inv]
+        return cls(cluster, np.bincount(cluster[cluster >= 0], minlength=used.size).astype(np.float64), remap[f])
+
+    def apply(self, vertices: np.ndarray, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, 3) positions and uint8 colours of a shape of this topology -> (cluster positions (M, 3)
+        float32, faces (F', 3) int64, cluster colours (M, 3) uint8)."""
+        keep = self.cluster >= 0
+        ids, m = self.cluster[keep], self.counts.size
+
+        def means(x: np.ndarray) -> np.ndarray:
+            x = x[keep].astype(np.float64)
+            return np.stack([np.bincount(ids, weights=x[:, k], minlength=m) for k in range(3)], 1) / self.counts[:, None]
+
+        return (means(vertices).astype(np.float32), self.faces,
+                means(colours).round().clip(0, 255).astype(np.uint8))
+
+
 def decimate(vertices: np.ndarray, triangles: np.ndarray, colours: np.ndarray, max_faces: int):
-    """Vertex-clustering decimation: snap vertices to a grid, merge each cell into its mean, drop
-    collapsed and duplicate faces. The grid is refined until the face count fits ``max_faces``."""
-    lo = vertices.min(0)
-    extent = float((vertices.max(0) - lo).max()) or 1.0
-    best = None
-    # cells per side: a face budget F on a surface ~ 2 * cells^2 faces for a height-field-like face
-    cells = max(4, int(math.sqrt(max_faces / 2.0)))
-    for _ in range(8):
-        cell = extent / cells
-        key = np.floor((vertices - lo) / cell).astype(np.int64)
-        flat = (key[:, 0] * (cells + 1) + key[:, 1]) * (cells + 1) + key[:, 2]
-        uniq, inv = np.unique(flat, return_inverse=True)
-        inv = inv.reshape(-1)
-        counts = np.bincount(inv, minlength=uniq.size).astype(np.float32)[:, None]
-        v = np.zeros((uniq.size, 3), np.float32)
-        np.add.at(v, inv, vertices)
-        col = np.zeros((uniq.size, 3), np.float32)
-        np.add.at(col, inv, colours.astype(np.float32))
-        f = inv[triangles]
-        f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
-        # Keep each merged face once, in its original winding (first occurrence wins).
-        _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
-        f = f[np.sort(first)]
-        cand = (v / counts, f, (col / counts).round().clip(0, 255).astype(np.uint8))
-        if f.shape[0] <= max_faces:
-            best = cand
-            cells = int(cells * 1.15) + 1
-            if f.shape[0] > 0.8 * max_faces:
-                break
-        else:
-            if best is not None:
-                break
-            cells = max(2, int(cells / 1.3))
-    if best is None:
-        best = cand
-    # drop unused vertices
-    v, f, c = best
-    used = np.unique(f)
-    remap = np.full(v.shape[0], -1, np.int64)
-    remap[used] = np.arange(used.size)
-    return v[used], remap[f], c[used]
+    """Vertex-clustering decimation of one shape (:class:`Decimation` found on it and applied to it)."""
+    return Decimation.of(vertices, triangles, max_faces).apply(vertices, colours)

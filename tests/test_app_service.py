@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from app.service import ERROR_LIMIT, FILE_TTL_S, GifRequest, RenderService, decimate
+from app.service import ERROR_LIMIT, FILE_TTL_S, Decimation, GifRequest, RenderService, decimate
 from app.state import EditorState
 from engine.errors import CgofError
 from engine.model.latent import FaceSpec
@@ -102,6 +102,30 @@ def test_preview_mesh_follows_the_face_and_is_decimated(service):
     assert pm.landmarks.shape == (68, 3) and pm.full_vertices >= pm.vertices.shape[0]
     moved = service.preview_mesh(EditorState().with_component("expression", 0, 3.0), max_faces=200)
     assert not np.allclose(moved.landmarks, pm.landmarks)
+
+
+def test_the_preview_mesh_keeps_one_clustering_for_every_face(service):
+    """The clustering is found once, on the mean face: every edit is drawn with the same triangles,
+    each point at the mean of its cluster's vertices in the edited face."""
+    from engine.api import FaceSpec
+
+    first = service.preview_mesh(EditorState(), max_faces=300)
+    edited = EditorState().with_component("identity", 0, 2.5).with_component("expression", 1, -2.0)
+    other = service.preview_mesh(edited, max_faces=300)
+    assert np.array_equal(first.triangles, other.triangles) and len(service._decimations) == 1
+    assert not np.allclose(first.vertices, other.vertices)
+    d = service._decimation(300)
+    full = service.synth.mesh(edited.spec)
+    v = np.asarray(full.vertices, dtype=np.float64)
+    colours = np.asarray(full.colours, dtype=np.float64)
+    for k in (0, d.counts.size // 2, d.counts.size - 1):
+        assert np.allclose(other.vertices[k], v[d.cluster == k].mean(0), atol=1e-6)
+        assert other.colours[k].tolist() == colours[d.cluster == k].mean(0).round().tolist()
+    # found on the mean face: its plain decimation has the same triangles
+    mean = service.synth.mesh(FaceSpec())
+    _, faces, _ = decimate(np.asarray(mean.vertices, dtype=np.float32), np.asarray(mean.triangles, dtype=np.int64),
+                           np.asarray(mean.colours), 300)
+    assert np.array_equal(faces, d.faces)
 
 
 def test_decimate_keeps_a_valid_mesh():
