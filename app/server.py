@@ -208,6 +208,7 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
     worker = None
     try:
         claim_env(workdir)
+        from . import sessions
         from .service import RenderService
         from .ui.layout import build_blocks
 
@@ -218,6 +219,7 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
         batching = {} if max_batch is None else {"max_batch": max_batch}
         service = RenderService(synth, workdir / "cache" / "out", preview_size=preview_size, max_cost=max_cost,
                                 preview_threads=preview_threads, worker=worker, **batching)
+        sessions.install()  # an API call's session must not cost every block's page config
         demo = build_blocks(service, initial)
         demo.queue(default_concurrency_limit=RENDER_SLOTS, max_size=QUEUE_SIZE)
     except BaseException:

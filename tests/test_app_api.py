@@ -88,6 +88,30 @@ def test_the_load_tests_http_client_gets_what_gradio_client_gets(client, server,
     lean.predict(body, api_name="/render")  # the connection is still good after an error
 
 
+def test_an_api_call_without_a_session_does_not_build_every_blocks_config(client, server, tmp_path):
+    """Each plain-HTTP call is a session of its own in Gradio's state holder; its page configs are
+    built only for what it reads (its outputs), not for the editor's every block (app.sessions)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import load_test
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    from app.sessions import LazyBlockConfigs
+
+    holder = server.demo.state_holder
+    before = set(holder.session_data)
+    lean = load_test.HttpClient(server.url, str(tmp_path / "lean"))
+    for yaw in (-10, 10, 20):
+        lean.predict(json.dumps({"yaw": yaw, "size": 64}), api_name="/render")
+    new = [holder.session_data[k] for k in set(holder.session_data) - before]
+    assert len(new) == 3
+    blocks = len(server.demo.blocks)
+    assert blocks > 100
+    for session in new:
+        assert isinstance(session.config_values, LazyBlockConfigs)
+        assert len(session.config_values) == blocks and session.config_values.built <= 3
+
+
 @pytest.mark.parametrize(
     "bad, words",
     [
