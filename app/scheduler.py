@@ -47,6 +47,9 @@ from engine.api import CgofError
 # picture around); keeps a flood of tiny jobs from looking free.
 JOB_OVERHEAD_S = 0.02
 INITIAL_RATE_S = 2e-6  # seconds per field evaluation until measured (a CPU; a GPU is far faster)
+# A session whose job ended this recently still shares the machine (FairDevice.shared): the server is
+# sending its answer, and an API client's next request is usually already on its way.
+SHARED_WINDOW_S = 0.5
 
 
 class _Ticket:
@@ -82,12 +85,28 @@ class FairDevice:
         # claimed others) and its start time
         self._job: tuple[list[tuple], float] | None = None
         self._closed = False
+        self._ended: dict[Hashable, float] = {}  # session -> when its last job ended (within SHARED_WINDOW_S)
         self.order: list[Hashable] | None = None  # when a list: sessions in the order they got the device (tests)
 
     @property
     def waiting(self) -> int:
         with self._cv:
             return len(self._heap)
+
+    def shared(self, window_s: float = None) -> bool:
+        """Whether the machine is shared with other sessions right now: jobs wait, the running job
+        serves more than one session, or another session's job ended within ``window_s`` seconds
+        (default SHARED_WINDOW_S: its answer is still being sent, and its next request may be on
+        its way). The holder of the device asks this; jobs without a session (None) do not count."""
+        window = SHARED_WINDOW_S if window_s is None else float(window_s)
+        with self._cv:
+            if self._heap:
+                return True
+            mine = {m[0] for m in self._job[0]} if self._job is not None else set()
+            if len(mine) > 1:
+                return True
+            cutoff = time.perf_counter() - window
+            return any(t >= cutoff for s, t in self._ended.items() if s not in mine and s is not None)
 
     def close(self) -> None:
         """Refuse every job from now on (the server is stopping); waiting ones are refused too."""
@@ -178,6 +197,11 @@ class FairDevice:
             for s in [s for s, f in self._finish.items() if f <= self._vtime and s not in due]:
                 del self._finish[s]
                 self._weight.pop(s, None)
+            now = t0 + elapsed
+            for session, *_ in members:
+                self._ended[session] = now
+            if len(self._ended) > 64:  # forget sessions that have not rendered for a while
+                self._ended = {s: t for s, t in self._ended.items() if now - t < SHARED_WINDOW_S}
             if self.learn and cost > 0 and elapsed > self.overhead_s:
                 self.rate = 0.8 * self.rate + 0.2 * (elapsed - self.overhead_s) / cost
             self._owner, self._job = None, None

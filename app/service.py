@@ -156,7 +156,7 @@ class RenderService:
         dragging) takes at most ``budget_ms`` (median of 3); the smallest if none does."""
         spec = EditorState().spec
         chosen = PREVIEW_CANDIDATES[0]
-        with self.device.use("start-up", 0.0):
+        with self.device.use(None, 0.0):  # the server's own job: it shares nothing (FairDevice.shared)
             # warm-up (mapping, allocations) at a pose none of the timed renders shows: each of those
             # is a new view, timed from scratch, not read off a kept surface (KEPT_SURFACE_VIEWS)
             self._render_batch((chosen, "preview", False), [(spec, 8.0, 0.0)])
@@ -291,17 +291,21 @@ class RenderService:
     # ---- rendering ----------------------------------------------------------------------------
     def render_threads(self, quality: str, views: int = 1) -> int | None:
         """CPU threads of a render (None = torch's own setting): ``preview_threads`` for a drag
-        preview, and for any render while the machine is shared, i.e. a batch of several sessions'
-        views or other requests waiting for the device; torch's setting for a full render alone.
+        preview, and for any render while the machine is shared (:meth:`FairDevice.shared`: a
+        batch of several sessions' views, other requests waiting for the device, or another
+        session's render that ended within the last half second); torch's setting for a full
+        render alone.
 
         Why: the web server and the browser need a core of their own while a slider moves, and so
         does the server while it answers other sessions. On the 2-core CPU, 8 API clients at 64 px
         (alternating runs) got 15.7-18.0 renders/s one at a time and 16.6-20.1 batched with 1
         render thread, against 9.7-10.9 and 11.5-13.0 with 2; a 128 px render alone is still ~13 %
-        faster on 2 threads."""
+        faster on 2 threads. "Waiting" alone was not enough: under 8 batched API clients a render
+        that found the queue empty (the others' answers were being sent) took 139 ms a view on 2
+        threads against 44 ms in the batches; counting the sessions that just rendered, 62 ms."""
         if self.preview_threads is None:
             return None
-        if quality == "preview" or views > 1 or self.device.waiting > 0:
+        if quality == "preview" or views > 1 or self.device.shared():
             return self.preview_threads
         return None
 

@@ -206,3 +206,45 @@ def test_claim_needs_the_device():
         device.claim(lambda job: True, 3)
     with pytest.raises(ValueError):
         RenderBatcher(device, lambda k, p: p, max_batch=0)
+
+
+def test_the_device_knows_when_the_machine_is_shared():
+    """FairDevice.shared: other sessions' jobs waiting, a batch of several sessions, or another
+    session's job that ended within the window; the server's own jobs (session None) and the
+    holder's own earlier jobs do not count."""
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False)
+    assert not device.shared()
+    with device.use(None, 1.0):  # the server's own job (start-up calibration)
+        pass
+    with device.use("a", 1.0):
+        assert not device.shared()
+    with device.use("a", 1.0):
+        assert not device.shared()  # its own job a moment ago
+    with device.use("b", 1.0):
+        assert device.shared()  # a's answer is being sent
+        assert not device.shared(window_s=0.0)
+    time.sleep(0.02)
+    with device.use("a", 1.0):
+        assert not device.shared(window_s=0.01)
+
+    seen = {}
+    started = threading.Event()
+
+    def holder():
+        with device.use("c", 1.0):
+            started.set()
+            while device.waiting == 0:
+                time.sleep(0.001)
+            seen["waiting"] = device.shared(window_s=0.0)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    started.wait(5)
+    with device.use("d", 1.0):
+        pass
+    t.join(5)
+    assert seen == {"waiting": True}
+
+    batcher = RenderBatcher(device, lambda key, payloads: [device.shared(window_s=0.0)] * len(payloads), 8)
+    got = _concurrently(device, [lambda: batcher.run("e", 1.0, "k", 1), lambda: batcher.run("f", 1.0, "k", 2)])
+    assert [g[0] for g in got] == [True, True] and [g[1].size for g in got] == [2, 2]

@@ -71,8 +71,12 @@ def test_previews_render_on_their_threads_and_full_renders_on_torchs(tmp_path, m
 
 def test_renders_on_a_shared_machine_use_the_preview_threads(tmp_path, monkeypatch):
     """A full render alone keeps torch's setting; one that shares the machine with other sessions
-    (a batch of several views, or requests waiting behind it) runs on ``preview_threads``, so that
-    the server keeps a core for answering them."""
+    (a batch of several views, requests waiting behind it, or another session's render that ended
+    within SHARED_WINDOW_S) runs on ``preview_threads``, so that the server keeps a core for
+    answering them."""
+    import time
+
+    import app.scheduler as scheduler
     from app.service import RenderService
     from app.state import EditorState
     from engine.model.latent import FaceSpec
@@ -108,7 +112,16 @@ def test_renders_on_a_shared_machine_use_the_preview_threads(tmp_path, monkeypat
         got = _concurrently(svc.device, [lambda: svc.render_full(small[0], session="a"),
                                          lambda: svc.render_full(large, session="c")])
         assert not any(isinstance(g, BaseException) for g in got)
-        assert sorted(seen) == [(1, 1), (1, 2)]  # the one with a request behind it on 1 thread, the last on 2
+        # the first with a request behind it, the second just after the first session's answer
+        assert seen == [(1, 1), (1, 1)]
+
+        seen.clear()  # another session rendered a moment ago: the machine is still shared
+        svc.render_full(small[1], session="alone")
+        monkeypatch.setattr(scheduler, "SHARED_WINDOW_S", 0.05)
+        time.sleep(0.06)  # ... and no longer: alone again
+        svc.render_full(small[0], session="alone")
+        svc.render_full(small[1], session="alone")  # its own render a moment ago does not count
+        assert seen == [(1, 1), (1, 2), (1, 2)]
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
