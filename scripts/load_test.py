@@ -18,7 +18,9 @@ one POST, one streamed GET, one GET of the picture); ``--client gradio`` uses gr
 ``Client``. The clients share the machine with the server, so the lighter one measures the server
 rather than the clients: on 2 cores, 8 gradio_client clients took 0.9-1.1 cores themselves
 (85-120 ms of CPU a request), the HTTP clients 1-3 ms a request. The report gives the clients'
-own CPU time (``client_cpu_ms_per_request``). GIF clients always use gradio_client.
+own CPU time (``client_cpu_ms_per_request``), and for a server it started itself (Linux) the
+server process's and its render process's (``server_cpu_ms_per_request``,
+``render_process_cpu_ms_per_request``). GIF clients always use gradio_client.
 
 ``--gif-clients N`` adds N clients that ask for the most expensive GIF the server allows by
 default (48 frames, 128 px, reference quality, side-by-side: what the editor's own controls offer
@@ -223,12 +225,35 @@ def _tail(path: Path) -> str:
     return " | ".join(lines[-3:]) or "(empty log)"
 
 
+def process_cpu_s(pid: int | None) -> dict | None:
+    """CPU seconds (user + system) so far of the server process ``pid`` and of its child processes
+    (the render process), from /proc; None where that cannot be read (not Linux, no pid)."""
+    if pid is None:
+        return None
+
+    def cpu(p) -> float:
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        children = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(c) for c in f.read().split()]
+        return {"server": cpu(pid), "children": sum(cpu(c) for c in children)}
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clients: int = 0,
         gif: dict | None = None, downloads: str | None = None, samples: list | None = None,
-        keep: int = 0, client: str = "http") -> dict:
+        keep: int = 0, client: str = "http", server_pid: int | None = None) -> dict:
     """One phase of load. ``samples``: a list that receives up to ``keep`` (request body, image)
     pairs per client, spread over the phase (the own-image check). ``client``: "http"
-    (:class:`HttpClient`) or "gradio" (gradio_client) for the render clients."""
+    (:class:`HttpClient`) or "gradio" (gradio_client) for the render clients. ``server_pid``: the
+    server's process (one this tool started), whose CPU time and its render process's it reports
+    per request."""
     from gradio_client import Client
 
     downloads = downloads or tempfile.mkdtemp(prefix="cgof-load-")
@@ -334,12 +359,17 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
     ready.wait()
     t_start = time.monotonic()
     cpu_start = time.process_time()  # this process: the clients (and the report's own bookkeeping)
+    server_start = process_cpu_s(server_pid)
     stop_at[0] = t_start + duration
     go.set()
     for t in threads:
         t.join(timeout=duration + 300)
     wall = time.monotonic() - t_start
     client_cpu = time.process_time() - cpu_start
+    server_end = process_cpu_s(server_pid)
+    answered = max(len(latencies) + len(errors), 1)
+    server_cpu = {k: _r((server_end[k] - server_start[k]) * 1000.0 / answered) if server_start and server_end
+                  else None for k in ("server", "children")}
     device = None
     try:
         from gradio_client import Client
@@ -377,7 +407,10 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
         },
         "throughput_per_s": round(len(latencies) / wall, 2) if wall > 0 else None,
         "client": client,
-        "client_cpu_ms_per_request": _r(client_cpu * 1000.0 / max(len(latencies) + len(errors), 1)),
+        "client_cpu_ms_per_request": _r(client_cpu * 1000.0 / answered),
+        # the server process's CPU (Gradio, the HTTP and queue work) and its render process's
+        "server_cpu_ms_per_request": server_cpu["server"],
+        "render_process_cpu_ms_per_request": server_cpu["children"],
         "server_alive_after": device is not None,
         "batch_sizes": {str(k): v for k, v in sorted(batch_sizes.items())},
         "device_ms_per_view": _r(sum(device_ms) / len(device_ms) if device_ms else None),
@@ -441,6 +474,8 @@ def _combine(phases: list[dict]) -> dict:
             "batch_sizes": dict(sorted(sizes.items(), key=lambda kv: int(kv[0]))),
             "device_ms_per_view": [p["device_ms_per_view"] for p in phases],
             "client_cpu_ms_per_request": [p["client_cpu_ms_per_request"] for p in phases],
+            "server_cpu_ms_per_request": [p["server_cpu_ms_per_request"] for p in phases],
+            "render_process_cpu_ms_per_request": [p["render_process_cpu_ms_per_request"] for p in phases],
             "wrong_view": sum(p["wrong_view"] for p in phases),
             "error_samples": [e for p in phases for e in p["error_samples"]][:3]}
 
@@ -461,9 +496,9 @@ def batching_compare(args, tmp: Path) -> tuple[dict, bool, dict]:
         samples: list = []
         for r in range(args.rounds):
             for name in order[r % 2]:
-                folder, _, url = servers[name]
+                folder, proc, url = servers[name]
                 phases[name].append(run(url, **common, downloads=str(folder / f"run-{r}"), samples=samples,
-                                        keep=args.check_samples))
+                                        keep=args.check_samples, server_pid=proc.pid))
         check = own_image_check(servers["one_at_a_time"][2], samples, str(tmp / "check"))
     finally:
         for name, (folder, proc, _) in servers.items():
@@ -544,6 +579,8 @@ def main(argv=None) -> int:
             url = url if url.endswith("/") else url + "/"
             common = dict(clients=args.clients, duration=args.duration, size=args.size, seed=args.seed,
                           client=args.client)
+            if proc is not None:
+                common["server_pid"] = proc.pid
             if args.compare:
                 alone = run(url, **common, downloads=str(tmp / "alone"))
                 mixed = run(url, **common, gif_clients=args.gif_clients, gif=gif, downloads=str(tmp / "mixed"))
