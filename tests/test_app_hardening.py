@@ -444,6 +444,10 @@ def test_a_signal_stops_the_server_and_removes_its_files(tmp_path, sig, code):
                         download_files=str(tmp_path / "dl"))
         client.predict('{"frames": 4, "size": 32}', api_name="/export_gif")
         assert list(tmp.glob("cgof-studio-*/cache/out/*.gif"))
+        # the load test's CPU report: the server's own and its render process's (which loaded the model)
+        cpu = load_test.process_cpu_s(proc.pid)
+        if sys.platform.startswith("linux"):
+            assert cpu["server"] > 0.5 and cpu["children"] > 0.5, cpu
     finally:
         if sig == signal.SIGTERM:
             exit_code = load_test.stop_server(proc)
