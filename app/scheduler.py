@@ -93,7 +93,7 @@ class FairDevice:
         with self._cv:
             return len(self._heap)
 
-    def shared(self, window_s: float = None) -> bool:
+    def shared(self, window_s: float | None = None) -> bool:
         """Whether the machine is shared with other sessions right now: jobs wait, the running job
         serves more than one session, or another session's job ended within ``window_s`` seconds
         (default SHARED_WINDOW_S: its answer is still being sent, and its next request may be on

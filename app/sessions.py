@@ -38,6 +38,8 @@ class LazyBlockConfigs(dict):
         super().__init__()
         ids = tuple(ids)
         self._config = blocks_config
+        if len(_ORDERS) > 16:  # apps that render blocks per session (gr.render) have many orders
+            _ORDERS.clear()
         self._order, self._ids = _ORDERS.setdefault(ids, (ids, frozenset(ids)))
         self._settled: set = set()  # ids built, set or deleted: no longer to be built
 
