@@ -18,6 +18,7 @@ the eager constructor runs, as before.
 
 from __future__ import annotations
 
+import threading
 import types
 from typing import Any, Iterator
 
@@ -26,6 +27,10 @@ _MARK = "_cgof_lazy_configs"
 
 # One copy of each app's block ids (in page order, and as a set), shared by all its sessions.
 _ORDERS: dict[tuple, tuple[tuple, frozenset]] = {}
+# Guards the few steps that write a session's dict (a browser tab's drag and its queued render run
+# on different threads): a config built meanwhile never overwrites a value set meanwhile, and the
+# reordering of a full read never drops one. Configs are built outside it.
+_LOCK = threading.Lock()
 
 
 class LazyBlockConfigs(dict):
@@ -47,25 +52,26 @@ class LazyBlockConfigs(dict):
         return key in self._ids and key not in self._settled
 
     def _build(self, key) -> dict:
-        value = self._config.config_for_block(key, [], self._config.blocks[key])
-        self._settled.add(key)
-        super().__setitem__(key, value)
+        value = self._config.config_for_block(key, [], self._config.blocks[key])  # outside the lock
+        with _LOCK:
+            if key in self._settled:  # set (or built) by another thread meanwhile: that one stands
+                return super().__getitem__(key)
+            self._settled.add(key)
+            super().__setitem__(key, value)
         return value
 
     def _fill(self) -> None:
-        missing = [k for k in self._order if k not in self._settled]
-        if not missing:
-            return
-        for key in missing:
-            self._build(key)
-        # the eager dict's order: its blocks first, then ids that were not among them
-        ordered = []
-        for key in self._order:
-            if super().__contains__(key):
-                ordered.append((key, super().__getitem__(key)))
-        ordered += [(k, v) for k, v in super().items() if k not in self._ids]
-        super().clear()
-        super().update(ordered)
+        for key in [k for k in self._order if k not in self._settled]:
+            if self._pending(key):
+                self._build(key)
+        with _LOCK:
+            # the eager dict's order: its blocks first, then ids that were not among them
+            ordered = [(k, super(LazyBlockConfigs, self).__getitem__(k)) for k in self._order
+                       if super(LazyBlockConfigs, self).__contains__(k)]
+            ordered += [(k, v) for k, v in super().items() if k not in self._ids]
+            if [k for k, _ in ordered] != list(super().keys()):
+                super().clear()
+                super().update(ordered)
 
     def __missing__(self, key):
         if self._pending(key):
@@ -73,14 +79,16 @@ class LazyBlockConfigs(dict):
         raise KeyError(key)
 
     def __setitem__(self, key, value) -> None:
-        self._settled.add(key)
-        super().__setitem__(key, value)
+        with _LOCK:
+            self._settled.add(key)
+            super().__setitem__(key, value)
 
     def __delitem__(self, key) -> None:
-        if self._pending(key):
-            self._settled.add(key)
-        else:
-            super().__delitem__(key)
+        with _LOCK:
+            if self._pending(key):
+                self._settled.add(key)
+            else:
+                super().__delitem__(key)
 
     def __contains__(self, key) -> bool:
         return super().__contains__(key) or self._pending(key)
@@ -129,8 +137,9 @@ class LazyBlockConfigs(dict):
         return super().popitem()
 
     def clear(self) -> None:
-        self._settled.update(self._order)
-        super().clear()
+        with _LOCK:
+            self._settled.update(self._order)
+            super().clear()
 
     @property
     def built(self) -> int:

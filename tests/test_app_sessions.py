@@ -66,6 +66,23 @@ def test_a_set_or_deleted_id_is_never_built():
     assert len(lazy) == 0 and list(lazy) == [] and cfg.calls == [1]
 
 
+def test_a_value_set_while_its_config_is_built_stands():
+    """Another thread (a tab's drag beside its queued render) sets a block's value while this one
+    builds that block's config: the set value stands, as it would in the eager dict."""
+    cfg = FakeConfig([1, 2])
+    lazy = LazyBlockConfigs(cfg, [1, 2])
+    real = cfg.config_for_block
+
+    def racing(key, rendered, block):
+        if key == 1:
+            lazy[1] = {"id": 1, "set": "meanwhile"}
+        return real(key, rendered, block)
+
+    cfg.config_for_block = racing
+    assert lazy[1] == {"id": 1, "set": "meanwhile"}
+    assert dict(lazy.items())[1] == {"id": 1, "set": "meanwhile"} and list(lazy) == [1, 2]
+
+
 def test_the_rarer_mutators_see_the_whole_dict():
     cfg = FakeConfig([1, 2])
     lazy = LazyBlockConfigs(cfg, [1, 2])
