@@ -368,8 +368,10 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
     client_cpu = time.process_time() - cpu_start
     server_end = process_cpu_s(server_pid)
     answered = max(len(latencies) + len(errors), 1)
-    server_cpu = {k: _r((server_end[k] - server_start[k]) * 1000.0 / answered) if server_start and server_end
-                  else None for k in ("server", "children")}
+    # None where unknown, or where a child process was replaced meanwhile (its time went with it)
+    server_cpu = {k: _r((server_end[k] - server_start[k]) * 1000.0 / answered)
+                  if server_start and server_end and server_end[k] >= server_start[k] else None
+                  for k in ("server", "children")}
     device = None
     try:
         from gradio_client import Client
