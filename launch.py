@@ -210,7 +210,8 @@ def _main(argv: list[str] | None) -> int:
         try:
             server = create_server(synth, workdir, preview_size=args.preview_size or "auto", remove_workdir=True,
                                    max_cost=max_cost, max_batch=args.max_batch, preview_threads=threads,
-                                   render_process=_load_args(args) if args.render_process == "on" else None)
+                                   render_process=_load_args(args) if args.render_process == "on" else None,
+                                   local_clients=is_loopback(args.host))
         except CgofError as exc:
             return _error(str(exc))
         except Exception as exc:  # the first render failed: the model does not work, do not serve it
@@ -227,7 +228,8 @@ def _main(argv: list[str] | None) -> int:
         on = "" if svc.preview_threads is None else \
             f" on {svc.preview_threads} thread{'s' if svc.preview_threads > 1 else ''}"
         where = "; renders in their own process" if svc.worker is not None else ""
-        print(f"cGOF Studio: model on {synth.device}{where}; live preview {svc.preview_size} px{measured}{on}; "
+        full = "; full renders too (the browser shares this machine)" if on and svc.local_clients else ""
+        print(f"cGOF Studio: model on {synth.device}{where}; live preview {svc.preview_size} px{measured}{on}{full}; "
               f"request limit {svc.max_cost / 1e6:.1f} M evaluations; {batch}{login}; "
               f"serving http://{args.host}:{port} (Ctrl+C to stop)", flush=True)
         forever = threading.Event()

@@ -192,13 +192,15 @@ def sweep_cache(cache: Path, keep: Path, ttl_s: float = CACHE_TTL_S, budget: int
 def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
                   preview_size: int | str = "auto", remove_workdir: bool | None = None,
                   max_cost: float | None = None, max_batch: int | None = None,
-                  preview_threads: int | None = None, render_process: dict | None = None) -> Server:
+                  preview_threads: int | None = None, render_process: dict | None = None,
+                  local_clients: bool = False) -> Server:
     """Service + Blocks over a loaded synthesizer, with a private folder: a fresh temporary one
     unless ``workdir`` is given. The folder is removed on close when it was made here (or when
     ``remove_workdir`` says so). ``max_batch``: views rendered together at most (None: the
     service's default; 1 = one render at a time). ``preview_threads``: intra-op threads of the
     drag previews and of renders while other requests wait (None: torch's setting; see
-    :meth:`app.service.RenderService.render_threads`).
+    :meth:`app.service.RenderService.render_threads`). ``local_clients``: the clients run on this
+    machine (a loopback host), so every render leaves them a core (``preview_threads``).
     ``render_process``: ``FaceSynthesizer.load`` arguments of ``synth`` to run the interactive renders
     in a process of their own (:mod:`app.render_worker`); None renders in this process."""
     own = workdir is None
@@ -218,7 +220,8 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
             worker = RenderWorker(render_process)
         batching = {} if max_batch is None else {"max_batch": max_batch}
         service = RenderService(synth, workdir / "cache" / "out", preview_size=preview_size, max_cost=max_cost,
-                                preview_threads=preview_threads, worker=worker, **batching)
+                                preview_threads=preview_threads, worker=worker, local_clients=local_clients,
+                                **batching)
         sessions.install()  # an API call's session must not cost every block's page config
         demo = build_blocks(service, initial)
         demo.queue(default_concurrency_limit=RENDER_SLOTS, max_size=QUEUE_SIZE)

@@ -124,7 +124,7 @@ class RenderService:
 
     def __init__(self, synth, workdir: str | os.PathLike, preview_size: int | str = "auto",
                  max_cost: float | None = None, max_batch: int = DEFAULT_MAX_BATCH, preview_threads: int | None = None,
-                 worker=None):
+                 worker=None, local_clients: bool = False):
         self.synth = synth
         synth.keep_surfaces(KEPT_SURFACE_VIEWS)  # (none kept yet: the calibration below times from scratch)
         # Interactive renders (the batcher's) run here, or in ``worker`` (app.render_worker.RenderWorker:
@@ -133,6 +133,9 @@ class RenderService:
         # Drag previews and renders on a shared machine use these intra-op threads (None: torch's
         # setting); a full render alone uses torch's (render_threads).
         self.preview_threads = preview_threads
+        # The clients (the browser) run on this machine (the server listens on a loopback address):
+        # they share its cores, so every render uses preview_threads (render_threads).
+        self.local_clients = bool(local_clients)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device = FairDevice()
@@ -291,10 +294,11 @@ class RenderService:
     # ---- rendering ----------------------------------------------------------------------------
     def render_threads(self, quality: str, views: int = 1) -> int | None:
         """CPU threads of a render (None = torch's own setting): ``preview_threads`` for a drag
-        preview, and for any render while the machine is shared (:meth:`FairDevice.shared`: a
-        batch of several sessions' views, other requests waiting for the device, or another
-        session's render that ended within the last half second); torch's setting for a full
-        render alone.
+        preview, for every render when the clients run on this machine (``local_clients``), and
+        for any render while the machine is shared (:meth:`FairDevice.shared`: a batch of several
+        sessions' views, other requests waiting for the device, or another session's render that
+        ended within the last half second); torch's setting for a full render alone for a client
+        elsewhere.
 
         Why: the web server and the browser need a core of their own while a slider moves, and so
         does the server while it answers other sessions. On the 2-core CPU, 8 API clients at 64 px
@@ -302,10 +306,14 @@ class RenderService:
         render thread, against 9.7-10.9 and 11.5-13.0 with 2; a 128 px render alone is still ~13 %
         faster on 2 threads. "Waiting" alone was not enough: under 8 batched API clients a render
         that found the queue empty (the others' answers were being sent) took 139 ms a view on 2
-        threads against 44 ms in the batches; counting the sessions that just rendered, 62 ms."""
+        threads against 44 ms in the batches; counting the sessions that just rendered, 62 ms.
+        A browser on this machine is busy when a slider is released (the last previews, the
+        progress display): editor releases at 128 px with a local headless Chromium took 204 ms
+        (median of 18, alternating) on 2 threads and 141 on 1; without a browser the same full
+        renders through the API took 111-115 ms on 2 threads and 113-127 on 1."""
         if self.preview_threads is None:
             return None
-        if quality == "preview" or views > 1 or self.device.shared():
+        if quality == "preview" or views > 1 or self.local_clients or self.device.shared():
             return self.preview_threads
         return None
 

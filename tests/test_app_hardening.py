@@ -432,7 +432,8 @@ def test_a_signal_stops_the_server_and_removes_its_files(tmp_path, sig, code):
         deadline = time.monotonic() + 60  # the start line follows the first answer by a moment
         while "cGOF Studio:" not in (tmp / "server.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert "renders in their own process; live preview 64 px on 1 thread;" in (tmp / "server.log").read_text()
+        assert ("renders in their own process; live preview 64 px on 1 thread; full renders too (the browser shares "
+                "this machine);") in (tmp / "server.log").read_text()
         with pytest.raises(urllib.error.HTTPError) as info:  # no login, no API
             urllib.request.urlopen(f"{url}gradio_api/info", timeout=10).read()
         assert info.value.code == 401

@@ -127,12 +127,44 @@ def test_renders_on_a_shared_machine_use_the_preview_threads(tmp_path, monkeypat
         torch.set_num_threads(before)
 
 
+def test_with_clients_on_this_machine_every_render_leaves_them_a_core(tmp_path, monkeypatch):
+    """local_clients (the server listens on a loopback address): the browser shares the machine,
+    so a full render alone runs on ``preview_threads`` too."""
+    from app.service import RenderService
+    from app.state import EditorState
+    from _app_synth import make_synth
+
+    synth = make_synth()
+    seen = []
+    real = synth.render_many
+
+    def spy(specs, *a, **k):
+        seen.append(torch.get_num_threads())
+        return real(specs, *a, **k)
+
+    monkeypatch.setattr(synth, "render_many", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        svc = RenderService(synth, tmp_path / "out", preview_size=64, preview_threads=1, local_clients=True)
+        assert svc.render_threads("fast", 1) == 1 and svc.render_threads("reference", 1) == 1
+        seen.clear()
+        svc.render_full(EditorState(size=32), session="alone")
+        assert seen == [1] and torch.get_num_threads() == 2
+        far = RenderService(synth, tmp_path / "out2", preview_size=64, preview_threads=1)
+        assert far.render_threads("fast", 1) is None  # a client elsewhere, alone: torch's setting
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_without_preview_threads_every_render_keeps_torchs_setting(tmp_path):
     from app.service import RenderService
     from _app_synth import make_synth
 
     svc = RenderService(make_synth(), tmp_path / "out", preview_size=64, preview_threads=None)
     assert svc.render_threads("preview", 1) is None and svc.render_threads("fast", 8) is None
+    local = RenderService(make_synth(), tmp_path / "out3", preview_size=64, preview_threads=None, local_clients=True)
+    assert local.render_threads("fast", 1) is None
     svc2 = RenderService(make_synth(), tmp_path / "out2", preview_size=64, preview_threads=3)
     assert svc2.render_threads("preview") == 3 and svc2.render_threads("fast", 2) == 3
     assert svc2.render_threads("reference", 1) is None  # alone, nothing waiting
