@@ -51,10 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render up to N waiting requests of different sessions (same size, quality and views) "
                         "in one batch, 1..64 (default 8; 1 = one render at a time)")
     p.add_argument("--preview-threads", default="auto", metavar="N",
-                   help="CPU threads of a drag preview, and of any render while other sessions' requests wait "
+                   help="CPU threads of a drag preview, of any render while other sessions are served, and of "
+                        "every render when --host is a loopback address (the browser then shares this machine) "
                         "(default auto: on a CPU every core but one, which the browser and the web server keep busy "
-                        "while a slider moves or other sessions are answered; on CUDA torch's own setting). A full "
-                        "render alone and exports use torch's setting")
+                        "while a slider moves or other sessions are answered; on CUDA torch's own setting). "
+                        "Exports, and a full render alone for a browser elsewhere, use torch's setting")
     p.add_argument("--render-process", default="on", choices=("on", "off"),
                    help="run the interactive renders in a process of their own (default on: in the server's "
                         "process they wait for Gradio's event loop at every op); off renders in this process")
