@@ -131,7 +131,7 @@ class RenderService:
         # the same model in a process of its own, keeping its surfaces as this one) when given.
         self.worker = worker
         # Drag previews and renders on a shared machine use these intra-op threads (None: torch's
-        # setting); a full render alone uses torch's (render_threads).
+        # setting); a full render alone for a client elsewhere uses torch's (render_threads).
         self.preview_threads = preview_threads
         # The clients (the browser) run on this machine (the server listens on a loopback address):
         # they share its cores, so every render uses preview_threads (render_threads).
