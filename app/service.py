@@ -119,6 +119,20 @@ class GifRequest:
     state: EditorState = field(default_factory=EditorState)
 
 
+class RenderElsewhere:
+    """A synthesizer for the sweep exports whose renders run in the render process: the face model,
+    camera and layout are the server's own (what the sweep reads besides its frames), and
+    ``render_many`` goes to ``worker`` (app.render_worker.RenderWorker, the same model) with
+    torch's threads, as an export in this process had them."""
+
+    def __init__(self, synth, worker):
+        self.layout, self.facemodel, self.camera, self.device = synth.layout, synth.facemodel, synth.camera, synth.device
+        self.worker = worker
+
+    def render_many(self, specs, yaws, pitches, size: int = 128, quality: str = "fast", normals: bool = True):
+        return self.worker.render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals, threads=None)
+
+
 class RenderService:
     """Everything the UI and the API need, over one loaded synthesizer."""
 
@@ -573,7 +587,7 @@ class RenderService:
             held[0] = True
             try:
                 export_sweep_gif(
-                    self.synth, req.state.spec, path, kind=req.kind, frames=req.frames, size=req.size,
+                    self._export_renderer(), req.state.spec, path, kind=req.kind, frames=req.frames, size=req.size,
                     fps=req.fps, views=req.views, yaw_deg=req.state.yaw, pitch_deg=req.state.pitch,
                     quality=req.state.quality, progress=between_frames, batch=batch,
                 )
@@ -584,6 +598,13 @@ class RenderService:
                 if held[0]:
                     self.device.release()
         return path
+
+    def _export_renderer(self):
+        """What a sweep export renders with: the synthesizer, or with a render process its
+        :class:`RenderElsewhere` (exports used to render in the server's process, where they wait
+        for Gradio's event loop at every op: a 24-frame 128 px side-by-side identity GIF took
+        4.6-4.7 s through the API against 2.1-2.3 s alone)."""
+        return self.synth if self.worker is None else RenderElsewhere(self.synth, self.worker)
 
     def export_mesh(self, state: EditorState, which: str, progress=None, session=None) -> Path:
         from engine.api import export_3dmm_mesh, export_isosurface

@@ -111,3 +111,32 @@ def test_the_worker_keeps_surfaces_for_texture_and_lighting_edits():
     want = FaceSynthesizer.load(device="cpu").render(lit, 10.0, 0.0, 32, "preview", normals=False)
     assert not first.surface_reused and again.surface_reused and not want.surface_reused
     assert np.abs(again.image.astype(int) - want.image.astype(int)).max() <= 1  # other thread counts: last bits
+
+
+def test_gif_exports_render_in_the_render_process(tmp_path, local):
+    """A server with a render process sends a sweep export's frames there (the export still takes
+    the device frame by frame here), and the GIF is the one an export in this process writes."""
+    import imageio.v3 as iio
+
+    from app.render_worker import RenderWorker
+    from app.service import GifRequest, RenderService
+    from app.state import EditorState
+
+    worker = RenderWorker(dict(checkpoint=str(small_checkpoint()), device="cpu"))
+    calls = []
+    real = worker.render_many
+    worker.render_many = lambda specs, *a, **k: calls.append((len(specs), k["normals"], k["threads"])) or real(
+        specs, *a, **k)
+    try:
+        far = RenderService(local, tmp_path / "far", preview_size=32, worker=worker)
+        calls.clear()
+        req = GifRequest(kind="identity", frames=6, size=32, views="side-by-side", state=EditorState())
+        there = far.export_gif(req)
+    finally:
+        worker.close()
+    assert calls == [(4, True, None), (2, True, None)]  # the frames four at a time, torch's threads
+    here = RenderService(local, tmp_path / "here", preview_size=32).export_gif(
+        GifRequest(kind="identity", frames=6, size=32, views="side-by-side", state=EditorState()))
+    a, b = iio.imread(there, index=None), iio.imread(here, index=None)
+    assert a.shape == b.shape and a.shape[0] == 6
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # other processes: last bits at most
