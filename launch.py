@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "while a slider moves or other sessions are answered; on CUDA torch's own setting). "
                         "Exports, and a full render alone for a browser elsewhere, use torch's setting")
     p.add_argument("--render-process", default="on", choices=("on", "off"),
-                   help="run the interactive renders in a process of their own (default on: in the server's "
-                        "process they wait for Gradio's event loop at every op); off renders in this process")
+                   help="run the interactive renders and the frames of GIF exports in a process of their own "
+                        "(default on: in the server's process they wait for Gradio's event loop at every op); off "
+                        "renders in this process")
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="require this login for the page and the API (visible to other local users in the "
                         "process list: prefer --auth-file)")
