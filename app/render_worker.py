@@ -1,4 +1,4 @@
-"""The editor's interactive renders in a process of their own.
+"""The editor's interactive renders, and the frames of its GIF exports, in a process of their own.
 
 Why: a render is thousands of small torch ops, and the Python thread that issues them must take
 the interpreter lock back after every one. In the server's process Gradio's event loop holds that
