@@ -248,3 +248,39 @@ def test_the_device_knows_when_the_machine_is_shared():
     batcher = RenderBatcher(device, lambda key, payloads: [device.shared(window_s=0.0)] * len(payloads), 8)
     got = _concurrently(device, [lambda: batcher.run("e", 1.0, "k", 1), lambda: batcher.run("f", 1.0, "k", 2)])
     assert [g[0] for g in got] == [True, True] and [g[1].size for g in got] == [2, 2]
+
+
+def test_a_background_job_waits_a_moment_for_interactive_ones():
+    """An export frame (weight < 1) whose turn comes just after an interactive job waits up to
+    ANTICIPATE_S for the next interactive request (a batch's clients come back a few ms later),
+    instead of taking the device for seconds in every gap between render batches."""
+    from app.scheduler import ANTICIPATE_S
+
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False)
+    device.order = []
+    with device.use("a", 1.0):
+        pass
+    waited = {}
+
+    def export():
+        t0 = time.perf_counter()
+        with device.use("gif", 1.0, 0.25):
+            waited["gif"] = time.perf_counter() - t0
+
+    t = threading.Thread(target=export)
+    t.start()
+    time.sleep(ANTICIPATE_S / 4)  # the export is holding back
+    with device.use("b", 1.0):
+        pass
+    t.join(10)
+    assert device.order == ["a", "b", "gif"]
+
+    with device.use("a", 1.0):  # nothing interactive follows: the export waits ANTICIPATE_S at most
+        pass
+    export()
+    assert 0.5 * ANTICIPATE_S <= waited["gif"] < ANTICIPATE_S + 2.0
+    time.sleep(ANTICIPATE_S * 1.5)  # long after the last interactive job: at once
+    export()
+    assert waited["gif"] < ANTICIPATE_S / 2
+    with device.use("c", 1.0):  # an interactive job never holds back
+        pass
