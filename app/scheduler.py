@@ -21,7 +21,9 @@ sending a long GIF (one job per frame, see ``RenderService.export_gif``) waits i
 cheap renders of the others instead of holding the device for minutes, and a session that floods
 the queue only delays itself. Exports run at a lower weight than interactive renders (see
 ``app.service.EXPORT_WEIGHT``): they are background work and yield to people dragging sliders.
-The device never idles while a job waits (work-conserving): alone, a GIF runs at full speed.
+The device never idles while a job waits (work-conserving), with one exception: a background job
+(weight < 1) whose turn comes within ANTICIPATE_S of an interactive job's end waits that long at most
+for the next interactive request. Alone, a GIF runs at full speed.
 
 Re-entrant per thread: a thread that holds the device may take it again (nested calls).
 
