@@ -3,7 +3,7 @@
 
     python launch.py [--host 127.0.0.1] [--port 7860] [--checkpoint DIR] [--facemodel PATH] [--coeff-dist NPZ]
                      [--device auto] [--max-request-cost M] [--max-batch N] [--preview-threads N]
-                     [--render-process on|off]
+                     [--render-process on|off] [--render-processes auto|N]
                      [--auth USER:PASSWORD | --auth-file FILE] [--insecure]
 
 The model is loaded (and checked) before the UI is built: a bad checkpoint or face model prints one
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the interactive renders and the frames of GIF exports in a process of their own "
                         "(default on: in the server's process they wait for Gradio's event loop at every op); off "
                         "renders in this process")
+    p.add_argument("--render-processes", default="auto", metavar="N",
+                   help="how many render processes, 1..8, each rendering one batch at a time (default auto: 2 on a "
+                        "CPU with 2 or more cores, where one leaves a core mostly idle; 1 on CUDA, where one batch "
+                        "already fills the device). Each holds a copy of the model")
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="require this login for the page and the API (visible to other local users in the "
                         "process list: prefer --auth-file)")
@@ -69,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a non-loopback --host without --auth/--auth-file (anyone who can reach the port "
                         "can use the server)")
     return p
+
+
+def render_processes(value: str, device) -> int:
+    """--render-processes: a count 1..8, or "auto" (2 on a CPU with 2 or more cores, else 1). A
+    bad value is a ValueError (one line); ``device`` None checks the value's form only."""
+    if str(value).strip().lower() == "auto":
+        if device is None or getattr(device, "type", str(device)) != "cpu":
+            return 1
+        return 2 if (os.cpu_count() or 1) >= 2 else 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 8:
+        raise ValueError(f"--render-processes {value}: expected auto or a count 1..8")
+    return n
 
 
 def is_loopback(host: str) -> bool:
@@ -166,6 +186,10 @@ def _main(argv: list[str] | None) -> int:
                       "of evaluations")
     if args.max_batch is not None and not 1 <= args.max_batch <= 64:
         return _error(f"--max-batch {args.max_batch}: expected 1..64")
+    try:
+        render_processes(args.render_processes, None)  # the value's form; the device decides "auto" below
+    except ValueError as exc:
+        return _error(str(exc))
     from engine.api import CgofError, resolve_threads
 
     try:
@@ -213,6 +237,7 @@ def _main(argv: list[str] | None) -> int:
             server = create_server(synth, workdir, preview_size=args.preview_size or "auto", remove_workdir=True,
                                    max_cost=max_cost, max_batch=args.max_batch, preview_threads=threads,
                                    render_process=_load_args(args) if args.render_process == "on" else None,
+                                   render_processes=render_processes(args.render_processes, synth.device),
                                    local_clients=is_loopback(args.host))
         except CgofError as exc:
             return _error(str(exc))
@@ -229,7 +254,8 @@ def _main(argv: list[str] | None) -> int:
         batch = f"batches of up to {svc.batcher.max_batch}" if svc.batcher.max_batch > 1 else "one render at a time"
         on = "" if svc.preview_threads is None else \
             f" on {svc.preview_threads} thread{'s' if svc.preview_threads > 1 else ''}"
-        where = "; renders in their own process" if svc.worker is not None else ""
+        n = len(svc.workers)
+        where = "" if not n else "; renders in their own process" if n == 1 else f"; renders in {n} processes of their own"
         full = "; full renders too (the browser shares this machine)" if on and svc.local_clients else ""
         print(f"cGOF Studio: model on {synth.device}{where}; live preview {svc.preview_size} px{measured}{on}{full}; "
               f"request limit {svc.max_cost / 1e6:.1f} M evaluations; {batch}{login}; "

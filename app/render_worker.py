@@ -8,7 +8,9 @@ to spare. A thread busy in Python 37 % of the time slows a one-thread 64 px rend
 71 ms in one process; a smaller switch interval does not help. A process of its own has its own lock.
 
 The worker loads the same model (the same ``FaceSynthesizer.load`` arguments) and serves
-``render_many`` calls over a pipe, one at a time (the service's fair queue already orders them);
+``render_many`` calls over a pipe, one at a time (the service's fair queue already orders them:
+with several processes, :meth:`RenderWorker.start_many`, one device slot each, so two batches
+render at once on 2 cores, where one process left a core mostly idle);
 results come back as :class:`~engine.synthesizer.RenderResult` objects, those of an in-process
 render (bit-identical at the same thread count; float sums may differ in the last bit across
 counts, and the service gives the worker torch's default). It stops when asked, when the
@@ -76,19 +78,42 @@ class RenderWorker:
     died (killed, out of memory) is started again by the next render, which then waits for it;
     ``restarts`` counts those."""
 
-    def __init__(self, load: dict[str, Any], start_timeout: float = START_TIMEOUT_S):
+    def __init__(self, load: dict[str, Any], start_timeout: float = START_TIMEOUT_S, _wait: bool = True):
         self._load, self._timeout = dict(load), start_timeout
         self._lock = threading.Lock()
         self.restarts = 0
-        self._start()
+        self._spawn()
+        if _wait:
+            self._wait_ready()
+
+    @classmethod
+    def start_many(cls, load: dict[str, Any], n: int, start_timeout: float = START_TIMEOUT_S) -> list["RenderWorker"]:
+        """``n`` render processes over the same model, loading it at the same time (each load is
+        mostly one core's work: two take about as long as one on 2 cores). If one cannot start,
+        all are stopped and its one-line error is raised."""
+        workers = [cls(load, start_timeout, _wait=False) for _ in range(int(n))]
+        try:
+            for w in workers:
+                w._wait_ready()
+        except BaseException:
+            for w in workers:
+                w.close()
+            raise
+        return workers
 
     def _start(self) -> None:
+        self._spawn()
+        self._wait_ready()
+
+    def _spawn(self) -> None:
         ctx = mp.get_context("spawn")  # no forked copy of the server's threads and locks
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, self._load), daemon=True,
                                  name="cgof-render-worker")
         self._proc.start()
         child.close()
+
+    def _wait_ready(self) -> None:
         if not self._conn.poll(self._timeout):
             self.close()
             raise CgofError(f"the render process did not load the model within {self._timeout:.0f} s")

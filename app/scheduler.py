@@ -1,8 +1,9 @@
-"""Fair use of the one render device across browser sessions and API clients.
+"""Fair use of the render device across browser sessions and API clients.
 
 Everything that runs the synthesizer takes the device through :class:`FairDevice`: one job at a
-time (the synthesizer is not thread-safe), handed out by weighted fair queueing over sessions, in
-seconds of device time:
+time per *slot* (a synthesizer is not thread-safe; with render processes, one slot per process:
+``app.render_worker``), handed out by weighted fair queueing over sessions, in seconds of device
+time:
 
 - a job of session *s* with cost *c* (field evaluations, ``app.service.RenderService.request_cost``)
   and weight *w* is estimated at ``c x rate + overhead`` seconds (``rate``: seconds per evaluation,
@@ -12,7 +13,9 @@ seconds of device time:
   ``F_last > V``). With 16 people rendering, V moves 1/16 s per second of renders, so a GIF frame
   tagged 30 s ahead waits for every one of them to have had 30 s of device time / weight, not for
   30 s of renders in all;
-- the waiting job with the smallest tag runs next (ties: first come, first served);
+- the waiting job with the smallest tag runs next, on the lowest free slot (ties: first come,
+  first served; the lowest slot, so that one person alone always renders on the same process and
+  finds the surfaces it kept);
 - when a job ends, its session is charged what it really took: ``F_last[s]`` moves by
   ``(elapsed - estimate) / w``, so a wrong estimate costs its own session, never the others.
 
@@ -21,9 +24,10 @@ sending a long GIF (one job per frame, see ``RenderService.export_gif``) waits i
 cheap renders of the others instead of holding the device for minutes, and a session that floods
 the queue only delays itself. Exports run at a lower weight than interactive renders (see
 ``app.service.EXPORT_WEIGHT``): they are background work and yield to people dragging sliders.
-The device never idles while a job waits (work-conserving), with one exception: a background job
-(weight < 1) whose turn comes within ANTICIPATE_S of an interactive job's end waits that long at most
-for the next interactive request. Alone, a GIF runs at full speed.
+A slot never idles while a job waits (work-conserving), with two exceptions: a background job
+(weight < 1) whose turn comes while an interactive job runs, or within ANTICIPATE_S of one's end,
+waits (that long at most after the end) for the next interactive request; and with several slots
+background jobs hold one slot fewer than there are, at most. Alone, a GIF runs at full speed.
 
 Re-entrant per thread: a thread that holds the device may take it again (nested calls).
 
@@ -76,10 +80,25 @@ class _Ticket:
         return (self.tag, self.seq) < (other.tag, other.seq)
 
 
-class FairDevice:
-    """A lock with weighted fair (SCFQ) hand-over between sessions. Thread-safe."""
+class _Hold:
+    """A running job: the thread's nesting depth, its slot, its members [(session, cost, estimate,
+    weight)] (more than one when it claimed others) and its start time."""
 
-    def __init__(self, overhead_s: float = JOB_OVERHEAD_S, rate: float = INITIAL_RATE_S, learn: bool = True):
+    __slots__ = ("depth", "slot", "members", "t0")
+
+    def __init__(self, slot: int, members: list, t0: float):
+        self.depth, self.slot, self.members, self.t0 = 1, slot, members, t0
+
+
+class FairDevice:
+    """``slots`` locks (1: a plain lock) with weighted fair (SCFQ) hand-over between sessions.
+    Thread-safe."""
+
+    def __init__(self, overhead_s: float = JOB_OVERHEAD_S, rate: float = INITIAL_RATE_S, learn: bool = True,
+                 slots: int = 1):
+        if int(slots) < 1:
+            raise ValueError(f"slots {slots}: expected at least 1")
+        self.slots = int(slots)
         self.overhead_s = float(overhead_s)
         self.rate = float(rate)
         self.learn = learn
@@ -89,11 +108,8 @@ class FairDevice:
         self._finish: dict[Hashable, float] = {}  # session -> tag of its last job (while > V)
         self._weight: dict[Hashable, float] = {}  # session -> weight of its last job
         self._vtime = 0.0
-        self._owner: int | None = None
-        self._depth = 0
-        # the running job: its members [(session, cost, estimate, weight)] (more than one when it
-        # claimed others) and its start time
-        self._job: tuple[list[tuple], float] | None = None
+        self._holds: dict[int, _Hold] = {}  # thread id -> the job it runs
+        self._free = list(range(self.slots))  # free slots, a heap: the lowest goes first
         self._closed = False
         self._ended: dict[Hashable, float] = {}  # session -> when its last job ended (within SHARED_WINDOW_S)
         self._interactive_ended = -1e9  # when the last job of weight >= 1 (not the server's own) ended
@@ -105,15 +121,19 @@ class FairDevice:
             return len(self._heap)
 
     def shared(self, window_s: float | None = None) -> bool:
-        """Whether the machine is shared with other sessions right now: jobs wait, the running job
-        serves more than one session, or another session's job ended within ``window_s`` seconds
-        (default SHARED_WINDOW_S: its answer is still being sent, and its next request may be on
-        its way). The holder of the device asks this; jobs without a session (None) do not count."""
+        """Whether the machine is shared with other sessions right now: jobs wait, another job runs
+        on another slot, the caller's job serves more than one session, or another session's job
+        ended within ``window_s`` seconds (default SHARED_WINDOW_S: its answer is still being sent,
+        and its next request may be on its way). A holder of the device asks this; jobs without a
+        session (None) do not count."""
         window = SHARED_WINDOW_S if window_s is None else float(window_s)
         with self._cv:
             if self._heap:
                 return True
-            mine = {m[0] for m in self._job[0]} if self._job is not None else set()
+            hold = self._holds.get(threading.get_ident())
+            if len(self._holds) > (hold is not None):
+                return True
+            mine = {m[0] for m in hold.members} if hold is not None else set()
             if len(mine) > 1:
                 return True
             cutoff = time.perf_counter() - window
@@ -130,8 +150,8 @@ class FairDevice:
         (``job`` given, :meth:`claim`): the device is not held and the claimer does the work."""
         me = threading.get_ident()
         with self._cv:
-            if self._owner == me:
-                self._depth += 1
+            if me in self._holds:
+                self._holds[me].depth += 1
                 return True
             if self._closed:
                 raise CgofError("the server is shutting down")
@@ -145,7 +165,7 @@ class FairDevice:
             heapq.heappush(self._heap, ticket)
             self._cv.notify_all()  # a background job holding back for an interactive one (_hold_back)
             while not self._closed and not ticket.claimed:
-                if self._owner is not None or self._heap[0] is not ticket:
+                if not self._free or self._next_runnable() is not ticket:
                     self._cv.wait()
                     continue
                 hold = self._hold_back(ticket)
@@ -159,29 +179,76 @@ class FairDevice:
                 heapq.heapify(self._heap)
                 self._cv.notify_all()
                 raise CgofError("the server is shutting down")
-            heapq.heappop(self._heap)
-            self._owner, self._depth = me, 1
-            self._job = ([(session, float(cost), estimate, weight)], time.perf_counter())
+            self._heap.remove(ticket)
+            heapq.heapify(self._heap)
+            self._holds[me] = _Hold(heapq.heappop(self._free), [(session, float(cost), estimate, weight)],
+                                    time.perf_counter())
+            if self._heap and self._free:
+                self._cv.notify_all()  # the next in line may take another free slot
             if self.order is not None:
                 self.order.append(session)
             return True
 
+    def _next_runnable(self) -> _Ticket | None:
+        """The waiting ticket that takes the next free slot: the smallest tag, except that with
+        several slots background jobs (weight < 1: exports) never hold all of them, so that an
+        interactive request always finds a slot that no multi-second export frame blocks."""
+        if self.slots == 1:
+            return self._heap[0] if self._heap else None
+        background = sum(1 for h in self._holds.values() if h.members[0][3] < 1.0)
+        for t in sorted(self._heap):
+            if t.weight >= 1.0 or background < self.slots - 1:
+                return t
+        return None
+
     def _hold_back(self, ticket: _Ticket) -> float:
         """Seconds a background ticket at the head of the queue waits for an interactive job (see
         ANTICIPATE_S); 0 when it may run: it is interactive, an interactive job already waits
-        (its tag decides), or the last interactive job ended long enough ago."""
+        (its tag decides), or no interactive job runs and the last one ended long enough ago.
+        While one runs on another slot: ANTICIPATE_S (its end wakes the ticket to look again)."""
         if ticket.weight >= 1.0 or any(t.weight >= 1.0 for t in self._heap):
             return 0.0
+        if any(s is not None and w >= 1.0 for h in self._holds.values() for s, _, _, w in h.members):
+            return ANTICIPATE_S
         return self._interactive_ended + ANTICIPATE_S - time.perf_counter()
+
+    def gather(self, accept: Callable[[Any], bool], want: int, timeout: float) -> int:
+        """The holder waits, up to ``timeout`` seconds, while another slot runs a job of another
+        session and fewer than ``want`` waiting jobs are accepted by ``accept`` (for a batch it is
+        about to :meth:`claim`); returns how many are waiting. It never waits when its job is the
+        only one running, or when everything running is its own session's."""
+        me = threading.get_ident()
+        deadline = time.perf_counter() + timeout
+        with self._cv:
+            hold = self._holds.get(me)
+            if hold is None:
+                raise RuntimeError("FairDevice.gather by a thread that does not hold the device")
+            mine = {m[0] for m in hold.members}
+            while True:
+                n = sum(1 for t in self._heap if t.job is not None and accept(t.job))
+                others = any(m[0] not in mine for k, h in self._holds.items() if k != me for m in h.members)
+                left = deadline - time.perf_counter()
+                if n >= want or left <= 0 or not others or self._closed:
+                    return n
+                self._cv.wait(left)
+
+    def slot(self) -> int:
+        """The slot (0 .. slots - 1) the calling thread holds: which render process its job uses."""
+        with self._cv:
+            hold = self._holds.get(threading.get_ident())
+            if hold is None:
+                raise RuntimeError("FairDevice.slot by a thread that does not hold the device")
+            return hold.slot
 
     def claim(self, accept: Callable[[Any], bool], limit: int) -> list:
         """The holder takes up to ``limit`` waiting jobs whose ``job`` object ``accept`` accepts, at
         most one per session and none of its own session, smallest tags first; returns their job
         objects. Their sessions are charged a share of this job's time on release."""
         with self._cv:
-            if self._owner != threading.get_ident():
+            hold = self._holds.get(threading.get_ident())
+            if hold is None:
                 raise RuntimeError("FairDevice.claim by a thread that does not hold the device")
-            members, _ = self._job
+            members = hold.members
             seated = {m[0] for m in members}
             taken = []
             for t in sorted(self._heap):
@@ -202,20 +269,23 @@ class FairDevice:
             return [t.job for t in taken]
 
     def release(self) -> None:
+        me = threading.get_ident()
         with self._cv:
-            if self._owner != threading.get_ident():
+            hold = self._holds.get(me)
+            if hold is None:
                 raise RuntimeError("FairDevice.release by a thread that does not hold it")
-            self._depth -= 1
-            if self._depth:
+            hold.depth -= 1
+            if hold.depth:
                 return
-            members, t0 = self._job
+            members, t0 = hold.members, hold.t0
             elapsed = time.perf_counter() - t0
             cost = sum(m[1] for m in members)
             for session, c, estimate, weight in members:
                 # charge each session what its part of the job really took (by cost; equal parts when free)
                 part = elapsed * (c / cost if cost > 0 else 1.0 / len(members))
                 self._finish[session] = self._finish.get(session, self._vtime) + (part - estimate) / weight
-            # the fluid clock: this much device time shared by everyone still due service
+            # the fluid clock: this much device time shared by everyone still due service (with
+            # several slots each job's time counts: the fluid server is that many times as fast)
             due = {t.session for t in self._heap} | {s for s, f in self._finish.items() if f > self._vtime}
             total = sum(self._weight.get(s, 1.0) for s in due) or members[0][3]
             self._vtime += elapsed / total
@@ -232,7 +302,8 @@ class FairDevice:
                 self._ended = {s: t for s, t in self._ended.items() if now - t < SHARED_WINDOW_S}
             if self.learn and cost > 0 and elapsed > self.overhead_s:
                 self.rate = 0.8 * self.rate + 0.2 * (elapsed - self.overhead_s) / cost
-            self._owner, self._job = None, None
+            del self._holds[me]
+            heapq.heappush(self._free, hold.slot)
             self._cv.notify_all()
 
     @contextmanager

@@ -87,8 +87,8 @@ class Server:
         try:
             self.demo.close()
         finally:
-            if self.service.worker is not None:
-                self.service.worker.close()
+            for worker in self.service.workers:
+                worker.close()
             release_env(self.workdir)
             if self.remove_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -193,7 +193,7 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
                   preview_size: int | str = "auto", remove_workdir: bool | None = None,
                   max_cost: float | None = None, max_batch: int | None = None,
                   preview_threads: int | None = None, render_process: dict | None = None,
-                  local_clients: bool = False) -> Server:
+                  local_clients: bool = False, render_processes: int = 1) -> Server:
     """Service + Blocks over a loaded synthesizer, with a private folder: a fresh temporary one
     unless ``workdir`` is given. The folder is removed on close when it was made here (or when
     ``remove_workdir`` says so). ``max_batch``: views rendered together at most (None: the
@@ -202,12 +202,13 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
     :meth:`app.service.RenderService.render_threads`). ``local_clients``: the clients run on this
     machine (a loopback host), so every render leaves them a core (``preview_threads``).
     ``render_process``: ``FaceSynthesizer.load`` arguments of ``synth`` to run the interactive renders
-    in a process of their own (:mod:`app.render_worker`); None renders in this process."""
+    and sweep exports in processes of their own (:mod:`app.render_worker`), ``render_processes`` of
+    them (one device slot each); None renders in this process."""
     own = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="cgof-studio-") if own else workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     remove = own if remove_workdir is None else bool(remove_workdir)
-    worker = None
+    workers = []
     try:
         claim_env(workdir)
         from . import sessions
@@ -217,16 +218,16 @@ def create_server(synth, workdir: str | os.PathLike | None = None, initial=None,
         if render_process is not None:
             from .render_worker import RenderWorker
 
-            worker = RenderWorker(render_process)
+            workers = RenderWorker.start_many(render_process, max(1, int(render_processes)))
         batching = {} if max_batch is None else {"max_batch": max_batch}
         service = RenderService(synth, workdir / "cache" / "out", preview_size=preview_size, max_cost=max_cost,
-                                preview_threads=preview_threads, worker=worker, local_clients=local_clients,
+                                preview_threads=preview_threads, workers=workers, local_clients=local_clients,
                                 **batching)
         sessions.install()  # an API call's session must not cost every block's page config
         demo = build_blocks(service, initial)
         demo.queue(default_concurrency_limit=RENDER_SLOTS, max_size=QUEUE_SIZE)
     except BaseException:
-        if worker is not None:
+        for worker in workers:
             worker.close()
         release_env(workdir)
         if remove:
@@ -249,8 +250,10 @@ def blocked_paths(server: Server) -> list[str]:
 
 def launch(server: Server, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT, block: bool = True,
            quiet: bool = False, auth: list[tuple[str, str]] | None = None) -> Server:
-    """Start serving. ``block=False`` returns once the server is up (tests, scripts). ``auth``:
-    (user, password) pairs; with it every page and API call needs a login."""
+    """Start serving: the editor, Gradio's API and ``POST /api/render`` (:mod:`app.rest`).
+    ``block=False`` returns once the server is up (tests, scripts). ``auth``: (user, password)
+    pairs; with it every page and API call needs a login (the REST route: HTTP Basic)."""
+    from .rest import mount_rest
     from .ui.layout import CSS
 
     try:
@@ -276,6 +279,8 @@ def launch(server: Server, host: str = DEFAULT_HOST, port: int | None = DEFAULT_
             auth=auth or None,
             auth_message="cGOF Studio: log in" if auth else None,
         )
+        # the lean route for scripts (app.rest), behind the same logins as the page
+        mount_rest(server.demo.app, server.service, auth=auth or None)
     except BaseException:
         server.close()
         raise

@@ -3,8 +3,9 @@
 It talks to the engine only through its public surface (``engine.api``: ``FaceSynthesizer`` and the exports)
 and holds almost nothing per session: the synthesizer (read-only model), an output folder and the
 set of sessions with an export running. Every call into the synthesizer takes the device through
-:class:`~app.scheduler.FairDevice` (one job at a time, fair between sessions); a GIF export takes
-it once per frame, so other sessions' renders run between its frames.
+:class:`~app.scheduler.FairDevice` (one job at a time per slot, fair between sessions; one slot,
+or one per render process, ``launch.py --render-processes``); a GIF export takes it once per frame,
+so other sessions' renders run between its frames.
 
 Every request has a cost, :func:`request_cost` = pixels x evaluations per pixel x frames, and the
 service refuses one over ``max_cost`` (``launch.py --max-request-cost``) with one line naming the
@@ -27,7 +28,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -120,17 +121,19 @@ class GifRequest:
 
 
 class RenderElsewhere:
-    """A synthesizer for the sweep exports whose renders run in the render process: the face model,
+    """A synthesizer for the sweep exports whose renders run in a render process: the face model,
     camera and layout are the server's own (what the sweep reads besides its frames), and
-    ``render_many`` goes to ``worker`` (app.render_worker.RenderWorker, the same model) with
-    torch's threads, as an export in this process had them."""
+    ``render_many`` goes to ``worker()`` (app.render_worker.RenderWorker, the same model: the one of
+    the device slot the export holds for that frame) with torch's threads, as an export in this
+    process had them."""
 
-    def __init__(self, synth, worker):
+    def __init__(self, synth, worker: Callable[[], Any]):
         self.layout, self.facemodel, self.camera, self.device = synth.layout, synth.facemodel, synth.camera, synth.device
         self.worker = worker
 
     def render_many(self, specs, yaws, pitches, size: int = 128, quality: str = "fast", normals: bool = True):
-        return self.worker.render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals, threads=None)
+        return self.worker().render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals,
+                                         threads=None)
 
 
 class RenderService:
@@ -138,12 +141,17 @@ class RenderService:
 
     def __init__(self, synth, workdir: str | os.PathLike, preview_size: int | str = "auto",
                  max_cost: float | None = None, max_batch: int = DEFAULT_MAX_BATCH, preview_threads: int | None = None,
-                 worker=None, local_clients: bool = False):
+                 worker=None, local_clients: bool = False, workers: Sequence = ()):
         self.synth = synth
         synth.keep_surfaces(KEPT_SURFACE_VIEWS)  # (none kept yet: the calibration below times from scratch)
-        # Interactive renders (the batcher's) run here, or in ``worker`` (app.render_worker.RenderWorker:
-        # the same model in a process of its own, keeping its surfaces as this one) when given.
-        self.worker = worker
+        # Interactive renders (the batcher's) and sweep exports run here, or in ``workers``
+        # (app.render_worker.RenderWorker: the same model in processes of their own, keeping their
+        # surfaces as this one; ``worker``: one of them), one device slot each: with two processes on
+        # 2 cores two batches render at once (FairDevice slots).
+        self.workers = ([worker] if worker is not None else []) + list(workers)
+        # Work on this process's synthesizer (the preview mesh, mesh exports, renders without a
+        # render process) one thread at a time: with several slots two such jobs could overlap.
+        self._local = threading.RLock()
         # Drag previews and renders on a shared machine use these intra-op threads (None: torch's
         # setting); a full render alone for a client elsewhere uses torch's (render_threads).
         self.preview_threads = preview_threads
@@ -152,7 +160,7 @@ class RenderService:
         self.local_clients = bool(local_clients)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.device = FairDevice()
+        self.device = FairDevice(slots=max(1, len(self.workers)))
         self._lock = self.device  # the old name: code that only needs "one at a time"
         self.batcher = RenderBatcher(self.device, self._render_batch, max_batch)
         self._last_prune = 0.0
@@ -167,6 +175,23 @@ class RenderService:
         self._preview_times: list[float] = []
         self.adaptive_preview = preview_size == "auto"
         self.preview_size = self.calibrate_preview() if preview_size == "auto" else int(preview_size)
+        self._warm_up_workers()
+
+    @property
+    def worker(self):
+        """The first render process (None: renders in this process)."""
+        return self.workers[0] if self.workers else None
+
+    def _warm_up_workers(self) -> None:
+        """One small render in each render process the calibration did not use (the first render of
+        a process is slow: allocations, the mapping), so that no client's first request pays it."""
+        for w in self.workers[1:]:
+            w.render_many([EditorState().spec], [8.0], [0.0], size=PREVIEW_CANDIDATES[0], quality="preview",
+                          normals=False, threads=self.preview_threads)
+
+    def _slot_worker(self):
+        """The render process of the device slot the calling thread holds."""
+        return self.workers[self.device.slot()]
 
     def calibrate_preview(self, budget_ms: float = PREVIEW_BUDGET_MS) -> int:
         """The largest PREVIEW_CANDIDATES size whose pose-only render (the mapping cached, as when
@@ -335,11 +360,11 @@ class RenderService:
         """The batcher's render: views (spec, yaw, pitch) sharing key (size, quality, normals)."""
         size, quality, normals = key
         threads = self.render_threads(quality, len(views))
-        if self.worker is not None:
+        if self.workers:
             specs, yaws, pitches = zip(*views)
-            return self.worker.render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals,
-                                           threads=threads)
-        with torch_threads(threads):
+            return self._slot_worker().render_many(specs, yaws, pitches, size=size, quality=quality, normals=normals,
+                                                   threads=threads)
+        with self._local, torch_threads(threads):
             if len(views) == 1:  # alone: the synthesizer's one-view entry point (what tests and tools stub)
                 spec, yaw, pitch = views[0]
                 return [self.synth.render(spec, yaw_deg=yaw, pitch_deg=pitch, size=size, quality=quality,
@@ -427,7 +452,7 @@ class RenderService:
     def preview_mesh(self, state: EditorState, max_faces: int = MESH_PREVIEW_FACES, session=None) -> PreviewMesh:
         """The current 3DMM mesh, decimated to at most ~``max_faces`` faces by a vertex clustering
         found once on the mean face (:class:`Decimation`)."""
-        with self.device.use(session, 0.0):
+        with self.device.use(session, 0.0), self._local:
             mesh = self.synth.mesh(state.spec)
             decimation = self._decimation(max_faces) if mesh.triangles.shape[0] > max_faces else None
         v = np.asarray(mesh.vertices, dtype=np.float32)
@@ -604,7 +629,7 @@ class RenderService:
         :class:`RenderElsewhere` (exports used to render in the server's process, where they wait
         for Gradio's event loop at every op: a 24-frame 128 px side-by-side identity GIF took
         4.6-4.7 s through the API against 2.1-2.3 s alone)."""
-        return self.synth if self.worker is None else RenderElsewhere(self.synth, self.worker)
+        return self.synth if not self.workers else RenderElsewhere(self.synth, self._slot_worker)
 
     def export_mesh(self, state: EditorState, which: str, progress=None, session=None) -> Path:
         from engine.api import export_3dmm_mesh, export_isosurface
@@ -613,7 +638,7 @@ class RenderService:
             raise CgofError(f"mesh export: unknown kind {which!r}; expected one of {', '.join(MESH_KINDS)}")
         with self._export_slot(session):
             path = self.new_path(f"cgof-{which}", ".ply")
-            with self.device.use(session, ISOSURFACE_COST if which == "isosurface" else 0.0, EXPORT_WEIGHT):
+            with self.device.use(session, ISOSURFACE_COST if which == "isosurface" else 0.0, EXPORT_WEIGHT), self._local:
                 if which == "3dmm":
                     export_3dmm_mesh(self.synth, state.spec, path)
                 else:

@@ -4,7 +4,7 @@
     python scripts/load_test.py [--url http://127.0.0.1:7860/] [--clients 8] [--duration 30]
                                 [--size 64] [--checkpoint DIR] [--device cpu] [--seed 0]
                                 [--gif-clients 2] [--compare] [--batching-compare [--rounds 2]]
-                                [--client http|gradio]
+                                [--client http|rest|gradio]
 
 Without ``--url`` it starts ``launch.py`` on a free port in a child process, with its own
 temporary folder, and stops it at the end with SIGTERM (as a user would): the server must exit 143
@@ -14,13 +14,17 @@ the tool's own temporary folder (server log, downloads) is removed too.
 Each client runs in its own thread and calls ``/render`` with random valid presets until the time
 is up; a few deliberately bad requests check that errors stay errors and do not take the server
 down. ``--client http`` (the default) speaks Gradio's public HTTP API itself (:class:`HttpClient`:
-one POST, one streamed GET, one GET of the picture); ``--client gradio`` uses gradio_client's
+one POST, one streamed GET, one GET of the picture); ``--client rest`` calls the server's lean
+route ``POST /api/render`` instead (:class:`RestClient`, app.rest: one request, the picture in
+the answer), because each call through Gradio's API costs the server ~17 ms of CPU, which on the
+2-core machine caps the throughput with many clients; ``--client gradio`` uses gradio_client's
 ``Client``. The clients share the machine with the server, so the lighter one measures the server
 rather than the clients: on 2 cores, 8 gradio_client clients took 0.9-1.1 cores themselves
 (85-120 ms of CPU a request), the HTTP clients 1-3 ms a request. The report gives the clients'
 own CPU time (``client_cpu_ms_per_request``), and for a server it started itself (Linux) the
 server process's and its render process's (``server_cpu_ms_per_request``,
-``render_process_cpu_ms_per_request``). GIF clients always use gradio_client.
+``render_process_cpu_ms_per_request``). GIF clients always use gradio_client; the own-image check
+below renders its solo images with the render clients' kind.
 
 ``--gif-clients N`` adds N clients that ask for the most expensive GIF the server allows by
 default (48 frames, 128 px, reference quality, side-by-side: what the editor's own controls offer
@@ -28,8 +32,9 @@ at most) over and over. ``--compare`` runs the renders alone
 first and then with the GIF clients, and reports the ratio of the renders' p95 latencies (the
 fairness check of issue 15: it must stay within 3x).
 
-``--batching-compare`` (issue 16) starts two servers, one with ``--max-batch 1`` (one render at a
-time) and one with the default batching, and runs the same clients against each in turn
+``--batching-compare`` (issue 16) starts two servers, one with ``--max-batch 1 --render-processes 1``
+(one render at a time) and one with the defaults (batching, and on a CPU with 2 or more cores two
+render processes: two batches at a time), and runs the same clients against each in turn
 (``--rounds 2``: off, on, on, off, so that a change in the machine's load during the run weighs on
 both alike). It reports both throughputs and their ratio, the batch sizes the batched server
 reported, and the own-image check: every response must carry its own request's pose in its summary,
@@ -70,12 +75,10 @@ class ApiError(Exception):
     """The server answered a call with an error (its one-line message)."""
 
 
-class HttpClient:
-    """A client of the editor's public API over plain HTTP, with gradio_client's ``predict``
-    signature for the calls this tool makes: Gradio's ``/gradio_api/call/<name>`` route (a POST
-    that returns an event id, then a GET that streams the outcome), and a GET of each file output
-    into ``download_dir`` (file outputs come back as local paths). One keep-alive connection per
-    client; a dropped connection is opened again once per call."""
+class KeepAliveClient:
+    """One keep-alive HTTP connection to the server at ``url``, files downloaded into
+    ``download_dir``; a dropped connection (the server's keep-alive timeout, a restart) is opened
+    again once per request."""
 
     def __init__(self, url: str, download_dir: str, timeout: float = 600.0):
         import urllib.parse
@@ -87,7 +90,8 @@ class HttpClient:
         self._files = 0
         os.makedirs(download_dir, exist_ok=True)
 
-    def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+    def _send(self, method: str, path: str, body: bytes | None = None):
+        """-> (status, response headers, body bytes)."""
         import http.client
 
         for attempt in (0, 1):
@@ -104,10 +108,29 @@ class HttpClient:
                 if attempt:
                     raise
                 continue
-            if r.status != 200:
-                raise ApiError(f"HTTP {r.status} for {method} {path}: {data[:200]!r}")
-            return data
+            return r.status, r.headers, data
         raise AssertionError("unreachable")
+
+    def _save(self, name: str, data: bytes) -> str:
+        """``data`` as a new file in ``download_dir`` -> its path."""
+        self._files += 1
+        local = os.path.join(self.download_dir, f"{self._files}-{name}")
+        with open(local, "wb") as f:
+            f.write(data)
+        return local
+
+
+class HttpClient(KeepAliveClient):
+    """A client of the editor's public API over plain HTTP, with gradio_client's ``predict``
+    signature for the calls this tool makes: Gradio's ``/gradio_api/call/<name>`` route (a POST
+    that returns an event id, then a GET that streams the outcome), and a GET of each file output
+    into ``download_dir`` (file outputs come back as local paths)."""
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        status, _, data = self._send(method, path, body)
+        if status != 200:
+            raise ApiError(f"HTTP {status} for {method} {path}: {data[:200]!r}")
+        return data
 
     def predict(self, body: str, api_name: str):
         name = api_name.strip("/")
@@ -132,11 +155,43 @@ class HttpClient:
         import urllib.parse
 
         path = urllib.parse.urlparse(file_data["url"]).path
-        self._files += 1
-        local = os.path.join(self.download_dir, f"{self._files}-{os.path.basename(file_data.get('path') or 'file')}")
-        with open(local, "wb") as f:
-            f.write(self._request("GET", path))
-        return local
+        return self._save(os.path.basename(file_data.get("path") or "file"), self._request("GET", path))
+
+
+class RestClient(KeepAliveClient):
+    """A client of the server's lean route ``POST /api/render`` (app.rest) with gradio_client's
+    ``predict`` signature, for ``/render`` only: one request a render on the client's keep-alive
+    connection (one session of the server's fair queue), the PNG written into ``download_dir``.
+    Returns what :class:`HttpClient` returns for ``/render``: (the picture's path, the summary)."""
+
+    def predict(self, body: str, api_name: str):
+        if api_name.strip("/") != "render":
+            raise ValueError(f"RestClient: {api_name}: only /render has a route of its own; use HttpClient")
+        path = f"{self.root}/api/render"
+        status, headers, data = self._send("POST", path, body.encode("utf-8"))
+        if status != 200:
+            try:
+                line = json.loads(data)["error"]
+            except (ValueError, TypeError, KeyError):
+                hint = ": this server has no REST route (use --client http)" if status in (404, 405) else ""
+                raise ApiError(f"HTTP {status} for POST {path}{hint}: {data[:200]!r}") from None
+            raise ApiError(" ".join(str(line).split()))
+        summary = headers.get("X-Cgof-Summary")
+        if summary is None:
+            raise ApiError(f"POST {path}: the answer has no X-Cgof-Summary header")
+        return self._save("render.png", data), json.loads(summary)
+
+
+def make_client(kind: str, url: str, download_dir: str):
+    """A render client of ``kind``: "http" (:class:`HttpClient`), "rest" (:class:`RestClient`) or
+    "gradio" (gradio_client's ``Client``)."""
+    if kind == "http":
+        return HttpClient(url, download_dir)
+    if kind == "rest":
+        return RestClient(url, download_dir)
+    from gradio_client import Client
+
+    return Client(url, verbose=False, analytics_enabled=False, download_files=download_dir)
 
 
 def random_preset(rng: random.Random, size: int) -> dict:
@@ -250,12 +305,9 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
         gif: dict | None = None, downloads: str | None = None, samples: list | None = None,
         keep: int = 0, client: str = "http", server_pid: int | None = None) -> dict:
     """One phase of load. ``samples``: a list that receives up to ``keep`` (request body, image)
-    pairs per client, spread over the phase (the own-image check). ``client``: "http"
-    (:class:`HttpClient`) or "gradio" (gradio_client) for the render clients. ``server_pid``: the
-    server's process (one this tool started), whose CPU time and its render process's it reports
-    per request."""
-    from gradio_client import Client
-
+    pairs per client, spread over the phase (the own-image check). ``client``: the render clients'
+    kind, "http", "rest" or "gradio" (:func:`make_client`). ``server_pid``: the server's process
+    (one this tool started), whose CPU time and its render process's it reports per request."""
     downloads = downloads or tempfile.mkdtemp(prefix="cgof-load-")
     latencies: list[float] = []
     errors: list[str] = []
@@ -272,9 +324,7 @@ def run(url: str, clients: int, duration: float, size: int, seed: int, gif_clien
     def connect(k: int, kind: str = client):
         folder = os.path.join(downloads, f"client-{k}")
         try:
-            if kind == "http":
-                return HttpClient(url, folder)
-            return Client(url, verbose=False, analytics_enabled=False, download_files=folder)
+            return make_client(kind, url, folder)
         except Exception as exc:  # counted, not raised: the report must still come out
             with lock:
                 errors.append(f"client {k}: cannot connect: {type(exc).__name__}: {exc}")
@@ -429,15 +479,15 @@ def _read_png(path):
         return np.asarray(im.convert("RGB"))
 
 
-def own_image_check(url: str, samples: list, downloads: str) -> dict:
+def own_image_check(url: str, samples: list, downloads: str, client: str = "gradio") -> dict:
     """Render every sampled request again, alone and one after the other, on ``url`` (the
-    one-at-a-time server) and compare: each image must match its own solo render up to float
-    rounding (at most 1 % of the pixels off by more than 4 levels) and be closer to it than to any
-    other sample's solo render. Returns counts and the worst differences."""
+    one-at-a-time server) with a ``client`` client (:func:`make_client`) and compare: each image
+    must match its own solo render up to float rounding (at most 1 % of the pixels off by more than
+    4 levels) and be closer to it than to any other sample's solo render. Returns counts and the
+    worst differences."""
     import numpy as np
-    from gradio_client import Client
 
-    client = Client(url, verbose=False, analytics_enabled=False, download_files=downloads)
+    client = make_client(client, url, downloads)
     solo = [_read_png(client.predict(body, api_name="/render")[0]).astype(np.int16) for body, _ in samples]
     identical = matched = 0
     worst_diff, worst_frac, bad = 0, 0.0, []
@@ -486,7 +536,7 @@ def batching_compare(args, tmp: Path) -> tuple[dict, bool, dict]:
     """Issue 16's side-by-side run: the same load on a one-at-a-time server and on a batching one."""
     servers, stopped = {}, {}
     try:
-        for name, extra in (("one_at_a_time", ["--max-batch", "1"]), ("batched", [])):
+        for name, extra in (("one_at_a_time", ["--max-batch", "1", "--render-processes", "1"]), ("batched", [])):
             folder = tmp / name
             folder.mkdir()
             servers[name] = (folder, *start_server(folder, args.device, args.checkpoint, args.facemodel,
@@ -501,7 +551,7 @@ def batching_compare(args, tmp: Path) -> tuple[dict, bool, dict]:
                 folder, proc, url = servers[name]
                 phases[name].append(run(url, **common, downloads=str(folder / f"run-{r}"), samples=samples,
                                         keep=args.check_samples, server_pid=proc.pid))
-        check = own_image_check(servers["one_at_a_time"][2], samples, str(tmp / "check"))
+        check = own_image_check(servers["one_at_a_time"][2], samples, str(tmp / "check"), client=args.client)
     finally:
         for name, (folder, proc, _) in servers.items():
             stopped[name] = {"server_exit": stop_server(proc), "left_behind": left_behind(folder)}
@@ -542,15 +592,18 @@ def main(argv=None) -> int:
     p.add_argument("--compare", action="store_true",
                    help="run the renders alone, then with --gif-clients (default 2), and report the p95 ratio")
     p.add_argument("--batching-compare", action="store_true",
-                   help="the same load on a one-at-a-time server (--max-batch 1) and a batching one, side by side; "
+                   help="the same load on a one-at-a-time server (--max-batch 1 --render-processes 1) and one "
+                        "with the defaults (batches; 2 render processes on a multi-core CPU), side by side; "
                         "reports both throughputs, their ratio and whether every client got its own image")
     p.add_argument("--rounds", type=int, default=1,
                    help="--batching-compare: phases per server (2: off, on, on, off; default 1: off, on)")
     p.add_argument("--check-samples", type=int, default=2, metavar="N",
                    help="--batching-compare: requests per client and phase rendered again alone to compare (default 2)")
-    p.add_argument("--client", default="http", choices=("http", "gradio"),
-                   help="how the render clients call the API: plain HTTP (default; about 1 ms of CPU a call) or "
-                        "gradio_client (about 85 ms a call on a 2-core machine, which the server then lacks)")
+    p.add_argument("--client", default="http", choices=("http", "rest", "gradio"),
+                   help="how the render clients call the API: Gradio's API over plain HTTP (default; about 1 ms "
+                        "of the client's CPU a call), the server's lean POST /api/render (rest: one request a "
+                        "render, where Gradio's API costs the server ~17 ms of CPU a call) or gradio_client "
+                        "(about 85 ms a call on a 2-core machine, which the server then lacks)")
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
     args = p.parse_args(argv)
     if args.clients < 1 or args.duration <= 0 or args.gif_clients < 0:

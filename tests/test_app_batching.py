@@ -26,8 +26,9 @@ def _wait_for(cond, what: str, timeout: float = 20.0) -> None:
 
 
 def _concurrently(device: FairDevice, calls: list, holder: str = "holder") -> list:
-    """Start ``calls`` (callables) in threads while ``holder`` holds the device, wait until every
-    one of them waits for it, let go; returns their results (or exceptions) in order."""
+    """Start ``calls`` (callables) in threads while ``holder`` holds the device (every slot of it),
+    wait until every one of them waits for it, let go; returns their results (or exceptions) in
+    order."""
     out = [None] * len(calls)
 
     def go(k, fn):
@@ -36,12 +37,24 @@ def _concurrently(device: FairDevice, calls: list, holder: str = "holder") -> li
         except BaseException as exc:  # noqa: BLE001 - reported to the test
             out[k] = exc
 
-    device.acquire(holder, 0.0)
+    held, let_go = threading.Barrier(device.slots + 1), threading.Event()
+
+    def hold():
+        with device.use(holder, 0.0):
+            held.wait(10)
+            let_go.wait(60)
+
+    holders = [threading.Thread(target=hold) for _ in range(device.slots)]
+    for t in holders:
+        t.start()
+    held.wait(10)
     threads = [threading.Thread(target=go, args=(k, fn)) for k, fn in enumerate(calls)]
     for t in threads:
         t.start()
     _wait_for(lambda: device.waiting == len(calls), "the requests to queue")
-    device.release()
+    let_go.set()
+    for t in holders:
+        t.join(10)
     for t in threads:
         t.join(120)
         assert not t.is_alive()
@@ -285,3 +298,186 @@ def test_a_background_job_waits_a_moment_for_interactive_ones():
     assert waited["gif"] < ANTICIPATE_S
     with device.use("c", 1.0):  # an interactive job never holds back
         pass
+
+
+# ---- several slots (one per render process) --------------------------------------------------------
+
+def test_two_slots_run_two_jobs_at_once_and_a_third_waits():
+    """With two slots two sessions' jobs hold the device together, each on its own slot; a third
+    waits for one of them; one session alone always gets slot 0 (its render process keeps its
+    surfaces)."""
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False, slots=2)
+    with device.use("alone", 1.0):
+        assert device.slot() == 0 and not device.shared(window_s=0.0)
+    inside, measured, go, slots = threading.Barrier(3), threading.Barrier(3), threading.Event(), {}
+
+    def job(session):
+        with device.use(session, 1.0):
+            slots[session] = device.slot()
+            inside.wait(10)  # both hold the device at the same time (else the barrier times out)
+            slots[session + " shared"] = device.shared(window_s=0.0)
+            measured.wait(10)
+            go.wait(10)
+
+    threads = [threading.Thread(target=job, args=(s,)) for s in ("a", "b")]
+    for t in threads:
+        t.start()
+    inside.wait(10)
+    measured.wait(10)
+    third = {}
+
+    def late():
+        with device.use("c", 1.0):
+            third["slot"] = device.slot()
+
+    t3 = threading.Thread(target=late)
+    t3.start()
+    _wait_for(lambda: device.waiting == 1, "the third job to queue")
+    assert "slot" not in third  # no free slot
+    go.set()
+    for t in threads + [t3]:
+        t.join(10)
+    assert sorted([slots["a"], slots["b"]]) == [0, 1]
+    assert slots["a shared"] and slots["b shared"]  # another job runs on the other slot
+    assert third["slot"] in (0, 1)
+    with device.use("alone", 1.0):
+        assert device.slot() == 0
+    with pytest.raises(RuntimeError):
+        device.slot()
+    with pytest.raises(ValueError):
+        FairDevice(slots=0)
+
+
+def test_with_two_slots_an_export_waits_while_an_interactive_job_runs():
+    """A free slot does not go to an export frame while someone renders on the other: it waits for
+    the interactive job's end (and ANTICIPATE_S after), as it does with one slot."""
+    from app.scheduler import ANTICIPATE_S
+
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False, slots=2)
+    device.order = []
+    started, done = threading.Event(), {}
+
+    def export():
+        with device.use("gif", 1.0, 0.25):
+            done["at"] = time.perf_counter()
+
+    with device.use("a", 1.0):
+        t = threading.Thread(target=export)
+        t.start()
+        _wait_for(lambda: device.waiting == 1, "the export to queue")
+        time.sleep(3 * ANTICIPATE_S)
+        assert "at" not in done  # slot 1 is free, but the export holds back
+        ended = time.perf_counter()
+    t.join(10)
+    assert device.order == ["a", "gif"] and done["at"] - ended >= 0.9 * ANTICIPATE_S
+
+
+class _FakeWorker:
+    """A render process stand-in: records which views it rendered."""
+
+    def __init__(self, name, synth):
+        self.name, self.synth, self.views = name, synth, []
+
+    def render_many(self, specs, yaws, pitches, size=128, quality="fast", normals=True, threads=None):
+        self.views.extend(yaws)
+        time.sleep(0.05)  # long enough for the other slot's batch to start meanwhile
+        return self.synth.render_many(list(specs), list(yaws), list(pitches), size=size, quality=quality,
+                                      normals=normals)
+
+    def close(self):
+        pass
+
+
+def test_the_service_renders_on_the_worker_of_the_slot_it_holds(synth, tmp_path):
+    """Two render processes: batches go to the process of the slot their leader holds, both are
+    used when two batches overlap, every request still gets its own view, and a lone request
+    renders on the first."""
+    workers = [_FakeWorker("w0", synth), _FakeWorker("w1", synth)]
+    svc = RenderService(synth, tmp_path / "out", preview_size=64, workers=workers, max_batch=2)
+    assert svc.device.slots == 2 and svc.worker is workers[0]
+    states = _states(6, size=32)
+    for w in workers:
+        w.views.clear()
+    got = _concurrently(svc.device, [lambda st=st, k=k: svc.render_full(st, session=f"s{k}", views=False)
+                                     for k, st in enumerate(states)])
+    assert [g.summary["yaw"] for g in got] == [st.yaw for st in states]
+    assert sorted(workers[0].views + workers[1].views) == sorted(st.yaw for st in states)
+    assert workers[0].views and workers[1].views  # both slots rendered
+    for w in workers:
+        w.views.clear()
+    svc.render_full(states[0], session="alone", views=False)
+    assert workers[0].views == [states[0].yaw] and not workers[1].views
+
+
+def test_a_leader_gathers_a_moment_only_while_another_session_renders():
+    """FairDevice.gather: with another session's job on the other slot the leader waits for the
+    requests it wants (up to the timeout); alone, or beside its own session's job, not at all."""
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False, slots=2)
+    accept = (lambda job: job == "render")
+    with device.use("a", 1.0):
+        t0 = time.perf_counter()
+        assert device.gather(accept, 3, 5.0) == 0 and time.perf_counter() - t0 < 1.0  # alone
+
+    other_in, other_go = threading.Event(), threading.Event()
+
+    def other(session):
+        with device.use(session, 1.0):
+            other_in.set()
+            other_go.wait(20)
+
+    def request(k):
+        if device.acquire(f"r{k}", 1.0, job="render"):  # False: claimed below
+            device.release()
+
+    for session, waits in (("a", False), ("b", True)):
+        other_in.clear()
+        other_go.clear()
+        t = threading.Thread(target=other, args=(session,))
+        t.start()
+        other_in.wait(10)
+        with device.use("a", 1.0):
+            if not waits:  # everything running is a's own
+                t0 = time.perf_counter()
+                assert device.gather(accept, 3, 5.0) == 0 and time.perf_counter() - t0 < 1.0
+            else:
+                late = [threading.Thread(target=request, args=(k,)) for k in range(2)]
+                timer = threading.Timer(0.1, lambda: [x.start() for x in late])
+                timer.start()
+                t0 = time.perf_counter()
+                assert device.gather(accept, 2, 10.0) == 2  # returns once the two have come
+                assert 0.09 <= time.perf_counter() - t0 < 5.0
+                assert len(device.claim(accept, 7)) == 2
+                t0 = time.perf_counter()
+                assert device.gather(accept, 2, 0.2) == 0 and time.perf_counter() - t0 >= 0.19  # the timeout
+        other_go.set()
+        t.join(10)
+
+
+def test_exports_never_hold_every_slot():
+    """With two slots, two sessions' export frames run one at a time: the second waits, and an
+    interactive request that comes after it (a later tag) still gets the free slot at once."""
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False, slots=2)
+    device.order = []
+    in_frame, end_frame = threading.Event(), threading.Event()
+
+    def frame(session):
+        with device.use(session, 1.0, 0.25):
+            in_frame.set()
+            end_frame.wait(20)
+
+    first = threading.Thread(target=frame, args=("gif1",))
+    first.start()
+    in_frame.wait(10)
+    time.sleep(0.2)  # long after any interactive job: no hold-back
+    second = threading.Thread(target=frame, args=("gif2",))
+    second.start()
+    _wait_for(lambda: device.waiting == 1, "the second export frame to queue")
+    time.sleep(0.1)
+    assert device.order == ["gif1"]  # slot 1 is free, but not for a second export
+    t0 = time.perf_counter()
+    with device.use("person", 100.0):  # behind gif2 in tag order (100 > 1 / 0.25), yet it runs now
+        assert time.perf_counter() - t0 < 5.0 and device.order == ["gif1", "person"]
+    end_frame.set()
+    for t in (first, second):
+        t.join(10)
+    assert device.order == ["gif1", "person", "gif2"]

@@ -396,7 +396,9 @@ def test_bad_logins_and_thread_counts_are_one_line(tmp_path):
     for args, words in ((["--auth", "alice"], "USER:PASSWORD"), (["--auth", ":pw"], "USER:PASSWORD"),
                         (["--auth-file", str(bad)], "line 1"), (["--auth-file", str(tmp_path / "no")], "cannot read"),
                         (["--auth", "a:b", "--auth-file", str(bad)], "not both"),
-                        (["--preview-threads", "0"], "--preview-threads")):
+                        (["--preview-threads", "0"], "--preview-threads"),
+                        (["--render-processes", "0"], "--render-processes"),
+                        (["--render-processes", "two"], "--render-processes")):
         out = _launch("--port", "0", *args)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and words in lines[0], (args, out.stderr)
@@ -426,13 +428,14 @@ def test_a_signal_stops_the_server_and_removes_its_files(tmp_path, sig, code):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     proc, url = load_test.start_server(tmp, "cpu", checkpoint=small_checkpoint(), startup_timeout=240,
-                                       extra=["--auth", "ann:secret", "--preview-size", "64", "--preview-threads", "1"])
+                                       extra=["--auth", "ann:secret", "--preview-size", "64", "--preview-threads", "1",
+                                              "--render-processes", "2"])
     try:
         assert len(load_test.left_behind(tmp)) == 1
         deadline = time.monotonic() + 60  # the start line follows the first answer by a moment
         while "cGOF Studio:" not in (tmp / "server.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert ("renders in their own process; live preview 64 px on 1 thread; full renders too (the browser shares "
+        assert ("renders in 2 processes of their own; live preview 64 px on 1 thread; full renders too (the browser shares "
                 "this machine);") in (tmp / "server.log").read_text()
         with pytest.raises(urllib.error.HTTPError) as info:  # no login, no API
             urllib.request.urlopen(f"{url}gradio_api/info", timeout=10).read()

@@ -140,3 +140,56 @@ def test_gif_exports_render_in_the_render_process(tmp_path, local):
     a, b = iio.imread(there, index=None), iio.imread(here, index=None)
     assert a.shape == b.shape and a.shape[0] == 6
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # other processes: last bits at most
+
+
+def test_two_render_processes_share_the_renders_and_both_stop_on_close(tmp_path, local):
+    """A server with two render processes (launch.py's default on a 2-core CPU): each is started
+    and warmed up, two sessions' overlapping renders use both (one device slot each), every
+    picture is the one this process renders, and close stops both."""
+    import threading
+    import time
+
+    from app.server import create_server
+    from app.state import EditorState
+
+    srv = create_server(local, tmp_path / "srv", preview_size=32, preview_threads=1, max_batch=1,
+                        render_process=dict(checkpoint=str(small_checkpoint()), device="cpu"), render_processes=2)
+    workers = list(srv.service.workers)
+    used = {0: [], 1: []}
+    for k, w in enumerate(workers):
+        real = w.render_many
+        w.render_many = lambda *a, _k=k, _real=real, **kw: used[_k].append(a[1][0]) or _real(*a, **kw)
+    states = [EditorState(spec=FaceSpec(identity={0: 0.3 * k}, seed=k), yaw=-20.0 + 8 * k, size=32) for k in range(6)]
+    got = {}
+    device = srv.service.device
+    held, let_go = threading.Barrier(3), threading.Event()
+
+    def hold():  # both slots, until every request waits: then two renders start at once
+        with device.use("holder", 0.0):
+            held.wait(10)
+            let_go.wait(60)
+
+    try:
+        assert len(workers) == 2 and all(w.alive for w in workers) and device.slots == 2
+        holders = [threading.Thread(target=hold) for _ in range(2)]
+        for t in holders:
+            t.start()
+        held.wait(10)
+        threads = [threading.Thread(target=lambda k=k: got.setdefault(k, srv.service.render_full(
+            states[k], session=f"s{k}", views=False))) for k in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while device.waiting < 6 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        let_go.set()
+        for t in holders + threads:
+            t.join(120)
+    finally:
+        srv.close()
+    assert not any(w.alive for w in workers)
+    assert sorted(used[0] + used[1]) == sorted(st.yaw for st in states) and used[0] and used[1]
+    for k, st in enumerate(states):
+        want = local.render(st.spec, st.yaw, st.pitch, size=32, quality=st.quality, normals=False)
+        assert got[k].summary["yaw"] == st.yaw
+        assert np.abs(got[k].image.astype(int) - want.image.astype(int)).max() <= 1
