@@ -81,7 +81,9 @@ def render_processes(value: str, device) -> int:
     if str(value).strip().lower() == "auto":
         if device is None or getattr(device, "type", str(device)) != "cpu":
             return 1
-        return 2 if (os.cpu_count() or 1) >= 2 else 1
+        from engine.device import usable_cores
+
+        return 2 if usable_cores() >= 2 else 1
     try:
         n = int(value)
     except ValueError:
@@ -190,6 +192,9 @@ def _main(argv: list[str] | None) -> int:
         render_processes(args.render_processes, None)  # the value's form; the device decides "auto" below
     except ValueError as exc:
         return _error(str(exc))
+    if args.render_process == "off" and str(args.render_processes).strip().lower() != "auto":
+        return _error(f"--render-processes {args.render_processes} with --render-process off: renders then run in "
+                      "the server's process, one at a time; drop one of the two")
     from engine.api import CgofError, resolve_threads
 
     try:

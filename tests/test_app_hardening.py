@@ -398,7 +398,8 @@ def test_bad_logins_and_thread_counts_are_one_line(tmp_path):
                         (["--auth", "a:b", "--auth-file", str(bad)], "not both"),
                         (["--preview-threads", "0"], "--preview-threads"),
                         (["--render-processes", "0"], "--render-processes"),
-                        (["--render-processes", "two"], "--render-processes")):
+                        (["--render-processes", "two"], "--render-processes"),
+                        (["--render-processes", "2", "--render-process", "off"], "--render-process off")):
         out = _launch("--port", "0", *args)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and words in lines[0], (args, out.stderr)

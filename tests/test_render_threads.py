@@ -168,3 +168,19 @@ def test_without_preview_threads_every_render_keeps_torchs_setting(tmp_path):
     svc2 = RenderService(make_synth(), tmp_path / "out2", preview_size=64, preview_threads=3)
     assert svc2.render_threads("preview") == 3 and svc2.render_threads("fast", 2) == 3
     assert svc2.render_threads("reference", 1) is None  # alone, nothing waiting
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 2), (16, 2)])
+def test_render_processes_auto_is_two_on_a_multi_core_cpu_and_one_on_cuda(monkeypatch, cores, expected):
+    """launch.py --render-processes auto: two batches at a time where a CPU has a core to spare for
+    the second; on CUDA one (a batch already fills the device); a count as given; bad values one line."""
+    import launch
+
+    monkeypatch.setattr(device, "usable_cores", lambda: cores)
+    assert launch.render_processes("auto", CPU) == expected
+    assert launch.render_processes("auto", CUDA) == 1 and launch.render_processes("auto", None) == 1
+    assert launch.render_processes("3", CUDA) == 3
+    for bad in ("0", "9", "two"):
+        with pytest.raises(ValueError) as info:
+            launch.render_processes(bad, CPU)
+        assert "--render-processes" in str(info.value) and "\n" not in str(info.value)
