@@ -75,15 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def render_processes(value: str, device) -> int:
-    """--render-processes: a count 1..8, or "auto" (2 on a CPU with 2 or more cores, else 1). A
-    bad value is a ValueError (one line); ``device`` None checks the value's form only."""
+def render_processes(value: str, device, cores: int | None = None) -> int:
+    """--render-processes: a count 1..8, or "auto" (2 on a CPU with 2 or more usable ``cores``,
+    default: this process's, else 1). A bad value is a ValueError (one line); ``device`` None
+    checks the value's form only."""
     if str(value).strip().lower() == "auto":
         if device is None or getattr(device, "type", str(device)) != "cpu":
             return 1
-        from engine.device import usable_cores
+        if cores is None:
+            from engine.api import usable_cores
 
-        return 2 if usable_cores() >= 2 else 1
+            cores = usable_cores()
+        return 2 if cores >= 2 else 1
     try:
         n = int(value)
     except ValueError:

@@ -25,9 +25,11 @@ cheap renders of the others instead of holding the device for minutes, and a ses
 the queue only delays itself. Exports run at a lower weight than interactive renders (see
 ``app.service.EXPORT_WEIGHT``): they are background work and yield to people dragging sliders.
 A slot never idles while a job waits (work-conserving), with two exceptions: a background job
-(weight < 1) whose turn comes while an interactive job runs, or within ANTICIPATE_S of one's end,
-waits (that long at most after the end) for the next interactive request; and with several slots
-background jobs hold one slot fewer than there are, at most. Alone, a GIF runs at full speed.
+(weight < 1) whose turn comes within ANTICIPATE_S of the end of a job of an interactive session
+that is due before it and renders nothing now waits (that long at most after the end) for that
+session's next request (:meth:`FairDevice._hold_back`); and with several slots background jobs hold
+one slot fewer than there are, at most (an interactive request always finds one). Alone, a GIF
+runs at full speed.
 
 Re-entrant per thread: a thread that holds the device may take it again (nested calls).
 
@@ -112,7 +114,6 @@ class FairDevice:
         self._free = list(range(self.slots))  # free slots, a heap: the lowest goes first
         self._closed = False
         self._ended: dict[Hashable, float] = {}  # session -> when its last job ended (within SHARED_WINDOW_S)
-        self._interactive_ended = -1e9  # when the last job of weight >= 1 (not the server's own) ended
         self.order: list[Hashable] | None = None  # when a list: sessions in the order they got the device (tests)
 
     @property
@@ -202,15 +203,27 @@ class FairDevice:
         return None
 
     def _hold_back(self, ticket: _Ticket) -> float:
-        """Seconds a background ticket at the head of the queue waits for an interactive job (see
-        ANTICIPATE_S); 0 when it may run: it is interactive, an interactive job already waits
-        (its tag decides), or no interactive job runs and the last one ended long enough ago.
-        While one runs on another slot: ANTICIPATE_S (its end wakes the ticket to look again)."""
+        """Seconds a background ticket whose turn has come waits for an interactive request (see
+        ANTICIPATE_S); 0 when it may run. An interactive session whose last job ended less than
+        ANTICIPATE_S ago and that renders nothing now is about to ask again: if the tag its next
+        request would get (``max(V, F_last)``) comes before this ticket's, the ticket waits up to
+        ANTICIPATE_S after that end. This keeps export frames out of the short gaps between render
+        batches (and, with several slots, off the free slot the returning clients are about to
+        need), while beside one client that renders back to back on another slot (rendering, so
+        not returning) an export takes the free slot: holding back there would starve it. 0 as
+        well when an interactive request waits: the tags decide."""
         if ticket.weight >= 1.0 or any(t.weight >= 1.0 for t in self._heap):
             return 0.0
-        if any(s is not None and w >= 1.0 for h in self._holds.values() for s, _, _, w in h.members):
-            return ANTICIPATE_S
-        return self._interactive_ended + ANTICIPATE_S - time.perf_counter()
+        now = time.perf_counter()
+        running = {m[0] for h in self._holds.values() for m in h.members}
+        hold = 0.0
+        for session, ended in self._ended.items():
+            if (session is None or session in running or ended + ANTICIPATE_S <= now
+                    or self._weight.get(session, 1.0) < 1.0):
+                continue
+            if max(self._vtime, self._finish.get(session, self._vtime)) < ticket.tag:
+                hold = max(hold, ended + ANTICIPATE_S - now)
+        return hold
 
     def gather(self, accept: Callable[[Any], bool], want: int, timeout: float) -> int:
         """The holder waits, up to ``timeout`` seconds, while another slot runs a job of another
@@ -294,10 +307,8 @@ class FairDevice:
                 del self._finish[s]
                 self._weight.pop(s, None)
             now = t0 + elapsed
-            for session, *_, weight in members:
+            for session, *_ in members:
                 self._ended[session] = now
-                if session is not None and weight >= 1.0:
-                    self._interactive_ended = now
             if len(self._ended) > 64:  # forget sessions that have not rendered for a while
                 self._ended = {s: t for s, t in self._ended.items() if now - t < SHARED_WINDOW_S}
             if self.learn and cost > 0 and elapsed > self.overhead_s:

@@ -5,7 +5,7 @@ Everything else under ``engine`` is an implementation detail that may move.
 
 from .camera import CameraConfig, OrbitCamera, angles_from_degrees
 from .checkpoint import default_checkpoint_path, load_field, read_info, save_checkpoint
-from .device import resolve_device, resolve_threads, torch_threads
+from .device import resolve_device, resolve_threads, torch_threads, usable_cores
 from .errors import CgofError, FileFormatError, finite_number
 from .model.latent import FaceSpec, LatentLayout, parse_assignments
 from .model.morphable import MorphableModel
@@ -22,7 +22,7 @@ def load_facemodel(path=None, **kw) -> MorphableModel:
 
 __all__ = [
     "CameraConfig", "OrbitCamera", "angles_from_degrees", "default_checkpoint_path", "load_field", "read_info",
-    "save_checkpoint", "resolve_device", "resolve_threads", "torch_threads", "CgofError", "FileFormatError",
+    "save_checkpoint", "resolve_device", "resolve_threads", "torch_threads", "usable_cores", "CgofError", "FileFormatError",
     "FaceSpec", "LatentLayout", "parse_assignments", "MorphableModel", "RenderConfig", "FaceSynthesizer", "MeshData", "RenderResult",
     "load_facemodel", "finite_number", "check_render_size", "RENDER_SIZE_RANGE",
 ]

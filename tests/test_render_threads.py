@@ -171,13 +171,13 @@ def test_without_preview_threads_every_render_keeps_torchs_setting(tmp_path):
 
 
 @pytest.mark.parametrize("cores, expected", [(1, 1), (2, 2), (16, 2)])
-def test_render_processes_auto_is_two_on_a_multi_core_cpu_and_one_on_cuda(monkeypatch, cores, expected):
+def test_render_processes_auto_is_two_on_a_multi_core_cpu_and_one_on_cuda(cores, expected):
     """launch.py --render-processes auto: two batches at a time where a CPU has a core to spare for
     the second; on CUDA one (a batch already fills the device); a count as given; bad values one line."""
     import launch
 
-    monkeypatch.setattr(device, "usable_cores", lambda: cores)
-    assert launch.render_processes("auto", CPU) == expected
+    assert launch.render_processes("auto", CPU, cores=cores) == expected
+    assert launch.render_processes("auto", CPU) == (2 if device.usable_cores() >= 2 else 1)
     assert launch.render_processes("auto", CUDA) == 1 and launch.render_processes("auto", None) == 1
     assert launch.render_processes("3", CUDA) == 3
     for bad in ("0", "9", "two"):
