@@ -39,12 +39,14 @@ def _concurrently(device: FairDevice, calls: list, holder: str = "holder") -> li
 
     held, let_go = threading.Barrier(device.slots + 1), threading.Event()
 
-    def hold():
-        with device.use(holder, 0.0):
+    def hold(session):
+        with device.use(session, 0.0):
             held.wait(10)
             let_go.wait(60)
 
-    holders = [threading.Thread(target=hold) for _ in range(device.slots)]
+    # one holder session per slot: a session runs one interactive job at a time
+    holders = [threading.Thread(target=hold, args=(holder if k == 0 else f"{holder}-{k}",))
+               for k in range(device.slots)]
     for t in holders:
         t.start()
     held.wait(10)
@@ -516,3 +518,38 @@ def test_export_frames_leave_a_core_to_renders_on_the_other_slot(synth, tmp_path
         go.set()
         t.join(10)
     assert alone and set(alone) == {None} and threads_seen and set(threads_seen) == {1}
+
+
+def test_with_two_slots_one_session_renders_one_job_at_a_time():
+    """A session's second interactive job waits for its first even with a slot free (its preview
+    and its release render one after the other, as with one slot), while another session's job
+    takes the free slot at once."""
+    device = FairDevice(overhead_s=0.0, rate=1.0, learn=False, slots=2)
+    device.order = []
+    inside, go = threading.Event(), threading.Event()
+
+    def first():
+        with device.use("me", 1.0):
+            inside.set()
+            go.wait(20)
+
+    got = {}
+
+    def second(session):
+        with device.use(session, 1.0):
+            got[session] = time.perf_counter()
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    inside.wait(10)
+    t2 = threading.Thread(target=second, args=("me",))
+    t2.start()
+    _wait_for(lambda: device.waiting == 1, "the session's second job to queue")
+    time.sleep(0.1)
+    assert "me" not in got  # slot 1 is free, but not for a second job of the same session
+    second("other")  # another session: at once, beside "me"
+    released = time.perf_counter()
+    go.set()
+    for t in (t1, t2):
+        t.join(10)
+    assert device.order == ["me", "other", "me"] and got["me"] >= released

@@ -164,14 +164,14 @@ def test_two_render_processes_share_the_renders_and_both_stop_on_close(tmp_path,
     device = srv.service.device
     held, let_go = threading.Barrier(3), threading.Event()
 
-    def hold():  # both slots, until every request waits: then two renders start at once
-        with device.use("holder", 0.0):
+    def hold(session):  # both slots, until every request waits: then two renders start at once
+        with device.use(session, 0.0):
             held.wait(10)
             let_go.wait(60)
 
     try:
         assert len(workers) == 2 and all(w.alive for w in workers) and device.slots == 2
-        holders = [threading.Thread(target=hold) for _ in range(2)]
+        holders = [threading.Thread(target=hold, args=(f"holder-{k}",)) for k in range(2)]
         for t in holders:
             t.start()
         held.wait(10)
