@@ -449,6 +449,18 @@ def test_a_signal_stops_the_server_and_removes_its_files(tmp_path, sig, code):
                         download_files=str(tmp_path / "dl"))
         client.predict('{"frames": 4, "size": 32}', api_name="/export_gif")
         assert list(tmp.glob("cgof-studio-*/cache/out/*.gif"))
+        # the REST route (app.rest) is mounted by launch and asks for the same login
+        rest = urllib.request.Request(f"{url}api/render", data=b'{"yaw": 10, "size": 64}', method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(rest, timeout=60).read()
+        assert info.value.code == 401
+        import base64
+
+        rest.add_header("Authorization", "Basic " + base64.b64encode(b"ann:secret").decode())
+        with urllib.request.urlopen(rest, timeout=120) as answer:
+            png = answer.read()
+            assert json.loads(answer.headers["X-Cgof-Summary"])["yaw"] == 10.0
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
         # the load test's CPU report: the server's own and its render process's (which loaded the model)
         cpu = load_test.process_cpu_s(proc.pid)
         if sys.platform.startswith("linux"):
