@@ -141,14 +141,14 @@ class RenderService:
 
     def __init__(self, synth, workdir: str | os.PathLike, preview_size: int | str = "auto",
                  max_cost: float | None = None, max_batch: int = DEFAULT_MAX_BATCH, preview_threads: int | None = None,
-                 worker=None, local_clients: bool = False, workers: Sequence = ()):
+                 local_clients: bool = False, workers: Sequence = ()):
         self.synth = synth
         synth.keep_surfaces(KEPT_SURFACE_VIEWS)  # (none kept yet: the calibration below times from scratch)
         # Interactive renders (the batcher's) and sweep exports run here, or in ``workers``
         # (app.render_worker.RenderWorker: the same model in processes of their own, keeping their
-        # surfaces as this one; ``worker``: one of them), one device slot each: with two processes on
-        # 2 cores two batches render at once (FairDevice slots).
-        self.workers = ([worker] if worker is not None else []) + list(workers)
+        # surfaces as this one), one device slot each: with two processes on 2 cores two batches
+        # render at once (FairDevice slots).
+        self.workers = list(workers)
         # Work on this process's synthesizer (the preview mesh, mesh exports, renders without a
         # render process) one thread at a time: with several slots two such jobs could overlap.
         self._local = threading.RLock()

@@ -128,7 +128,7 @@ def test_gif_exports_render_in_the_render_process(tmp_path, local):
     worker.render_many = lambda specs, *a, **k: calls.append((len(specs), k["normals"], k["threads"])) or real(
         specs, *a, **k)
     try:
-        far = RenderService(local, tmp_path / "far", preview_size=32, worker=worker)
+        far = RenderService(local, tmp_path / "far", preview_size=32, workers=[worker])
         calls.clear()
         req = GifRequest(kind="identity", frames=6, size=32, views="side-by-side", state=EditorState())
         there = far.export_gif(req)
